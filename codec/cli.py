@@ -1,0 +1,64 @@
+"""The ``dqcodec`` command: one argparse sub-command per task.
+
+Each sub-command lives in the module that owns its work; this file only knows the names, a
+one-line summary, and where to find ``add_<fn>_arguments(parser)`` and ``run_<fn>(args) -> int``.
+A module is imported only when its sub-command runs (or its ``--help`` is asked for), so
+``dqcodec decode`` does not pay for importing the training or evaluation code.
+"""
+
+import argparse
+import importlib
+import sys
+
+from dqcodec.codec.errors import DQCodecError
+
+# name -> (module, function stem, summary)
+COMMANDS = {
+    "encode": ("dqcodec.codec.commands", "encode", "compress images to .dqc files"),
+    "decode": ("dqcodec.codec.commands", "decode", "decompress a .dqc file to PNG (or the format OUT names)"),
+    "info": ("dqcodec.codec.commands", "info", "show what a .dqc file holds: model, size, bpp, bits"),
+    "models": ("dqcodec.codec.commands", "models", "list the shipped models with their Kodak bpp / PSNR"),
+    "train": ("dqcodec.train.commands", "train", "train a codec checkpoint (resumable) and export it"),
+    "eval": ("dqcodec.eval.commands", "eval", "rate-distortion sweep of codecs on an image folder"),
+    "bdrate": ("dqcodec.eval.commands", "bdrate", "Bjontegaard delta rate of RD curves against an anchor"),
+    "plot": ("dqcodec.eval.commands", "plot", "plot RD curves (PSNR and MS-SSIM vs bpp)"),
+    "compare": ("dqcodec.eval.commands", "compare", "side-by-side crops of ours, JPEG and HEVC at matched bpp"),
+    "bench": ("dqcodec.eval.commands", "bench", "encode/decode speed on Kodak next to compressai's hyperprior"),
+}
+
+
+def _build_parser(selected: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dqcodec",
+        description="dqcodec: a learned vector-quantized image codec. "
+        "Run 'dqcodec COMMAND --help' for the options of one command.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, stem, summary) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
+        if name == selected:
+            module = importlib.import_module(module_name)
+            getattr(module, f"add_{stem}_arguments")(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dqcodec`` console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    parser = _build_parser(selected if selected in COMMANDS else None)
+    args = parser.parse_args(argv)
+    module_name, stem, _ = COMMANDS[args.command]
+    try:
+        module = importlib.import_module(module_name)
+        return int(getattr(module, f"run_{stem}")(args) or 0)
+    except DQCodecError as error:
+        print(f"dqcodec: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dqcodec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""dqcodec's own models as RD codecs: a shipped family (all its levels), one model, or a checkpoint.
+
+Everything goes through the public API (:mod:`dqcodec.codec.api`), so the rate is the size of
+the real ``.dqc`` file, header included, and decoding reads nothing but those bytes.
+"""
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dqcodec.codec.errors import DQCodecError
+from dqcodec.eval.runner import Coded, RDCodec
+
+
+def _api():
+    try:
+        from dqcodec.codec import api
+    except ImportError as error:
+        raise DQCodecError(f"dqcodec's codec API (dqcodec.codec.api) cannot be imported: {error}") from None
+    return api
+
+
+def list_models() -> list[dict]:
+    """The shipped models (name, family, quality, bpp, psnr), from :mod:`dqcodec.models.registry`."""
+    try:
+        from dqcodec.models import registry
+    except ImportError as error:
+        raise DQCodecError(f"dqcodec's model registry (dqcodec.models.registry) cannot be imported: {error}") from None
+    return registry.list_models()
+
+
+def run_model(image: np.ndarray, model: str | None) -> Coded:
+    """Encode ``image`` ((H, W, 3) uint8) with ``model`` (a name or checkpoint path; None: the
+    default model) and decode the bytes again."""
+    api = _api()
+    start = time.perf_counter()
+    data = api.encode(image, model=model)
+    encode_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    decoded = np.asarray(api.decode(data).convert("RGB"))
+    return Coded(data, decoded, encode_seconds, time.perf_counter() - start)
+
+
+def our_codec(spec: str) -> RDCodec | None:
+    """The RD codec that ``spec`` names, or None when it names nothing of ours.
+
+    ``spec`` is an existing checkpoint path (one RD point), a model family such as ``dq`` (one RD
+    point per shipped quality level, lowest first) or one shipped model's name (one RD point).
+    """
+    path = Path(spec)
+    if path.exists():
+        return RDCodec(
+            name=path.stem,
+            label=f"dqcodec {path.stem}",
+            description=f"dqcodec checkpoint {path}",
+            kind="dqcodec",
+            parameter="checkpoint path",
+            points=(str(path),),
+            run=run_model,
+        )
+    models = list_models()
+    family = sorted((m for m in models if m["family"] == spec), key=lambda m: m["quality"])
+    if family:
+        return RDCodec(
+            name=spec,
+            label=f"dqcodec {spec}",
+            description=f"dqcodec {spec} family, qualities {', '.join(str(m['quality']) for m in family)}",
+            kind="dqcodec",
+            parameter="model name",
+            points=tuple(m["name"] for m in family),
+            run=run_model,
+        )
+    for model in models:
+        if model["name"] == spec:
+            return RDCodec(
+                name=spec,
+                label=f"dqcodec {spec}",
+                description=f"dqcodec model {spec} ({model['family']} family, quality {model['quality']})",
+                kind="dqcodec",
+                parameter="model name",
+                points=(spec,),
+                run=run_model,
+            )
+    return None
+
+
+def family_names() -> list[str]:
+    """Names of the shipped model families, for help texts and error messages."""
+    return sorted({m["family"] for m in list_models()})

@@ -1,0 +1,188 @@
+"""Vector quantizers that turn latent tensors into code indices and back.
+
+Every quantizer follows the contract of DESIGN.md: ``forward(z)`` returns a
+:class:`QuantizerOutput` (straight-through ``quantized``, ``indices``, ``loss``, statistics),
+``quantize(z) -> indices`` and ``dequantize(indices) -> z_hat`` are exact inverses in the sense
+a codec needs: ``quantize(dequantize(i)) == i`` for valid ``i`` (codewords are kept distinct),
+and ``dequantize(quantize(z))`` equals the hard output of ``forward``.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class QuantizerOutput:
+    """What a quantizer's forward pass returns.
+
+    quantized: (B, M*D, H, W) codewords, straight-through to the projected input when training.
+    indices: (B, M, H, W) int64 code indices, M = number of codebooks.
+    loss: scalar, beta * commitment (codebooks themselves move by EMA).
+    perplexity: (M,) exp(entropy) of each codebook's usage in this batch.
+    bits: (B,) -log2 p of the indices under the quantizer's rate model (marginal code
+        probabilities), the rate that the entropy-constrained assignment traded against.
+    """
+
+    quantized: torch.Tensor
+    indices: torch.Tensor
+    loss: torch.Tensor
+    perplexity: torch.Tensor
+    bits: torch.Tensor
+
+
+class DepthwiseQuantizer(nn.Module):
+    """Depthwise quantization (DQ): M codebooks, each quantizing its own D-dim projection.
+
+    The feature tensor (B, C, H, W) goes through M separate 1x1 projections to D channels
+    each (stored as one C -> M*D 1x1 convolution, which is the same thing), slice m is
+    replaced by its nearest codeword in codebook m (K codes of dimension D), and the M
+    slices are concatenated back to (B, M*D, H, W). With M = 1 this is plain VQ (van den Oord
+    et al. 2017) on a learned projection.
+
+    Codebooks follow the EMA updates of VQ-VAE (decay ``gamma``, Laplace smoothing ``eps``):
+        N_k <- gamma N_k + (1 - gamma) n_k,  m_k <- gamma m_k + (1 - gamma) sum_{i in k} x_i,
+        c_k = m_k / N_k.
+    Codes whose EMA count falls below ``dead_code_threshold`` are re-initialised to random
+    inputs of the current batch.
+
+    Assignment is entropy-constrained (ECVQ, Chou, Lookabaugh & Gray 1989): index
+    argmin_k ||x - c_k||^2 + lambda * (-log2 p_k), with p_k the codebook's EMA usage. With
+    ``rate_lambda = 0`` (the default) this is nearest-neighbour VQ; a codec sets lambda to
+    trade squared error (in latent units) for bits.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_codebooks: int,
+        codebook_size: int,
+        code_dim: int,
+        rate_lambda: float = 0.0,
+        decay: float = 0.99,
+        eps: float = 1e-5,
+        beta: float = 0.25,
+        dead_code_threshold: float = 1e-3,
+    ):
+        super().__init__()
+        self.num_codebooks = num_codebooks
+        self.codebook_size = codebook_size
+        self.code_dim = code_dim
+        self.rate_lambda = rate_lambda
+        self.decay = decay
+        self.eps = eps
+        self.beta = beta
+        self.dead_code_threshold = dead_code_threshold
+        self.projection = nn.Conv2d(in_channels, num_codebooks * code_dim, kernel_size=1)
+        codebooks = torch.randn(num_codebooks, codebook_size, code_dim)
+        self.register_buffer("codebooks", codebooks)
+        self.register_buffer("ema_counts", torch.full((num_codebooks, codebook_size), 1.0 / codebook_size))
+        self.register_buffer("ema_sums", codebooks / codebook_size)
+
+    @property
+    def out_channels(self) -> int:
+        return self.num_codebooks * self.code_dim
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) features -> (B, M, D, H, W) slices to quantize."""
+        b, _, h, w = z.shape
+        return self.projection(z).view(b, self.num_codebooks, self.code_dim, h, w)
+
+    def code_bits(self) -> torch.Tensor:
+        """(M, K) -log2 of each code's EMA usage probability (the ECVQ rate term)."""
+        probs = self.ema_counts / self.ema_counts.sum(dim=1, keepdim=True)
+        return -torch.log2(probs.clamp_min(1e-9))
+
+    def assign(self, slices: torch.Tensor) -> torch.Tensor:
+        """(B, M, D, H, W) slices -> (B, M, H, W) indices by the entropy-constrained rule."""
+        b, m, d, h, w = slices.shape
+        flat = slices.reshape(b, m, d, h * w)
+        cost = (
+            (self.codebooks**2).sum(-1)[None, :, :, None]
+            - 2 * torch.einsum("bmdn,mkd->bmkn", flat, self.codebooks)
+        )
+        if self.rate_lambda > 0:
+            cost = cost + self.rate_lambda * self.code_bits()[None, :, :, None]
+        return cost.argmin(dim=2).view(b, m, h, w)
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, M, H, W) indices -> (B, M, D, H, W) codewords."""
+        b, m, h, w = indices.shape
+        flat = indices.permute(1, 0, 2, 3).reshape(m, -1)
+        codes = torch.gather(self.codebooks, 1, flat[..., None].expand(-1, -1, self.code_dim))
+        return codes.view(m, b, h, w, self.code_dim).permute(1, 0, 4, 2, 3)
+
+    def quantize(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) features -> (B, M, H, W) int64 indices."""
+        return self.assign(self.project(z))
+
+    def dequantize(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, M, H, W) indices -> (B, M*D, H, W) quantized features."""
+        b, m, h, w = indices.shape
+        return self.lookup(indices).reshape(b, m * self.code_dim, h, w)
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        slices = self.project(z)
+        indices = self.assign(slices.detach())
+        codes = self.lookup(indices)
+        if self.training:
+            self._ema_update(slices.detach(), indices)
+            codes = self.lookup(indices)
+        commitment = F.mse_loss(slices, codes.detach())
+        quantized = slices + (codes - slices).detach()
+        b, m, d, h, w = slices.shape
+        one_hot = F.one_hot(indices, self.codebook_size).float()  # (B, M, H, W, K)
+        usage = one_hot.mean(dim=(0, 2, 3))
+        perplexity = torch.exp(-(usage * torch.log(usage.clamp_min(1e-12))).sum(-1))
+        bits = torch.gather(
+            self.code_bits()[None].expand(b, -1, -1), 2, indices.reshape(b, m, -1)
+        ).sum(dim=(1, 2))
+        return QuantizerOutput(
+            quantized=quantized.reshape(b, m * d, h, w),
+            indices=indices,
+            loss=self.beta * commitment,
+            perplexity=perplexity,
+            bits=bits,
+        )
+
+    @torch.no_grad()
+    def _ema_update(self, slices: torch.Tensor, indices: torch.Tensor) -> None:
+        b, m, d, h, w = slices.shape
+        flat = slices.permute(1, 0, 3, 4, 2).reshape(m, -1, d)  # (M, N, D)
+        one_hot = F.one_hot(indices.permute(1, 0, 2, 3).reshape(m, -1), self.codebook_size).to(flat.dtype)
+        counts = one_hot.sum(dim=1)  # (M, K)
+        sums = torch.einsum("mnk,mnd->mkd", one_hot, flat)
+        self.ema_counts.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.ema_sums.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        total = self.ema_counts.sum(dim=1, keepdim=True)
+        smoothed = (self.ema_counts + self.eps) / (total + self.codebook_size * self.eps) * total
+        self.codebooks.copy_(self.ema_sums / smoothed[..., None])
+        self._reinit_dead_codes(flat)
+
+    def _reinit_dead_codes(self, flat: torch.Tensor) -> None:
+        """Move codes with (almost) no EMA usage onto random inputs of this batch.
+
+        Under an entropy-constrained assignment rarely used codes are expected (they are the
+        expensive ones), so the threshold is relative to a uniform share, and re-initialised
+        codes start with that share so that the rate term does not kill them again at once.
+        """
+        share = self.ema_counts / self.ema_counts.sum(dim=1, keepdim=True)
+        dead = share < self.dead_code_threshold / self.codebook_size
+        if not dead.any():
+            return
+        m_idx, k_idx = dead.nonzero(as_tuple=True)
+        picks = torch.randint(0, flat.shape[1], (len(m_idx),), device=flat.device)
+        new_codes = flat[m_idx, picks]
+        self.codebooks[m_idx, k_idx] = new_codes
+        fresh_count = self.ema_counts.sum(dim=1)[m_idx] * self.dead_code_threshold / self.codebook_size
+        self.ema_counts[m_idx, k_idx] = fresh_count
+        self.ema_sums[m_idx, k_idx] = new_codes * fresh_count[:, None]
+
+
+class VectorQuantizer(DepthwiseQuantizer):
+    """Plain VQ: one codebook of K codes over a D-dim 1x1 projection (DQ with M = 1)."""
+
+    def __init__(self, in_channels: int, codebook_size: int, code_dim: int, **kwargs):
+        super().__init__(in_channels, 1, codebook_size, code_dim, **kwargs)
