@@ -11,22 +11,17 @@ import sys
 from pathlib import Path
 
 from dqcodec.codec.errors import DQCodecError
+from dqcodec.eval.runner import RDCodec
 from dqcodec.paths import kodak_dir
 
 METRIC_TITLES = {"psnr": "PSNR-RGB", "ms-ssim": "MS-SSIM-RGB (dB)"}
 
 
-def _classical_names() -> list[str]:
+def resolve_codec(name: str) -> RDCodec:
+    """The codec that ``name`` means: a classical codec, one of our model families or models, or a
+    checkpoint path."""
     from dqcodec.eval.classical import CLASSICAL_CODECS
-
-    return list(CLASSICAL_CODECS)
-
-
-def resolve_codec(name: str):
-    """The :class:`~dqcodec.eval.runner.RDCodec` that ``name`` means: a classical codec, one of our
-    model families or models, or a checkpoint path."""
-    from dqcodec.eval.classical import CLASSICAL_CODECS
-    from dqcodec.eval.ours import our_codec
+    from dqcodec.eval.ours import family_names, our_codec
 
     if name in CLASSICAL_CODECS:
         return CLASSICAL_CODECS[name]
@@ -35,8 +30,6 @@ def resolve_codec(name: str):
     except DQCodecError as error:
         raise DQCodecError(f"unknown codec {name!r} (classical: {', '.join(CLASSICAL_CODECS)}; {error})") from None
     if codec is None:
-        from dqcodec.eval.ours import family_names
-
         raise DQCodecError(
             f"unknown codec {name!r}: not a classical codec ({', '.join(CLASSICAL_CODECS)}), "
             f"a dqcodec family ({', '.join(family_names())}), a shipped model name or an existing checkpoint path"
@@ -256,6 +249,7 @@ def run_compare(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
+    from dqcodec.eval import metrics
     from dqcodec.eval.classical import get_classical
     from dqcodec.eval.compare import Crop, Panel, centred_crop, draw_comparison, matched_panel
     from dqcodec.eval.ours import run_model
@@ -266,8 +260,6 @@ def run_compare(args: argparse.Namespace) -> int:
     with Image.open(image_path) as image:
         pixels = np.asarray(image.convert("RGB"))
     codecs = [get_classical(name) for name in (args.codec or ["jpeg", "hevc"])]
-
-    from dqcodec.eval import metrics
 
     ours = run_model(pixels, args.model)
     height, width = pixels.shape[:2]

@@ -76,7 +76,10 @@ def matched_panel(codec: RDCodec, image: np.ndarray, target_bpp: float) -> Panel
         else:
             high = middle
     candidates = [panel_at(index) for index in (low - 1, low) if index >= 0]
-    return min(candidates, key=lambda panel: abs(panel.bpp - target_bpp))
+    best = min(candidates, key=lambda panel: abs(panel.bpp - target_bpp))
+    if best is tried.get(0) and best.bpp > target_bpp:
+        return Panel(best.title + " (its lowest rate)", best.pixels, best.bpp, best.psnr)
+    return best
 
 
 def centred_crop(image: np.ndarray, size: int) -> Crop:

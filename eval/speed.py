@@ -60,7 +60,7 @@ def time_hyperprior(images: list[EvalImage]) -> Timings:
 
     def compress(pixels: np.ndarray) -> dict:
         height, width = pixels.shape[:2]
-        x = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0).to(torch.float32) / 255
+        x = torch.tensor(pixels, dtype=torch.float32).permute(2, 0, 1).unsqueeze(0) / 255
         x = F.pad(x, (0, -width % 64, 0, -height % 64))
         with torch.no_grad():
             return network.compress(x)

@@ -99,13 +99,16 @@ class DepthwiseQuantizer(nn.Module):
         """(B, M, D, H, W) slices -> (B, M, H, W) indices by the entropy-constrained rule."""
         b, m, d, h, w = slices.shape
         flat = slices.reshape(b, m, d, h * w)
-        cost = (
-            (self.codebooks**2).sum(-1)[None, :, :, None]
-            - 2 * torch.einsum("bmdn,mkd->bmkn", flat, self.codebooks)
-        )
+        offset = (self.codebooks**2).sum(-1)[None, :, :, None]
         if self.rate_lambda > 0:
-            cost = cost + self.rate_lambda * self.code_bits()[None, :, :, None]
-        return cost.argmin(dim=2).view(b, m, h, w)
+            offset = offset + self.rate_lambda * self.code_bits()[None, :, :, None]
+        # Positions in chunks, so that the (B, M, K, n) cost tensor stays near 32 MB.
+        chunk = max(1, (1 << 23) // (b * m * self.codebook_size))
+        indices = [
+            (offset - 2 * torch.einsum("bmdn,mkd->bmkn", part, self.codebooks)).argmin(dim=2)
+            for part in flat.split(chunk, dim=3)
+        ]
+        return torch.cat(indices, dim=2).view(b, m, h, w)
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, M, H, W) indices -> (B, M, D, H, W) codewords."""

@@ -1,0 +1,137 @@
+"""Index entropy model: static integer probability tables selected by discrete contexts.
+
+A codec's indices (B, M, H, W) are coded codebook by codebook (m = 0 .. M-1) and, inside a
+codebook, in two checkerboard phases: first the *anchors* ((row + col) even), then the rest.
+The table that codes index (m, row, col) is chosen by a context made only of indices that
+the decoder already has at that moment:
+
+- the activity class of codebook m-1 at the same position,
+- phase 0: the summed classes of codebook m-1 at the 4 neighbours;
+  phase 1: the summed classes of codebook m's 4 anchor neighbours (decoded in phase 0),
+- the summed classes of codebooks m-2 and m-3 at the same position.
+
+An activity class (0..3) says how far a code lies from its codebook's most frequent code
+(0: the mode itself, 1: the 2 nearest codes, 2: the next 4, 3: the rest): a "how busy is
+this block" signal that transfers across codebooks. Classes and tables are integers stored
+in the model (computed once by :meth:`ContextIndexModel.fit`), so encoder and decoder
+rebuild every table bit for bit, whatever the threads or the machine (DESIGN.md).
+"""
+
+import numpy as np
+import torch
+from torch import nn
+
+NUM_CLASSES = 4
+CONTEXTS_PER_PHASE = 64
+NUM_PHASES = 2
+# Totals of the integer tables: every symbol gets >= 1, the row sums to at most 2**16.
+TABLE_PRECISION = 1 << 16
+
+
+def _bucket(values: np.ndarray, edges: tuple[int, ...]) -> np.ndarray:
+    return np.searchsorted(np.asarray(edges), values, side="right")
+
+
+def _neighbour_sum(classes: np.ndarray) -> np.ndarray:
+    """(B, H, W) -> (B, H, W) sum over the 4-neighbourhood (outside the image counts 0)."""
+    padded = np.pad(classes, ((0, 0), (1, 1), (1, 1)))
+    return padded[:, :-2, 1:-1] + padded[:, 2:, 1:-1] + padded[:, 1:-1, :-2] + padded[:, 1:-1, 2:]
+
+
+def anchor_mask(height: int, width: int) -> np.ndarray:
+    """(H, W) bool, True where (row + col) is even: the positions coded in phase 0."""
+    rows, cols = np.indices((height, width))
+    return (rows + cols) % 2 == 0
+
+
+class ContextIndexModel(nn.Module):
+    """Context-conditioned static tables for the indices of M codebooks of K codes.
+
+    Buffers (all integer, saved with the model):
+        code_class: (M, K) activity class of every code.
+        frequencies: (M, 2, 64, K) integer table for each codebook, phase and context.
+    """
+
+    def __init__(self, num_codebooks: int, codebook_size: int):
+        super().__init__()
+        self.num_codebooks = num_codebooks
+        self.codebook_size = codebook_size
+        self.register_buffer("code_class", torch.zeros(num_codebooks, codebook_size, dtype=torch.int32))
+        self.register_buffer(
+            "frequencies",
+            torch.ones(num_codebooks, NUM_PHASES, CONTEXTS_PER_PHASE, codebook_size, dtype=torch.int32),
+        )
+
+    def contexts(self, indices: np.ndarray, m: int, phase: int) -> np.ndarray:
+        """Context ids (B, H, W) in [0, 64) for codebook m in the given phase.
+
+        indices: (B, M, H, W) integer array; only codebooks < m and, in phase 1, the anchors of
+        codebook m are read, so a decoder can pass its partly decoded array.
+        """
+        code_class = self.code_class.numpy()
+        b, _, h, w = indices.shape
+
+        def classes(k: int) -> np.ndarray:
+            if k < 0:
+                return np.zeros((b, h, w), dtype=np.int64)
+            return code_class[k][indices[:, k]].astype(np.int64)
+
+        previous = classes(m - 1)
+        if phase == 0:
+            neighbours = _neighbour_sum(previous)
+        else:
+            neighbours = _neighbour_sum(classes(m) * anchor_mask(h, w))
+        older = classes(m - 2) + classes(m - 3)
+        return previous * 16 + _bucket(neighbours, (1, 3, 6)) * 4 + _bucket(older, (1, 2, 4))
+
+    def coding_steps(self, height: int, width: int):
+        """Yield (m, phase, mask) in coding order; mask (H, W) marks the positions coded."""
+        anchors = anchor_mask(height, width)
+        for m in range(self.num_codebooks):
+            yield m, 0, anchors
+            yield m, 1, ~anchors
+
+    def tables(self, indices: np.ndarray, m: int, phase: int, mask: np.ndarray) -> np.ndarray:
+        """(N, K) integer tables for the N positions of ``mask`` (all images, row-major)."""
+        context = self.contexts(indices, m, phase)[:, mask]  # (B, N per image)
+        return self.frequencies[m, phase].numpy()[context.reshape(-1)]
+
+    def bits(self, indices: np.ndarray) -> float:
+        """-log2 p of all indices (B, M, H, W) under the integer tables."""
+        total = 0.0
+        _, _, h, w = indices.shape
+        for m, phase, mask in self.coding_steps(h, w):
+            table = self.tables(indices, m, phase, mask).astype(np.float64)
+            symbols = indices[:, m][:, mask].reshape(-1)
+            total -= np.log2(table[np.arange(len(symbols)), symbols] / table.sum(axis=1)).sum()
+        return float(total)
+
+    @torch.no_grad()
+    def fit(self, codebooks: torch.Tensor, usage: torch.Tensor, index_batches, prior_count: float = 0.05) -> None:
+        """Set classes and tables from data.
+
+        codebooks: (M, K, D) codewords; usage: (M, K) code counts (the mode defines class 0).
+        index_batches: iterable of (B, M, H, W) integer arrays of training indices.
+        prior_count: pseudo-count added to every cell, so unseen symbols stay codable.
+        """
+        m_count, k_count = usage.shape
+        mode = usage.argmax(dim=1)
+        distance = ((codebooks - codebooks[torch.arange(m_count), mode][:, None]) ** 2).sum(-1)
+        rank = distance.argsort(dim=1).argsort(dim=1)
+        self.code_class.copy_(torch.bucketize(rank, torch.tensor([0, 2, 6]), right=True).int())
+
+        counts = np.full((m_count, NUM_PHASES, CONTEXTS_PER_PHASE, k_count), prior_count)
+        for indices in index_batches:
+            _, _, h, w = indices.shape
+            for m, phase, mask in self.coding_steps(h, w):
+                context = self.contexts(indices, m, phase)[:, mask].reshape(-1)
+                symbols = indices[:, m][:, mask].reshape(-1)
+                np.add.at(counts[m, phase], (context, symbols), 1.0)
+        self.frequencies.copy_(torch.from_numpy(quantize_table(counts)))
+
+
+def quantize_table(counts: np.ndarray) -> np.ndarray:
+    """(..., K) non-negative counts -> int32 frequencies, each >= 1, rows summing <= 2**16."""
+    k = counts.shape[-1]
+    probs = counts / counts.sum(axis=-1, keepdims=True)
+    return (np.floor(probs * (TABLE_PRECISION - k)) + 1).astype(np.int32)

@@ -1,0 +1,106 @@
+"""The shipped models: safetensors weights + JSON description, one pair per quality level.
+
+A model ``NAME`` is stored as ``weights/NAME.safetensors`` (tensors; integer tables as
+uint16/uint8) and ``weights/NAME.json`` (architecture, config, how it was trained, measured
+Kodak figures). Nothing is ever unpickled. The fingerprint written into every .dqc file is
+a hash of the weights and the architecture config, so a file made by any other set of weights is refused.
+"""
+
+import functools
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load as load_safetensors_bytes
+from safetensors.numpy import save as save_safetensors_bytes
+
+from dqcodec.models.codec_net import CodecConfig, DQCodecNet
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+ARCHITECTURE = "DQCodecNet"
+# Integer buffers are stored in the narrowest type that holds them.
+_STORAGE_DTYPES = {"entropy.frequencies": np.uint16, "entropy.code_class": np.uint8}
+
+
+def list_models(weights_dir: Path = WEIGHTS_DIR) -> list[dict]:
+    """Descriptions of the shipped models, sorted by family then quality.
+
+    Each dict has at least name, family, quality, bpp, psnr, ms_ssim (Kodak means, measured
+    from real files) and description.
+    """
+    models = []
+    for path in sorted(weights_dir.glob("*.json")):
+        info = json.loads(path.read_text())
+        kodak = info.get("kodak", {})
+        models.append(
+            {
+                "name": info["name"],
+                "family": info["family"],
+                "quality": info["quality"],
+                "bpp": kodak.get("bpp"),
+                "psnr": kodak.get("psnr"),
+                "ms_ssim": kodak.get("ms_ssim"),
+                "description": info.get("description", ""),
+            }
+        )
+    return sorted(models, key=lambda m: (m["family"], m["quality"]))
+
+
+def model_names(weights_dir: Path = WEIGHTS_DIR) -> list[str]:
+    """Names of the shipped models."""
+    return [m["name"] for m in list_models(weights_dir)]
+
+
+def save_model(model: DQCodecNet, stem: Path, info: dict) -> None:
+    """Write ``stem.safetensors`` and ``stem.json``; ``info`` needs name, family, quality.
+
+    Float weights are stored as float32 (they are small; the tables dominate the size).
+    """
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        array = tensor.detach().cpu().numpy()
+        tensors[name] = array.astype(_STORAGE_DTYPES.get(name, np.float32 if array.dtype.kind == "f" else array.dtype))
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{stem}.safetensors").write_bytes(save_safetensors_bytes(tensors))
+    description = {"architecture": ARCHITECTURE, "config": asdict(model.config), **info}
+    Path(f"{stem}.json").write_text(json.dumps(description, indent=2) + "\n")
+
+
+def load_checkpoint(stem: Path) -> tuple[DQCodecNet, dict, bytes]:
+    """Load ``stem.safetensors`` + ``stem.json`` -> (model in eval mode, info dict, fingerprint).
+
+    Raises FileNotFoundError or ValueError when the files are missing or inconsistent.
+    """
+    weight_bytes = Path(f"{stem}.safetensors").read_bytes()
+    info = json.loads(Path(f"{stem}.json").read_text())
+    if info.get("architecture") != ARCHITECTURE:
+        raise ValueError(f"{stem}.json: unknown architecture {info.get('architecture')!r}")
+    model = DQCodecNet(CodecConfig(**info["config"]))
+    arrays = load_safetensors_bytes(weight_bytes)
+    state = {}
+    for name, reference in model.state_dict().items():
+        if name not in arrays:
+            raise ValueError(f"{stem}.safetensors: missing tensor {name}")
+        state[name] = torch.from_numpy(arrays[name].astype(np.float32 if reference.is_floating_point() else np.int32))
+    model.load_state_dict(state)
+    model.eval()
+    # The measured figures and training notes in the JSON may be rewritten; the config may not.
+    config_bytes = json.dumps(info["config"], sort_keys=True).encode()
+    fingerprint = hashlib.sha256(weight_bytes + config_bytes).digest()[:16]
+    return model, info, fingerprint
+
+
+@functools.lru_cache(maxsize=8)
+def load_model(name: str) -> tuple[DQCodecNet, dict, bytes]:
+    """A shipped model by name, ready for coding (synthesis in float64); cached.
+
+    Raises KeyError for an unknown name.
+    """
+    if name not in model_names():
+        raise KeyError(name)
+    model, info, fingerprint = load_checkpoint(WEIGHTS_DIR / name)
+    model.synthesis.double()
+    return model, info, fingerprint

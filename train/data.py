@@ -1,0 +1,68 @@
+"""Training images: file lists, whole images, and random crops with flips."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dqcodec.paths import bsds_dir
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp"}
+
+
+def default_train_dir() -> Path:
+    """BSDS500 (train, val and test may all be used to train codecs; never Kodak)."""
+    return bsds_dir()
+
+
+def image_files(folder: Path) -> list[Path]:
+    """All image files under ``folder`` (recursively), sorted for reproducibility."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images found under {folder}")
+    return files
+
+
+def load_rgb(path: Path, block: int = 1) -> np.ndarray:
+    """(H, W, 3) uint8, cropped to whole ``block`` x ``block`` tiles."""
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    height, width = pixels.shape[0] // block * block, pixels.shape[1] // block * block
+    return pixels[:height, :width]
+
+
+def to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float() / 255.0
+
+
+class RandomCrops:
+    """Batches of random crops (B, 3, S, S) in [0, 1] with random horizontal flips.
+
+    The decoded images are held in memory (BSDS500 is ~230 MB as uint8); the generator makes
+    the sequence of batches reproducible and its state can be saved to resume training.
+    """
+
+    def __init__(self, files: list[Path], crop: int, batch_size: int, generator: torch.Generator):
+        self.images = [load_rgb(path) for path in files]
+        self.images = [image for image in self.images if min(image.shape[:2]) >= crop]
+        if not self.images:
+            raise ValueError(f"no training image is at least {crop}x{crop}")
+        self.crop = crop
+        self.batch_size = batch_size
+        self.generator = generator
+
+    def _randint(self, high: int) -> int:
+        return int(torch.randint(0, high, (1,), generator=self.generator))
+
+    def batch(self) -> torch.Tensor:
+        crops = []
+        for _ in range(self.batch_size):
+            image = self.images[self._randint(len(self.images))]
+            top = self._randint(image.shape[0] - self.crop + 1)
+            left = self._randint(image.shape[1] - self.crop + 1)
+            crop = image[top : top + self.crop, left : left + self.crop]
+            if self._randint(2):
+                crop = crop[:, ::-1]
+            crops.append(to_tensor(crop))
+        return torch.cat(crops)

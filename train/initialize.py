@@ -1,0 +1,110 @@
+"""Data-driven initialisation of a DQ block codec: block PCA, ECVQ codebooks, context tables.
+
+These closed-form steps put a fresh network where gradient training alone takes hours on a
+CPU to go: a decorrelating transform (the Karhunen-Loeve transform of P x P colour blocks),
+codebooks from the entropy-constrained Lloyd algorithm (Chou, Lookabaugh & Gray 1989) on the
+projected training latents, and context tables counted over whole training images.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dqcodec.models.codec_net import DQCodecNet
+from dqcodec.train.data import load_rgb, to_tensor
+
+
+@torch.no_grad()
+def block_pca(files: list[Path], block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (C,) and principal axes (C, C), columns by decreasing variance, of P x P blocks."""
+    unshuffle = torch.nn.PixelUnshuffle(block)
+    total, outer, count = 0.0, 0.0, 0
+    for path in tqdm(files, desc="block PCA", unit="img", leave=False):
+        blocks = unshuffle(to_tensor(load_rgb(path, block)))[0].flatten(1).double()  # (C, N)
+        total = total + blocks.sum(dim=1)
+        outer = outer + blocks @ blocks.T
+        count += blocks.shape[1]
+    mean = total / count
+    covariance = outer / count - torch.outer(mean, mean)
+    _, axes = torch.linalg.eigh(covariance)
+    return mean.float(), axes.flip(1).float()
+
+
+@torch.no_grad()
+def set_block_transform(net: DQCodecNet, mean: torch.Tensor, axes: torch.Tensor) -> None:
+    """Analysis = centred PCA, quantizer projections = identity, synthesis = inverse PCA."""
+    channels = net.config.channels
+    net.analysis.linear.weight.copy_(axes.T.reshape(channels, channels, 1, 1))
+    net.analysis.linear.bias.copy_(-(axes.T @ mean))
+    projection = net.quantizer.projection
+    projection.weight.zero_()
+    projection.bias.zero_()
+    out = min(projection.out_channels, channels)
+    projection.weight[:out, :out, 0, 0] = torch.eye(out)
+    synthesis = net.synthesis.linear
+    synthesis.weight.zero_()
+    synthesis.weight[:, :out, 0, 0] = axes[:, :out]
+    synthesis.bias.copy_(mean)
+
+
+@torch.no_grad()
+def sample_slices(net: DQCodecNet, files: list[Path], count: int, generator: torch.Generator) -> torch.Tensor:
+    """(count, M, D) projected latent slices of random blocks of the training images."""
+    per_image = max(1, count // len(files) + 1)
+    samples = []
+    for path in tqdm(files, desc="sampling latents", unit="img", leave=False):
+        slices = net.quantizer.project(net.analysis(to_tensor(load_rgb(path, net.config.block))))
+        flat = slices[0].permute(2, 3, 0, 1).reshape(-1, slices.shape[1], slices.shape[2])
+        pick = torch.randperm(len(flat), generator=generator)[:per_image]
+        samples.append(flat[pick])
+    return torch.cat(samples)[:count]
+
+
+@torch.no_grad()
+def ecvq_codebooks(
+    net: DQCodecNet, slices: torch.Tensor, iterations: int, generator: torch.Generator, chunk: int = 4096
+) -> None:
+    """Entropy-constrained Lloyd iterations on (N, M, D) slices; sets codebooks and EMA state.
+
+    The first third of the iterations are plain k-means (no rate term) so that codes spread
+    over the data before the rate term starts pruning the expensive ones.
+    """
+    quantizer = net.quantizer
+    m_count, k_count, d = quantizer.num_codebooks, quantizer.codebook_size, quantizer.code_dim
+    first = torch.stack([slices[torch.randperm(len(slices), generator=generator)[:k_count], m] for m in range(m_count)])
+    quantizer.codebooks.copy_(first)
+    counts = torch.full((m_count, k_count), len(slices) / k_count)
+    offsets = torch.arange(m_count) * k_count
+    for iteration in tqdm(range(iterations), desc="ECVQ", leave=False):
+        quantizer.ema_counts.copy_(counts)
+        rate_lambda = quantizer.rate_lambda
+        if iteration < iterations // 3:
+            quantizer.rate_lambda = 0.0
+        new_counts = torch.zeros(m_count * k_count)
+        sums = torch.zeros(m_count * k_count, d)
+        for part in slices.split(chunk):
+            indices = quantizer.assign(part.permute(1, 2, 0)[None, :, :, :, None])[0, :, :, 0]  # (M, n)
+            flat = (indices + offsets[:, None]).T.reshape(-1)
+            new_counts.index_add_(0, flat, torch.ones(len(flat)))
+            sums.index_add_(0, flat, part.reshape(-1, d))
+        quantizer.rate_lambda = rate_lambda
+        used = new_counts > 0
+        codebooks = quantizer.codebooks.view(-1, d)
+        codebooks[used] = sums[used] / new_counts[used, None]
+        counts = new_counts.view(m_count, k_count)
+    # Unused codes keep a tiny count: the rate term keeps them out of use, yet they stay valid.
+    quantizer.ema_counts.copy_(counts.clamp_min(1e-3))
+    quantizer.ema_sums.copy_(quantizer.codebooks * quantizer.ema_counts[..., None])
+
+
+@torch.no_grad()
+def fit_entropy_tables(net: DQCodecNet, files: list[Path]) -> None:
+    """Count the context tables over whole training images (the shipped integer tables)."""
+
+    def index_batches():
+        for path in tqdm(files, desc="context tables", unit="img", leave=False):
+            yield net.compress(to_tensor(load_rgb(path, net.config.block)))
+
+    net.entropy.fit(net.quantizer.codebooks, net.quantizer.ema_counts, index_batches())
