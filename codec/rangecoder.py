@@ -29,9 +29,10 @@ class RangeEncoder:
         """Append symbols.
 
         symbols: (N,) integers in [0, K).
-        frequencies: (N, K) integer table of each symbol, every entry >= 1.
+        frequencies: (N, K) integer table of each symbol, every entry >= 1. A one-symbol
+            alphabet (K = 1) carries no information and writes nothing.
         """
-        if len(symbols) == 0:
+        if len(symbols) == 0 or frequencies.shape[1] == 1:
             return
         self._coder.encode(symbols.astype(np.int32), _MODEL, _probabilities(frequencies))
 
@@ -50,8 +51,8 @@ class RangeDecoder:
 
     def decode(self, frequencies: np.ndarray) -> np.ndarray:
         """(N, K) integer tables -> (N,) int64 symbols."""
-        if len(frequencies) == 0:
-            return np.zeros(0, dtype=np.int64)
+        if len(frequencies) == 0 or frequencies.shape[1] == 1:
+            return np.zeros(len(frequencies), dtype=np.int64)
         try:
             return self._coder.decode(_MODEL, _probabilities(frequencies)).astype(np.int64)
         except Exception as error:  # constriction reports a damaged stream as a plain exception
@@ -60,5 +61,7 @@ class RangeDecoder:
 
 def ideal_bits(symbols: np.ndarray, frequencies: np.ndarray) -> float:
     """-log2 p of the symbols under their integer tables (the estimate the coder should meet)."""
+    if frequencies.shape[1] == 1:
+        return 0.0
     probs = _probabilities(frequencies)[np.arange(len(symbols)), symbols]
     return float(-np.log2(probs).sum())

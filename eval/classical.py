@@ -182,8 +182,8 @@ def _bpg_unavailable() -> str | None:
 _QUALITY = "quality (0-100, higher is better)"
 # Ladders chosen on Kodak to span about 0.05-2 bpp (or from the codec's lowest reachable rate).
 _JPEG_LADDER = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90)
-_AVIF_LADDER = (0, 10, 20, 30, 40, 50, 60, 70, 80)
-_HEVC_LADDER = (0, 5, 10, 15, 20, 25, 30, 35, 40, 50)
+_AVIF_LADDER = (0, 10, 20, 30, 40, 50, 60, 70, 85)
+_HEVC_LADDER = (0, 5, 10, 15, 20, 30, 40, 50, 60)
 
 
 def _classical(name, label, description, parameter, ladder, run, unavailable_reason) -> RDCodec:

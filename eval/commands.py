@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from dqcodec.codec.errors import DQCodecError
+from dqcodec.eval.results import RDCurve, load_curve
 from dqcodec.eval.runner import RDCodec
 from dqcodec.paths import kodak_dir
 
@@ -35,6 +36,13 @@ def resolve_codec(name: str) -> RDCodec:
             f"a dqcodec family ({', '.join(family_names())}), a shipped model name or an existing checkpoint path"
         )
     return codec
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    if args.limit is not None and args.limit < 1:
+        raise DQCodecError("--limit must be at least 1")
+    if args.threads < 1:
+        raise DQCodecError("--threads must be at least 1")
 
 
 def _software(kind: str) -> dict[str, str]:
@@ -76,8 +84,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     images_dir = args.images or kodak_dir()
     out_dir = args.out or Path("results") / images_dir.name
-    if args.limit is not None and args.limit < 1:
-        raise DQCodecError("--limit must be at least 1")
+    _check_counts(args)
     torch.set_num_threads(args.threads)
 
     codecs = []
@@ -127,7 +134,7 @@ def add_bdrate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON records (both deltas) instead of markdown tables")
 
 
-def bdrate_records(tests: list, anchors: list, metrics: list[str]) -> list[dict]:
+def bdrate_records(tests: list[RDCurve], anchors: list[RDCurve], metrics: list[str]) -> list[dict]:
     """One record per (metric, test, anchor): BD-rate (%) and BD-metric (dB), or why it has none."""
     from dqcodec.eval.bdrate import bd_metric, bd_rate
 
@@ -183,8 +190,6 @@ def format_bdrate_tables(records: list[dict], quality_delta: bool = False) -> st
 
 
 def run_bdrate(args: argparse.Namespace) -> int:
-    from dqcodec.eval.results import load_curve
-
     tests = [load_curve(name) for name in args.curves]
     anchors = [load_curve(name) for name in args.anchor]
     metrics = ["psnr", "ms-ssim"] if args.metric == "both" else [args.metric]
@@ -215,7 +220,6 @@ def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_plot(args: argparse.Namespace) -> int:
     from dqcodec.eval.plot import DEFAULT_ANCHORS, plot_rd
-    from dqcodec.eval.results import load_curve
 
     anchor_names = [] if args.no_anchors else (args.anchor or list(DEFAULT_ANCHORS))
     curves = [load_curve(name) for name in args.curves] + [load_curve(name) for name in anchor_names]
@@ -252,7 +256,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from dqcodec.eval import metrics
     from dqcodec.eval.classical import get_classical
     from dqcodec.eval.compare import Crop, Panel, centred_crop, draw_comparison, matched_panel
-    from dqcodec.eval.ours import run_model
+    from dqcodec.eval.ours import default_model_name, run_model
 
     image_path = args.image or kodak_dir() / "kodim23.png"
     if not image_path.is_file():
@@ -261,12 +265,13 @@ def run_compare(args: argparse.Namespace) -> int:
         pixels = np.asarray(image.convert("RGB"))
     codecs = [get_classical(name) for name in (args.codec or ["jpeg", "hevc"])]
 
-    ours = run_model(pixels, args.model)
+    model = args.model or default_model_name()
+    ours = run_model(pixels, model)
     height, width = pixels.shape[:2]
     ours_bpp = metrics.bpp(len(ours.data), height, width)
     panels = [
         Panel("original", pixels, None, None),
-        Panel(f"dqcodec {args.model or 'default model'}", ours.decoded, ours_bpp, metrics.psnr(pixels, ours.decoded)),
+        Panel(f"dqcodec {model}", ours.decoded, ours_bpp, metrics.psnr(pixels, ours.decoded)),
     ]
     panels += [matched_panel(codec, pixels, ours_bpp) for codec in codecs]
     crop = Crop(*args.crop) if args.crop else centred_crop(pixels, 256)
@@ -290,16 +295,26 @@ def run_bench(args: argparse.Namespace) -> int:
     import torch
 
     from dqcodec.eval.rd import load_images
+    from dqcodec.eval.ours import default_model_name
     from dqcodec.eval.speed import format_table, time_hyperprior, time_ours
 
+    _check_counts(args)
     torch.set_num_threads(args.threads)
     images = load_images(args.images or kodak_dir(), args.limit)
-    ours = time_ours(images, args.model)
+    ours = time_ours(images, args.model or default_model_name())
     baseline = time_hyperprior(images)
     print(format_table(ours, baseline, args.threads, len(images)))
     if args.json:
+        codecs = [
+            {
+                "codec": timings.codec,
+                "encode_median_s": timings.encode_median,
+                "decode_median_s": timings.decode_median,
+                "encode_s": timings.encode_seconds,
+                "decode_s": timings.decode_seconds,
+            }
+            for timings in (ours, baseline)
+        ]
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"threads": args.threads, "images": len(images), "codecs": [
-            {"codec": t.codec, "encode_median_s": t.encode_median, "decode_median_s": t.decode_median,
-             "encode_s": t.encode_seconds, "decode_s": t.decode_seconds} for t in (ours, baseline)]}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"threads": args.threads, "images": len(images), "codecs": codecs}, indent=2) + "\n")
     return 0

@@ -1,7 +1,8 @@
 """dqcodec's own models as RD codecs: a shipped family (all its levels), one model, or a checkpoint.
 
 Everything goes through the public API (:mod:`dqcodec.codec.api`), so the rate is the size of
-the real ``.dqc`` file, header included, and decoding reads nothing but those bytes.
+the real ``.dqc`` file, header included, and decoding reads nothing but those bytes. The
+model's own estimate of the payload (-log2 p, from ``api.inspect``) is kept beside it.
 """
 
 import time
@@ -30,9 +31,13 @@ def list_models() -> list[dict]:
     return registry.list_models()
 
 
-def run_model(image: np.ndarray, model: str | None) -> Coded:
-    """Encode ``image`` ((H, W, 3) uint8) with ``model`` (a name or checkpoint path; None: the
-    default model) and decode the bytes again."""
+def default_model_name() -> str:
+    """The name of the model that ``dqcodec.encode`` uses when given neither quality nor model."""
+    return _api().resolve_model_name()
+
+
+def run_model(image: np.ndarray, model: str) -> Coded:
+    """Encode ``image`` ((H, W, 3) uint8) with ``model`` (a name or checkpoint path) and decode the bytes again."""
     api = _api()
     start = time.perf_counter()
     data = api.encode(image, model=model)
@@ -40,7 +45,9 @@ def run_model(image: np.ndarray, model: str | None) -> Coded:
 
     start = time.perf_counter()
     decoded = np.asarray(api.decode(data).convert("RGB"))
-    return Coded(data, decoded, encode_seconds, time.perf_counter() - start)
+    decode_seconds = time.perf_counter() - start
+    # The real file is the rate; the model's estimate goes beside it to show the coder's overhead.
+    return Coded(data, decoded, encode_seconds, decode_seconds, api.inspect(data)["estimated_bits"])
 
 
 def our_codec(spec: str) -> RDCodec | None:

@@ -60,8 +60,9 @@ def sweep(codec: RDCodec, images: list[EvalImage], progress: bool = True) -> dic
     Returns:
         The results file content: ``name``, ``description``, ``kind``, ``quality`` (the points and
         what they mean), ``results`` (lists over points of the per-image means of ``bpp``,
-        ``psnr-rgb`` (dB), ``ms-ssim-rgb``, ``encoding_time`` and ``decoding_time`` (seconds))
-        and ``per_image`` (image name -> the same lists for that image alone).
+        ``psnr-rgb`` (dB), ``ms-ssim-rgb``, ``encoding_time`` and ``decoding_time`` (seconds),
+        plus ``estimated_bpp`` (the model's -log2 p) for codecs that report it) and ``per_image``
+        (image name -> the same lists for that image alone).
     """
     per_image = {image.name: {key: [] for key in _RESULT_KEYS} for image in images}
     with tqdm(total=len(codec.points) * len(images), desc=codec.name, unit="img", disable=not progress) as bar:
@@ -77,10 +78,13 @@ def sweep(codec: RDCodec, images: list[EvalImage], progress: bool = True) -> dic
                 values["ms-ssim-rgb"].append(metrics.ms_ssim(image.pixels, coded.decoded))
                 values["encoding_time"].append(coded.encode_seconds)
                 values["decoding_time"].append(coded.decode_seconds)
+                if coded.estimated_bits is not None:
+                    values.setdefault("estimated_bpp", []).append(coded.estimated_bits / (height * width))
                 bar.update()
+    keys = per_image[images[0].name].keys()
     means = {
         key: [float(np.mean([per_image[image.name][key][index] for image in images])) for index in range(len(codec.points))]
-        for key in _RESULT_KEYS
+        for key in keys
     }
     return {
         "name": codec.label,

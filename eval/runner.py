@@ -17,6 +17,7 @@ class Coded(NamedTuple):
     decoded: np.ndarray  # (H, W, 3) uint8 RGB
     encode_seconds: float  # wall clock, array -> bytes
     decode_seconds: float  # wall clock, bytes -> array
+    estimated_bits: float | None = None  # the model's -log2 p of the payload, for codecs that have one
 
 
 def always_available() -> str | None:

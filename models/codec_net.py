@@ -72,8 +72,24 @@ class DQCodecNet(nn.Module):
 
     @torch.no_grad()
     def compress(self, image: torch.Tensor) -> np.ndarray:
-        """(B, 3, H, W) image in [0, 1], H and W multiples of ``block`` -> (B, M, H/P, W/P) int64."""
-        return self.quantizer.quantize(self.analysis(image)).numpy()
+        """(B, 3, H, W) image in [0, 1], H and W multiples of ``block`` -> (B, M, H/P, W/P) int64.
+
+        Rate-distortion optimised choice of indices under the context tables: in coding order,
+        each index minimises ||x - c_k||^2 + lambda * (-log2 p(k | context)), with the context
+        made of the indices already chosen, exactly as the decoder will see them.
+        """
+        slices = self.quantizer.project(self.analysis(image)).double().numpy()  # (B, M, D, h, w)
+        codebooks = self.quantizer.codebooks.double().numpy()
+        b, m_count, _, h, w = slices.shape
+        indices = np.zeros((b, m_count, h, w), dtype=np.int64)
+        rate_lambda = self.config.rate_lambda
+        for m, phase, mask in self.entropy.coding_steps(h, w):
+            table = self.entropy.tables(indices, m, phase, mask)  # (N, K_m)
+            bits = np.log2(table.sum(axis=1, keepdims=True)) - np.log2(table)
+            vectors = slices[:, m][:, :, mask].transpose(0, 2, 1).reshape(-1, 1, slices.shape[2])  # (N, 1, D)
+            distortion = ((vectors - codebooks[m, : table.shape[1]][None]) ** 2).sum(axis=-1)
+            indices[:, m][:, mask] = (distortion + rate_lambda * bits).argmin(axis=1).reshape(b, -1)
+        return indices
 
     @torch.no_grad()
     def decompress(self, indices: np.ndarray) -> torch.Tensor:

@@ -50,6 +50,8 @@ class ContextIndexModel(nn.Module):
     Buffers (all integer, saved with the model):
         code_class: (M, K) activity class of every code.
         frequencies: (M, 2, 64, K) integer table for each codebook, phase and context.
+        alphabet_sizes: (M,) number of codes in use per codebook (codes are sorted so that the
+            used ones come first); tables are cut to that size, which keeps coding fast.
     """
 
     def __init__(self, num_codebooks: int, codebook_size: int):
@@ -61,6 +63,7 @@ class ContextIndexModel(nn.Module):
             "frequencies",
             torch.ones(num_codebooks, NUM_PHASES, CONTEXTS_PER_PHASE, codebook_size, dtype=torch.int32),
         )
+        self.register_buffer("alphabet_sizes", torch.full((num_codebooks,), codebook_size, dtype=torch.int32))
 
     def contexts(self, indices: np.ndarray, m: int, phase: int) -> np.ndarray:
         """Context ids (B, H, W) in [0, 64) for codebook m in the given phase.
@@ -92,9 +95,10 @@ class ContextIndexModel(nn.Module):
             yield m, 1, ~anchors
 
     def tables(self, indices: np.ndarray, m: int, phase: int, mask: np.ndarray) -> np.ndarray:
-        """(N, K) integer tables for the N positions of ``mask`` (all images, row-major)."""
+        """(N, K_m) integer tables for the N positions of ``mask`` (all images, row-major)."""
         context = self.contexts(indices, m, phase)[:, mask]  # (B, N per image)
-        return self.frequencies[m, phase].numpy()[context.reshape(-1)]
+        size = int(self.alphabet_sizes[m])
+        return self.frequencies[m, phase, :, :size].numpy()[context.reshape(-1)]
 
     def bits(self, indices: np.ndarray) -> float:
         """-log2 p of all indices (B, M, H, W) under the integer tables."""
@@ -110,23 +114,27 @@ class ContextIndexModel(nn.Module):
     def fit(self, codebooks: torch.Tensor, usage: torch.Tensor, index_batches, prior_count: float = 0.05) -> None:
         """Set classes and tables from data.
 
-        codebooks: (M, K, D) codewords; usage: (M, K) code counts (the mode defines class 0).
+        codebooks: (M, K, D) codewords; usage: (M, K) code counts, zero for unused codes,
+            which must come last (the mode defines class 0; used codes set the alphabet size).
         index_batches: iterable of (B, M, H, W) integer arrays of training indices.
         prior_count: pseudo-count added to every cell, so unseen symbols stay codable.
         """
         m_count, k_count = usage.shape
+        self.alphabet_sizes.copy_((usage > 0).sum(dim=1).clamp_min(1).int())
         mode = usage.argmax(dim=1)
         distance = ((codebooks - codebooks[torch.arange(m_count), mode][:, None]) ** 2).sum(-1)
         rank = distance.argsort(dim=1).argsort(dim=1)
         self.code_class.copy_(torch.bucketize(rank, torch.tensor([0, 2, 6]), right=True).int())
 
-        counts = np.full((m_count, NUM_PHASES, CONTEXTS_PER_PHASE, k_count), prior_count)
+        cells = CONTEXTS_PER_PHASE * k_count
+        counts = np.zeros((m_count, NUM_PHASES, cells))
         for indices in index_batches:
             _, _, h, w = indices.shape
             for m, phase, mask in self.coding_steps(h, w):
                 context = self.contexts(indices, m, phase)[:, mask].reshape(-1)
                 symbols = indices[:, m][:, mask].reshape(-1)
-                np.add.at(counts[m, phase], (context, symbols), 1.0)
+                counts[m, phase] += np.bincount(context * k_count + symbols, minlength=cells)
+        counts = counts.reshape(m_count, NUM_PHASES, CONTEXTS_PER_PHASE, k_count) + prior_count
         self.frequencies.copy_(torch.from_numpy(quantize_table(counts)))
 
 

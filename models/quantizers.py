@@ -3,7 +3,8 @@
 Every quantizer follows the contract of DESIGN.md: ``forward(z)`` returns a
 :class:`QuantizerOutput` (straight-through ``quantized``, ``indices``, ``loss``, statistics),
 ``quantize(z) -> indices`` and ``dequantize(indices) -> z_hat`` are exact inverses in the sense
-a codec needs: ``quantize(dequantize(i)) == i`` for valid ``i`` (codewords are kept distinct),
+a codec needs: assigning the codewords of ``i`` gives back ``i`` (for a quantizer with
+projections this holds in the projected space: ``assign(lookup(i)) == i`` with no rate term),
 and ``dequantize(quantize(z))`` equals the hard output of ``forward``.
 """
 
@@ -102,6 +103,8 @@ class DepthwiseQuantizer(nn.Module):
         offset = (self.codebooks**2).sum(-1)[None, :, :, None]
         if self.rate_lambda > 0:
             offset = offset + self.rate_lambda * self.code_bits()[None, :, :, None]
+        # Codes pruned from a finished model (zero usage) are never assigned.
+        offset = offset.masked_fill(self.ema_counts[None, :, :, None] <= 0, float("inf"))
         # Positions in chunks, so that the (B, M, K, n) cost tensor stays near 32 MB.
         chunk = max(1, (1 << 23) // (b * m * self.codebook_size))
         indices = [
@@ -149,6 +152,18 @@ class DepthwiseQuantizer(nn.Module):
             perplexity=perplexity,
             bits=bits,
         )
+
+    @torch.no_grad()
+    def prune(self, usage: torch.Tensor) -> None:
+        """Sort each codebook's codes by ``usage`` (M, K), most used first; drop unused ones.
+
+        Dropped codes get a zero EMA count, which keeps them out of every later assignment.
+        """
+        order = usage.argsort(dim=1, descending=True)
+        sorted_usage = usage.gather(1, order)
+        self.codebooks.copy_(self.codebooks.gather(1, order[..., None].expand(-1, -1, self.code_dim)))
+        self.ema_counts.copy_(sorted_usage)
+        self.ema_sums.copy_(self.codebooks * sorted_usage[..., None])
 
     @torch.no_grad()
     def _ema_update(self, slices: torch.Tensor, indices: torch.Tensor) -> None:

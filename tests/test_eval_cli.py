@@ -117,3 +117,78 @@ def test_comparison_matches_bpp_and_draws(tmp_path):
     out = draw_comparison([Panel("original", image, None, None), reference, jpeg], centred_crop(image, 128), "synthetic", tmp_path / "cmp.png")
     with Image.open(out) as figure:
         assert figure.width > 3 * 128
+
+
+class FakeApi:
+    """Stands in for dqcodec.codec.api: 'models' are JPEG at a quality taken from the model name."""
+
+    @staticmethod
+    def resolve_model_name(quality=None, model=None):
+        return model or "fake-q50"
+
+    @staticmethod
+    def encode(image, quality=None, model=None):
+        import io
+
+        buffer = io.BytesIO()
+        Image.fromarray(np.asarray(image)).save(buffer, format="JPEG", quality=int((model or "fake-q50").split("-q")[1]))
+        return buffer.getvalue()
+
+    @staticmethod
+    def inspect(data):
+        return {"estimated_bits": 8 * len(data) * 0.99}
+
+    @staticmethod
+    def decode(data):
+        import io
+
+        return Image.open(io.BytesIO(data))
+
+
+class FakeRegistry:
+    """Stands in for dqcodec.models.registry with a two-level family 'fake'."""
+
+    @staticmethod
+    def list_models():
+        return [
+            {"name": "fake-q60", "family": "fake", "quality": 2, "bpp": 1.0, "psnr": 30.0},
+            {"name": "fake-q20", "family": "fake", "quality": 1, "bpp": 0.5, "psnr": 28.0},
+        ]
+
+
+@pytest.fixture
+def fake_dqcodec(monkeypatch):
+    import sys
+
+    import dqcodec.codec
+    import dqcodec.models
+
+    for package, name, module in ((dqcodec.codec, "api", FakeApi), (dqcodec.models, "registry", FakeRegistry)):
+        monkeypatch.setitem(sys.modules, f"{package.__name__}.{name}", module)
+        monkeypatch.setattr(package, name, module, raising=False)
+
+
+def test_eval_sweeps_every_level_of_a_family(fake_dqcodec, image_dir, tmp_path):
+    assert main(["eval", "--codec", "fake", "--images", str(image_dir), "--out", str(tmp_path)]) == 0
+    content = json.loads((tmp_path / "fake.json").read_text())
+    assert content["kind"] == "dqcodec"
+    assert content["quality"]["values"] == ["fake-q20", "fake-q60"]  # lowest quality level first
+    assert content["results"]["bpp"][0] < content["results"]["bpp"][1]
+    assert content["results"]["estimated_bpp"] == pytest.approx([0.99 * bpp for bpp in content["results"]["bpp"]])
+
+
+def test_compare_cli_draws_ours_next_to_matched_jpeg(fake_dqcodec, image_dir, tmp_path, capsys):
+    out = tmp_path / "compare.png"
+    image = image_dir / "synthetic1.png"
+    assert main(["compare", "--image", str(image), "--codec", "jpeg", "--crop", "0", "0", "160", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    with Image.open(out) as figure:
+        assert figure.width > 3 * 160
+
+
+def test_bench_prints_medians_and_ratios(fake_dqcodec, image_dir, tmp_path, capsys):
+    timings = tmp_path / "bench.json"
+    assert main(["bench", "--images", str(image_dir), "--threads", "1", "--json", str(timings)]) == 0
+    output = capsys.readouterr().out
+    assert "torch.set_num_threads(1)" in output and "| ratio ours / baseline |" in output
+    assert [entry["codec"] for entry in json.loads(timings.read_text())["codecs"]][0] == "dqcodec fake-q50"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from dqcodec.models.codec_net import DQCodecNet
@@ -100,11 +101,27 @@ def ecvq_codebooks(
 
 
 @torch.no_grad()
-def fit_entropy_tables(net: DQCodecNet, files: list[Path]) -> None:
-    """Count the context tables over whole training images (the shipped integer tables)."""
+def fit_entropy_tables(net: DQCodecNet, files: list[Path], rounds: int = 2) -> None:
+    """Prune unused codes, then count the context tables over whole training images.
 
-    def index_batches():
-        for path in tqdm(files, desc="context tables", unit="img", leave=False):
-            yield net.compress(to_tensor(load_rgb(path, net.config.block)))
+    Round 1 counts the quantizer's own (marginal-rate ECVQ) indices; each later round counts
+    the indices that ``net.compress`` chooses with the previous round's tables, since the
+    rate-distortion choice shifts the statistics the tables must describe.
+    """
+    images = [to_tensor(load_rgb(path, net.config.block)) for path in files]
+    usage = torch.zeros(net.config.num_codebooks, net.config.codebook_size)
+    for image in tqdm(images, desc="code usage", unit="img", leave=False):
+        indices = net.quantizer.quantize(net.analysis(image))
+        usage += F.one_hot(indices, net.config.codebook_size).sum(dim=(0, 2, 3)).float()
+    net.quantizer.prune(usage)
+    usage = usage.sort(dim=1, descending=True).values
+    for round_index in range(rounds):
 
-    net.entropy.fit(net.quantizer.codebooks, net.quantizer.ema_counts, index_batches())
+        def index_batches():
+            for image in tqdm(images, desc=f"context tables {round_index + 1}/{rounds}", unit="img", leave=False):
+                if round_index == 0:
+                    yield net.quantizer.quantize(net.analysis(image)).numpy()
+                else:
+                    yield net.compress(image)
+
+        net.entropy.fit(net.quantizer.codebooks, usage, index_batches())
