@@ -99,19 +99,19 @@ class DepthwiseQuantizer(nn.Module):
     def assign(self, slices: torch.Tensor) -> torch.Tensor:
         """(B, M, D, H, W) slices -> (B, M, H, W) indices by the entropy-constrained rule."""
         b, m, d, h, w = slices.shape
-        flat = slices.reshape(b, m, d, h * w)
-        offset = (self.codebooks**2).sum(-1)[None, :, :, None]
+        vectors = slices.permute(1, 0, 3, 4, 2).reshape(m, b * h * w, d)  # (M, N, D)
+        offset = (self.codebooks**2).sum(-1)  # (M, K)
         if self.rate_lambda > 0:
-            offset = offset + self.rate_lambda * self.code_bits()[None, :, :, None]
+            offset = offset + self.rate_lambda * self.code_bits()
         # Codes pruned from a finished model (zero usage) are never assigned.
-        offset = offset.masked_fill(self.ema_counts[None, :, :, None] <= 0, float("inf"))
-        # Positions in chunks, so that the (B, M, K, n) cost tensor stays near 32 MB.
-        chunk = max(1, (1 << 23) // (b * m * self.codebook_size))
+        offset = offset.masked_fill(self.ema_counts <= 0, float("inf"))[:, None, :]
+        codebooks_t = self.codebooks.transpose(1, 2)  # (M, D, K)
+        # Vectors in chunks, so that the (M, n, K) cost tensor stays near 32 MB.
+        chunk = max(1, (1 << 23) // (m * self.codebook_size))
         indices = [
-            (offset - 2 * torch.einsum("bmdn,mkd->bmkn", part, self.codebooks)).argmin(dim=2)
-            for part in flat.split(chunk, dim=3)
+            torch.baddbmm(offset, part, codebooks_t, alpha=-2).argmin(dim=2) for part in vectors.split(chunk, dim=1)
         ]
-        return torch.cat(indices, dim=2).view(b, m, h, w)
+        return torch.cat(indices, dim=1).view(m, b, h, w).transpose(0, 1)
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, M, H, W) indices -> (B, M, D, H, W) codewords."""

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from dqcodec.models.codec_net import DQCodecNet
@@ -109,10 +108,13 @@ def fit_entropy_tables(net: DQCodecNet, files: list[Path], rounds: int = 2) -> N
     rate-distortion choice shifts the statistics the tables must describe.
     """
     images = [to_tensor(load_rgb(path, net.config.block)) for path in files]
-    usage = torch.zeros(net.config.num_codebooks, net.config.codebook_size)
+    m_count, k_count = net.config.num_codebooks, net.config.codebook_size
+    offsets = torch.arange(m_count)[:, None] * k_count
+    usage = torch.zeros(m_count * k_count)
     for image in tqdm(images, desc="code usage", unit="img", leave=False):
-        indices = net.quantizer.quantize(net.analysis(image))
-        usage += F.one_hot(indices, net.config.codebook_size).sum(dim=(0, 2, 3)).float()
+        indices = net.quantizer.quantize(net.analysis(image))[0].reshape(m_count, -1)
+        usage += torch.bincount((indices + offsets).reshape(-1), minlength=m_count * k_count).float()
+    usage = usage.view(m_count, k_count)
     net.quantizer.prune(usage)
     usage = usage.sort(dim=1, descending=True).values
     for round_index in range(rounds):
