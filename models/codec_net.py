@@ -27,7 +27,8 @@ class CodecConfig:
     codebook_size: int = 64  # K
     code_dim: int = 1  # D
     rate_lambda: float = 0.01  # ECVQ trade-off: squared latent error per bit
-    postfilter_channels: int = 16  # 0 disables the residual CNN after the block synthesis
+    postfilter_channels: int = 0  # 0 disables the residual CNN after the block synthesis
+    predicted_codebooks: int = 3  # first codebooks whose indices are coded with DPCM-like contexts
 
     @property
     def channels(self) -> int:
@@ -59,7 +60,7 @@ class DQCodecNet(nn.Module):
             rate_lambda=config.rate_lambda,
         )
         self.synthesis = BlockSynthesis(config.block, self.quantizer.out_channels, config.postfilter_channels)
-        self.entropy = ContextIndexModel(config.num_codebooks, config.codebook_size)
+        self.entropy = ContextIndexModel(config.num_codebooks, config.codebook_size, config.predicted_codebooks)
 
     def forward(self, image: torch.Tensor) -> CodecOutput:
         quantized = self.quantizer(self.analysis(image))

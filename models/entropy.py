@@ -3,7 +3,15 @@
 A codec's indices (B, M, H, W) are coded codebook by codebook (m = 0 .. M-1) and, inside a
 codebook, in two checkerboard phases: first the *anchors* ((row + col) even), then the rest.
 The table that codes index (m, row, col) is chosen by a context made only of indices that
-the decoder already has at that moment:
+the decoder already has at that moment.
+
+The first few codebooks (``num_predicted``; with a PCA-ordered transform these hold the
+block means and the coarsest gradients, which carry the most bits) are *predicted*: their
+anchors are coded row by row, and the context is the code nearest to the mean value of the
+already decoded neighbours of the same codebook (up-left, up-right and two rows up for
+anchors; the 4 anchor neighbours for the rest), DPCM in table form. Code values enter as
+integers (``code_level``, the first coordinate in units of 1/1024) and the nearest code is
+found in integer arithmetic, so the context is exact. For the other codebooks the context is:
 
 - the activity class of codebook m-1 at the same position,
 - phase 0: the summed classes of codebook m-1 at the 4 neighbours;
@@ -44,21 +52,43 @@ def anchor_mask(height: int, width: int) -> np.ndarray:
     return (rows + cols) % 2 == 0
 
 
+_ANCHOR_NEIGHBOURS = ((-1, -1), (-1, 1), (-2, 0))  # decoded before an anchor (same codebook)
+_CROSS_NEIGHBOURS = ((0, -1), (0, 1), (-1, 0), (1, 0))  # the anchors around a non-anchor
+LEVEL_SCALE = 1024  # code_level = round(first code coordinate * LEVEL_SCALE)
+
+
+def _shifted(values: np.ndarray, dy: int, dx: int) -> tuple[np.ndarray, np.ndarray]:
+    """values[r + dy, c + dx] for every (r, c) of (B, H, W), and where that lies in the image."""
+    b, h, w = values.shape
+    out = np.zeros_like(values)
+    inside = np.zeros((h, w), dtype=bool)
+    rows = slice(max(0, -dy), min(h, h - dy))
+    cols = slice(max(0, -dx), min(w, w - dx))
+    src_rows = slice(max(0, dy), min(h, h + dy))
+    src_cols = slice(max(0, dx), min(w, w + dx))
+    out[:, rows, cols] = values[:, src_rows, src_cols]
+    inside[rows, cols] = True
+    return out, inside
+
+
 class ContextIndexModel(nn.Module):
     """Context-conditioned static tables for the indices of M codebooks of K codes.
 
     Buffers (all integer, saved with the model):
         code_class: (M, K) activity class of every code.
+        code_level: (M, K) first coordinate of every code in units of 1 / LEVEL_SCALE.
         frequencies: (M, 2, 64, K) integer table for each codebook, phase and context.
         alphabet_sizes: (M,) number of codes in use per codebook (codes are sorted so that the
             used ones come first); tables are cut to that size, which keeps coding fast.
     """
 
-    def __init__(self, num_codebooks: int, codebook_size: int):
+    def __init__(self, num_codebooks: int, codebook_size: int, num_predicted: int = 0):
         super().__init__()
         self.num_codebooks = num_codebooks
         self.codebook_size = codebook_size
+        self.num_predicted = num_predicted
         self.register_buffer("code_class", torch.zeros(num_codebooks, codebook_size, dtype=torch.int32))
+        self.register_buffer("code_level", torch.zeros(num_codebooks, codebook_size, dtype=torch.int32))
         self.register_buffer(
             "frequencies",
             torch.ones(num_codebooks, NUM_PHASES, CONTEXTS_PER_PHASE, codebook_size, dtype=torch.int32),
@@ -71,6 +101,8 @@ class ContextIndexModel(nn.Module):
         indices: (B, M, H, W) integer array; only codebooks < m and, in phase 1, the anchors of
         codebook m are read, so a decoder can pass its partly decoded array.
         """
+        if m < self.num_predicted:
+            return self._predicted_contexts(indices, m, phase)
         code_class = self.code_class.numpy()
         b, _, h, w = indices.shape
 
@@ -87,11 +119,39 @@ class ContextIndexModel(nn.Module):
         older = classes(m - 2) + classes(m - 3)
         return previous * 16 + _bucket(neighbours, (1, 3, 6)) * 4 + _bucket(older, (1, 2, 4))
 
+    def _predicted_contexts(self, indices: np.ndarray, m: int, phase: int) -> np.ndarray:
+        """Context = the code nearest to the mean level of the decoded same-codebook neighbours.
+
+        Positions with no decoded neighbour get context 0.
+        """
+        size = int(self.alphabet_sizes[m])
+        level = self.code_level[m, :size].numpy().astype(np.int64)
+        values = level[np.minimum(indices[:, m], size - 1)]
+        total = np.zeros_like(values)
+        count = np.zeros(values.shape[1:], dtype=np.int64)
+        for dy, dx in _ANCHOR_NEIGHBOURS if phase == 0 else _CROSS_NEIGHBOURS:
+            shifted, inside = _shifted(values, dy, dx)
+            total += shifted * inside
+            count += inside
+        # argmin_k |level_k - total / count|, scaled by count to stay in integers.
+        error = np.abs(count[None, :, :, None] * level - total[..., None])
+        nearest = np.where(count > 0, error.argmin(axis=-1), 0)
+        return nearest * CONTEXTS_PER_PHASE // max(self.codebook_size, CONTEXTS_PER_PHASE)
+
     def coding_steps(self, height: int, width: int):
-        """Yield (m, phase, mask) in coding order; mask (H, W) marks the positions coded."""
+        """Yield (m, phase, mask) in coding order; mask (H, W) marks the positions coded.
+
+        Predicted codebooks code their anchors one row per step (each row's context needs the
+        rows above); the others code all anchors, then all non-anchors, in one step each.
+        """
         anchors = anchor_mask(height, width)
+        rows = np.arange(height)[:, None]
         for m in range(self.num_codebooks):
-            yield m, 0, anchors
+            if m < self.num_predicted:
+                for row in range(height):
+                    yield m, 0, anchors & (rows == row)
+            else:
+                yield m, 0, anchors
             yield m, 1, ~anchors
 
     def tables(self, indices: np.ndarray, m: int, phase: int, mask: np.ndarray) -> np.ndarray:
@@ -125,6 +185,7 @@ class ContextIndexModel(nn.Module):
         distance = ((codebooks - codebooks[torch.arange(m_count), mode][:, None]) ** 2).sum(-1)
         rank = distance.argsort(dim=1).argsort(dim=1)
         self.code_class.copy_(torch.bucketize(rank, torch.tensor([0, 2, 6]), right=True).int())
+        self.code_level.copy_((codebooks[:, :, 0] * LEVEL_SCALE).round().int())
 
         cells = CONTEXTS_PER_PHASE * k_count
         counts = np.zeros((m_count, NUM_PHASES, cells))

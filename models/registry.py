@@ -22,7 +22,7 @@ from dqcodec.models.codec_net import CodecConfig, DQCodecNet
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 ARCHITECTURE = "DQCodecNet"
 # Integer buffers are stored in the narrowest type that holds them.
-_STORAGE_DTYPES = {"entropy.frequencies": np.uint16, "entropy.code_class": np.uint8}
+_STORAGE_DTYPES = {"entropy.frequencies": np.uint16, "entropy.code_class": np.uint8, "entropy.code_level": np.int32}
 
 
 def list_models(weights_dir: Path = WEIGHTS_DIR) -> list[dict]:

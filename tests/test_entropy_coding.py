@@ -11,7 +11,7 @@ from dqcodec.models.entropy import ContextIndexModel, quantize_table
 
 def _fitted_model(rng: np.random.Generator) -> tuple[ContextIndexModel, np.ndarray]:
     m_count, k_count = 4, 8
-    model = ContextIndexModel(m_count, k_count)
+    model = ContextIndexModel(m_count, k_count, num_predicted=2)
     # Skewed indices whose codebooks depend on each other, as in a real codec.
     base = rng.geometric(0.5, size=(3, 1, 12, 10)) - 1
     indices = np.clip(base + rng.integers(0, 2, size=(3, m_count, 12, 10)), 0, k_count - 2)
@@ -29,14 +29,24 @@ def test_tables_are_positive_integers_within_precision():
 def test_contexts_read_only_what_the_decoder_has():
     model, indices = _fitted_model(np.random.default_rng(0))
     _, _, h, w = indices.shape
+    decoded = np.zeros_like(indices)  # what a decoder holds, step by step
     for m, phase, mask in model.coding_steps(h, w):
-        partial = indices.copy()
-        partial[:, m + 1 :] = 0
-        if phase == 0:
-            partial[:, m] = 0
-        else:
-            partial[:, m][:, mask] = 0  # the non-anchors of codebook m are not decoded yet
-        assert np.array_equal(model.contexts(partial, m, phase), model.contexts(indices, m, phase))
+        assert np.array_equal(model.contexts(decoded, m, phase)[:, mask], model.contexts(indices, m, phase)[:, mask])
+        decoded[:, m][:, mask] = indices[:, m][:, mask]
+    assert np.array_equal(decoded, indices)
+
+
+def test_predicted_codebooks_use_cheaper_tables_for_smooth_fields():
+    rng = np.random.default_rng(2)
+    smooth = np.repeat(np.repeat(rng.integers(0, 8, size=(4, 1, 4, 4)), 4, axis=2), 4, axis=3)  # (4, 1, 16, 16)
+    usage = torch.from_numpy(np.bincount(smooth.ravel(), minlength=8)[None].astype(np.float32))
+    codebooks = torch.arange(8, dtype=torch.float32)[None, :, None]
+    order = usage.argsort(dim=1, descending=True)
+    ranked = np.argsort(order[0].numpy())[smooth]  # codes sorted by usage, as a pruned model has them
+    plain, predicted = ContextIndexModel(1, 8), ContextIndexModel(1, 8, num_predicted=1)
+    for model in (plain, predicted):
+        model.fit(codebooks[:, order[0]], usage[:, order[0]], [ranked])
+    assert predicted.bits(ranked) < 0.7 * plain.bits(ranked)
 
 
 def test_round_trip_is_exact_and_size_meets_the_estimate():

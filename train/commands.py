@@ -26,6 +26,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--codebooks", type=int, default=192, help="number of codebooks M (default 192)")
     parser.add_argument("--codebook-size", type=int, default=64, help="codes per codebook K (default 64)")
     parser.add_argument("--code-dim", type=int, default=1, help="dimension D of each codebook's slice (default 1)")
+    parser.add_argument("--predicted-codebooks", type=int, default=3,
+                        help="first codebooks coded with neighbour-predicted (DPCM-like) contexts (default 3)")
     parser.add_argument("--postfilter", type=int, default=0, help="channels of the residual post-filter CNN (0: none)")
     parser.add_argument("--init-samples", type=int, default=60_000, help="latent blocks for the ECVQ initialisation")
     parser.add_argument("--ecvq-iterations", type=int, default=15, help="entropy-constrained Lloyd iterations")
@@ -62,6 +64,7 @@ def run_train(args: argparse.Namespace) -> int:
             code_dim=args.code_dim,
             rate_lambda=args.rate_lambda,
             postfilter_channels=args.postfilter,
+            predicted_codebooks=args.predicted_codebooks,
         ),
         data=args.data or default_train_dir(),
         init_from=args.init_from,
