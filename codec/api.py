@@ -5,6 +5,8 @@ model choose code indices, range-code them codebook by codebook with the model's
 context tables, and wrap the stream in the .dqc container. Decoding mirrors it exactly.
 """
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image
@@ -19,7 +21,8 @@ DEFAULT_FAMILY = "dq"
 
 
 def resolve_model_name(quality: int | None = None, model: str | None = None) -> str:
-    """The shipped model to use: ``model`` by name, or level ``quality`` of the default family.
+    """The model to use: ``model`` by name (or a checkpoint path), else level ``quality`` of
+    the default family.
 
     With neither, the middle quality level of the default family. Raises DQCodecError for an
     unknown name, an out-of-range quality, or both arguments at once.
@@ -27,6 +30,11 @@ def resolve_model_name(quality: int | None = None, model: str | None = None) -> 
     models = registry.list_models()
     if model is not None and quality is not None:
         raise DQCodecError("give either a quality or a model name, not both")
+    if model is not None and _looks_like_checkpoint(model):
+        try:
+            return registry.register_checkpoint(Path(model))
+        except (OSError, ValueError, KeyError) as error:
+            raise DQCodecError(f"cannot use checkpoint {model}: {error}") from None
     if model is not None:
         if model not in {m["name"] for m in models}:
             raise DQCodecError(f"unknown model {model!r} (available: {', '.join(m['name'] for m in models)})")
@@ -40,6 +48,11 @@ def resolve_model_name(quality: int | None = None, model: str | None = None) -> 
     if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or quality not in levels:
         raise DQCodecError(f"quality must be an integer from {min(levels)} to {max(levels)}, got {quality!r}")
     return levels[int(quality)]
+
+
+def _looks_like_checkpoint(model: str) -> bool:
+    path = Path(model)
+    return path.suffix in (".json", ".safetensors") or Path(f"{path}.json").is_file()
 
 
 def encode_with_notes(image, quality: int | None = None, model: str | None = None) -> tuple[bytes, list[str]]:

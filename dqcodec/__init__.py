@@ -5,7 +5,15 @@
     >>> image = dqcodec.decode(data)                    # PIL.Image
 """
 
-from dqcodec.codec.api import decode, encode
 from dqcodec.codec.errors import DQCodecError
 
 __all__ = ["encode", "decode", "DQCodecError"]
+
+
+def __getattr__(name: str):
+    # The API pulls in torch; import it on first use so that 'dqcodec --help' starts fast.
+    if name in ("encode", "decode"):
+        from dqcodec.codec import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'dqcodec' has no attribute {name!r}")

@@ -93,14 +93,38 @@ def load_checkpoint(stem: Path) -> tuple[DQCodecNet, dict, bytes]:
     return model, info, fingerprint
 
 
+# Checkpoints outside the package that this process was asked to use, by model name.
+_CHECKPOINTS: dict[str, Path] = {}
+
+
+def register_checkpoint(path: Path) -> str:
+    """Make a checkpoint (``stem``, ``stem.json`` or ``stem.safetensors``) usable by name.
+
+    Returns the model name from its JSON; files it writes decode in this process by that name.
+    Raises FileNotFoundError / ValueError for a missing or malformed checkpoint.
+    """
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
+    info = json.loads(Path(f"{stem}.json").read_text())
+    if not Path(f"{stem}.safetensors").is_file():
+        raise FileNotFoundError(f"{stem}.safetensors")
+    _CHECKPOINTS[info["name"]] = stem
+    load_model.cache_clear()
+    return info["name"]
+
+
 @functools.lru_cache(maxsize=8)
 def load_model(name: str) -> tuple[DQCodecNet, dict, bytes]:
-    """A shipped model by name, ready for coding (synthesis in float64); cached.
+    """A shipped (or registered) model by name, ready for coding (synthesis in float64); cached.
 
     Raises KeyError for an unknown name.
     """
-    if name not in model_names():
+    if name in _CHECKPOINTS:
+        stem = _CHECKPOINTS[name]
+    elif name in model_names():
+        stem = WEIGHTS_DIR / name
+    else:
         raise KeyError(name)
-    model, info, fingerprint = load_checkpoint(WEIGHTS_DIR / name)
+    model, info, fingerprint = load_checkpoint(stem)
     model.synthesis.double()
     return model, info, fingerprint

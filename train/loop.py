@@ -140,6 +140,8 @@ def _fine_tune(net, optimizer, config, files, generator, step, state_path, log) 
 def export(net: DQCodecNet, config: TrainConfig, stem: Path, info: dict) -> None:
     """Stage 3: count the context tables over whole training images, then save the model."""
     net.eval()
-    fit_entropy_tables(net, image_files(config.data))
-    training = {"data": str(config.data), **{k: v for k, v in asdict(config).items() if k not in ("out", "codec", "data", "init_from")}}
+    files = image_files(config.data)
+    fit_entropy_tables(net, files)
+    data = config.data.name if config.data.is_absolute() else str(config.data)
+    training = {"data": f"{data} ({len(files)} images)", **{k: v for k, v in asdict(config).items() if k not in ("out", "codec", "data", "init_from")}}
     save_model(net, stem, {**info, "training": {**training, **info.get("training", {})}})
