@@ -21,6 +21,7 @@ from dqcodec.models.codec_net import CodecConfig, DQCodecNet
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 ARCHITECTURE = "DQCodecNet"
+_TABLES, _ALPHABETS = "entropy.frequencies", "entropy.alphabet_sizes"
 # Integer buffers are stored in the narrowest type that holds them.
 _STORAGE_DTYPES = {"entropy.frequencies": np.uint16, "entropy.code_class": np.uint8, "entropy.code_level": np.int32}
 
@@ -63,10 +64,32 @@ def save_model(model: DQCodecNet, stem: Path, info: dict) -> None:
     for name, tensor in model.state_dict().items():
         array = tensor.detach().cpu().numpy()
         tensors[name] = array.astype(_STORAGE_DTYPES.get(name, np.float32 if array.dtype.kind == "f" else array.dtype))
+    tensors[_TABLES] = _pack_tables(tensors[_TABLES], tensors[_ALPHABETS])
     stem.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{stem}.safetensors").write_bytes(save_safetensors_bytes(tensors))
     description = {"architecture": ARCHITECTURE, "config": asdict(model.config), **info}
     Path(f"{stem}.json").write_text(json.dumps(description, indent=2) + "\n")
+
+
+def _pack_tables(tables: np.ndarray, alphabet_sizes: np.ndarray) -> np.ndarray:
+    """(M, P, C, K) tables -> 1-D array of each codebook's (P, C, K_m) part: most codebooks
+    use a handful of codes, so this is what keeps the shipped files small."""
+    return np.concatenate([tables[m, :, :, :size].ravel() for m, size in enumerate(alphabet_sizes)])
+
+
+def _unpack_tables(packed: np.ndarray, alphabet_sizes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of :func:`_pack_tables`; entries beyond each alphabet are 1 (never used)."""
+    m_count, phases, contexts, k_count = shape
+    sizes = [int(size) for size in alphabet_sizes]
+    if len(sizes) != m_count or max(sizes) > k_count or packed.size != phases * contexts * sum(sizes):
+        raise ValueError("entropy tables do not match the model configuration")
+    tables = np.ones(shape, dtype=packed.dtype)
+    offset = 0
+    for m, size in enumerate(sizes):
+        count = phases * contexts * size
+        tables[m, :, :, :size] = packed[offset : offset + count].reshape(phases, contexts, size)
+        offset += count
+    return tables
 
 
 def load_checkpoint(stem: Path) -> tuple[DQCodecNet, dict, bytes]:
@@ -80,6 +103,9 @@ def load_checkpoint(stem: Path) -> tuple[DQCodecNet, dict, bytes]:
         raise ValueError(f"{stem}.json: unknown architecture {info.get('architecture')!r}")
     model = DQCodecNet(CodecConfig(**info["config"]))
     arrays = load_safetensors_bytes(weight_bytes)
+    if _TABLES in arrays and _ALPHABETS in arrays:
+        shape = tuple(model.state_dict()[_TABLES].shape)
+        arrays[_TABLES] = _unpack_tables(arrays[_TABLES], arrays[_ALPHABETS], shape)
     state = {}
     for name, reference in model.state_dict().items():
         if name not in arrays:
