@@ -95,14 +95,18 @@ class ContextIndexModel(nn.Module):
         )
         self.register_buffer("alphabet_sizes", torch.full((num_codebooks,), codebook_size, dtype=torch.int32))
 
-    def contexts(self, indices: np.ndarray, m: int, phase: int) -> np.ndarray:
-        """Context ids (B, H, W) in [0, 64) for codebook m in the given phase.
+    def contexts(self, indices: np.ndarray, m: int, phase: int, mask: np.ndarray | None = None) -> np.ndarray:
+        """Context ids in [0, 64) for codebook m in the given phase: (B, H, W), or (B, N) for
+        the N positions of an (H, W) ``mask``.
 
-        indices: (B, M, H, W) integer array; only codebooks < m and, in phase 1, the anchors of
-        codebook m are read, so a decoder can pass its partly decoded array.
+        indices: (B, M, H, W) integer array; only what is decoded before that step is read
+        (codebooks < m, the rows above for predicted anchors, the anchors of codebook m in
+        phase 1), so a decoder can pass its partly decoded array.
         """
+        if mask is None:
+            mask = np.ones(indices.shape[2:], dtype=bool)
         if m < self.num_predicted:
-            return self._predicted_contexts(indices, m, phase)
+            return self._predicted_contexts(indices, m, phase, mask)
         code_class = self.code_class.numpy()
         b, _, h, w = indices.shape
 
@@ -117,9 +121,10 @@ class ContextIndexModel(nn.Module):
         else:
             neighbours = _neighbour_sum(classes(m) * anchor_mask(h, w))
         older = classes(m - 2) + classes(m - 3)
-        return previous * 16 + _bucket(neighbours, (1, 3, 6)) * 4 + _bucket(older, (1, 2, 4))
+        context = previous * 16 + _bucket(neighbours, (1, 3, 6)) * 4 + _bucket(older, (1, 2, 4))
+        return context[:, mask]
 
-    def _predicted_contexts(self, indices: np.ndarray, m: int, phase: int) -> np.ndarray:
+    def _predicted_contexts(self, indices: np.ndarray, m: int, phase: int, mask: np.ndarray) -> np.ndarray:
         """Context = the code nearest to the mean level of the decoded same-codebook neighbours.
 
         Positions with no decoded neighbour get context 0.
@@ -134,7 +139,8 @@ class ContextIndexModel(nn.Module):
             total += shifted * inside
             count += inside
         # argmin_k |level_k - total / count|, scaled by count to stay in integers.
-        error = np.abs(count[None, :, :, None] * level - total[..., None])
+        count, total = count[mask], total[:, mask]
+        error = np.abs(count[None, :, None] * level - total[..., None])
         nearest = np.where(count > 0, error.argmin(axis=-1), 0)
         return nearest * CONTEXTS_PER_PHASE // max(self.codebook_size, CONTEXTS_PER_PHASE)
 
@@ -156,7 +162,7 @@ class ContextIndexModel(nn.Module):
 
     def tables(self, indices: np.ndarray, m: int, phase: int, mask: np.ndarray) -> np.ndarray:
         """(N, K_m) integer tables for the N positions of ``mask`` (all images, row-major)."""
-        context = self.contexts(indices, m, phase)[:, mask]  # (B, N per image)
+        context = self.contexts(indices, m, phase, mask)  # (B, N per image)
         size = int(self.alphabet_sizes[m])
         return self.frequencies[m, phase, :, :size].numpy()[context.reshape(-1)]
 
@@ -192,7 +198,7 @@ class ContextIndexModel(nn.Module):
         for indices in index_batches:
             _, _, h, w = indices.shape
             for m, phase, mask in self.coding_steps(h, w):
-                context = self.contexts(indices, m, phase)[:, mask].reshape(-1)
+                context = self.contexts(indices, m, phase, mask).reshape(-1)
                 symbols = indices[:, m][:, mask].reshape(-1)
                 counts[m, phase] += np.bincount(context * k_count + symbols, minlength=cells)
         counts = counts.reshape(m_count, NUM_PHASES, CONTEXTS_PER_PHASE, k_count) + prior_count
