@@ -43,6 +43,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="export the result as shipped model NAME and measure it on Kodak")
     parser.add_argument("--family", default="dq", help="model family for --export (default dq)")
     parser.add_argument("--quality", type=int, default=None, help="quality level for --export")
+    parser.add_argument("--weights-dir", type=Path, default=None,
+                        help="where --export writes NAME.safetensors/.json (default: the package's shipped models)")
+    parser.add_argument("--measure-images", type=int, default=24,
+                        help="Kodak images to measure the exported model on (default 24, all; 0 skips)")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -91,37 +95,35 @@ def run_train(args: argparse.Namespace) -> int:
             f"lambda={args.rate_lambda}",
             "training": {"machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads"},
         }
-        export(net, config, WEIGHTS_DIR / args.export, info)
-        minutes = (time.time() - started) / 60
-        figures = measure_on_kodak(args.export)
-        stem = WEIGHTS_DIR / args.export
+        stem = (args.weights_dir or WEIGHTS_DIR) / args.export
+        export(net, config, stem, info)
         description = json.loads(Path(f"{stem}.json").read_text())
-        description["training"]["minutes_this_run"] = round(minutes, 1)
-        description["kodak"] = figures
+        description["training"]["minutes_this_run"] = round((time.time() - started) / 60, 1)
+        if args.measure_images > 0:
+            figures = measure_on_kodak(stem, args.measure_images)
+            description["kodak"] = figures
+            print(f"{args.export}: Kodak {figures['bpp']:.4f} bpp, {figures['psnr']:.2f} dB PSNR, "
+                  f"MS-SSIM {figures['ms_ssim']:.4f} ({figures['images']} images, real files)")
         Path(f"{stem}.json").write_text(json.dumps(description, indent=2) + "\n")
-        print(f"{args.export}: Kodak {figures['bpp']:.4f} bpp, {figures['psnr']:.2f} dB PSNR, "
-              f"MS-SSIM {figures['ms_ssim']:.4f} (24 images, real files)")
     return 0
 
 
-def measure_on_kodak(name: str) -> dict:
-    """Mean bpp (real file bytes), PSNR-RGB and MS-SSIM of shipped model ``name`` on Kodak."""
+def measure_on_kodak(stem: Path, count: int = 24) -> dict:
+    """Mean bpp (real file bytes), PSNR-RGB and MS-SSIM of checkpoint ``stem`` on Kodak."""
     from PIL import Image
     from tqdm import tqdm
 
     from dqcodec.codec import api
     from dqcodec.eval.metrics import ms_ssim, psnr
-    from dqcodec.models import registry
     from dqcodec.paths import kodak_dir
 
-    registry.load_model.cache_clear()
-    files = sorted(kodak_dir().glob("*.png"))
+    files = sorted(kodak_dir().glob("*.png"))[:count]
     if not files:
         raise DQCodecError(f"no Kodak images in {kodak_dir()}")
     bpps, psnrs, ssims = [], [], []
-    for path in tqdm(files, desc=f"Kodak {name}", unit="img"):
+    for path in tqdm(files, desc=f"Kodak {stem.name}", unit="img"):
         original = np.asarray(Image.open(path).convert("RGB"))
-        data = api.encode(original, model=name)
+        data = api.encode(original, model=f"{stem}.json")
         decoded = np.asarray(api.decode(data).convert("RGB"))
         bpps.append(8 * len(data) / (original.shape[0] * original.shape[1]))
         psnrs.append(psnr(original, decoded))

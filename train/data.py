@@ -33,7 +33,7 @@ def load_rgb(path: Path, block: int = 1) -> np.ndarray:
 
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (1, 3, H, W) float32 in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float() / 255.0
+    return torch.from_numpy(np.array(pixels)).permute(2, 0, 1)[None].float() / 255.0  # a writable copy
 
 
 class RandomCrops:

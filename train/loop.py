@@ -91,9 +91,7 @@ def train(config: TrainConfig, log=print) -> DQCodecNet:
         net.config.rate_lambda = config.codec.rate_lambda
     else:
         net = DQCodecNet(config.codec)
-    optimizer = torch.optim.Adam(
-        [p for name, p in net.named_parameters()], lr=config.learning_rate
-    )
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
     state_path = config.out / "state"
     if Path(f"{state_path}.safetensors").exists():
         step = load_state(state_path, net, optimizer, generator)
@@ -143,5 +141,9 @@ def export(net: DQCodecNet, config: TrainConfig, stem: Path, info: dict) -> None
     files = image_files(config.data)
     fit_entropy_tables(net, files)
     data = config.data.name if config.data.is_absolute() else str(config.data)
-    training = {"data": f"{data} ({len(files)} images)", **{k: v for k, v in asdict(config).items() if k not in ("out", "codec", "data", "init_from")}}
+    recipe = (
+        f"block PCA; {config.ecvq_iterations} entropy-constrained Lloyd iterations on {config.init_samples} blocks; "
+        f"{config.steps} Adam steps; context tables counted over the training images in 2 rounds"
+    )
+    training = {"data": f"{data} ({len(files)} images)", "recipe": recipe, **{k: v for k, v in asdict(config).items() if k not in ("out", "codec", "data", "init_from")}}
     save_model(net, stem, {**info, "training": {**training, **info.get("training", {})}})
