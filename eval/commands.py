@@ -153,6 +153,11 @@ def bdrate_records(tests: list[RDCurve], anchors: list[RDCurve], metrics: list[s
     return records
 
 
+def _signed(value: float, digits: int) -> str:
+    # Adding 0.0 turns a rounded -0.0 into 0.0, so an exact tie never prints as "-0.0".
+    return f"{round(value, digits) + 0.0:+.{digits}f}"
+
+
 def format_bdrate_tables(records: list[dict], quality_delta: bool = False) -> str:
     """Markdown: one table per metric, a row per test curve, a column per anchor.
 
@@ -180,9 +185,9 @@ def format_bdrate_tables(records: list[dict], quality_delta: bool = False) -> st
                 if record["error"]:
                     cells.append("n/a")
                 elif quality_delta:
-                    cells.append(f"{record['bd_metric_db']:+.2f}")
+                    cells.append(_signed(record["bd_metric_db"], 2))
                 else:
-                    cells.append(f"{record['bd_rate_percent']:+.1f}")
+                    cells.append(_signed(record["bd_rate_percent"], 1))
             lines.append(f"| {test} | " + " | ".join(cells) + " |")
         notes = [f"n/a: {r['test']} vs {r['anchor']}: {r['error']}" for r in rows if r["error"]]
         blocks.append("\n".join(lines + ([""] + notes if notes else [])))

@@ -6,6 +6,9 @@ Every quantizer follows the contract of DESIGN.md: ``forward(z)`` returns a
 a codec needs: assigning the codewords of ``i`` gives back ``i`` (for a quantizer with
 projections this holds in the projected space: ``assign(lookup(i)) == i`` with no rate term),
 and ``dequantize(quantize(z))`` equals the hard output of ``forward``.
+
+The hard, EMA-codebook quantizers live here; the soft ones (SHVQ, the soft VQ-VAE's Bayesian
+estimator) are in :mod:`dqcodec.models.soft_quantizers`.
 """
 
 from dataclasses import dataclass
@@ -19,9 +22,13 @@ from torch import nn
 class QuantizerOutput:
     """What a quantizer's forward pass returns.
 
-    quantized: (B, M*D, H, W) codewords, straight-through to the projected input when training.
-    indices: (B, M, H, W) int64 code indices, M = number of codebooks.
-    loss: scalar, beta * commitment (codebooks themselves move by EMA).
+    quantized: codewords in the quantizer's output layout — (B, M*D, H, W) for the projected
+        quantizers (DQ, VQ, coupled DQ), the input's (B, C, H, W) for the others —
+        straight-through to the (projected) input when training; the soft quantizers give
+        their soft (SHVQ: soft-gradient) output there.
+    indices: (B, M, H', W') int64 code indices, M = number of codebooks (or index planes).
+    loss: scalar, beta * commitment for the EMA quantizers (codebooks move by EMA); the
+        soft quantizers' own regulariser (SHVQ: the soft entropy term).
     perplexity: (M,) exp(entropy) of each codebook's usage in this batch.
     bits: (B,) -log2 p of the indices under the quantizer's rate model (marginal code
         probabilities), the rate that the entropy-constrained assignment traded against.
@@ -34,14 +41,14 @@ class QuantizerOutput:
     bits: torch.Tensor
 
 
-class DepthwiseQuantizer(nn.Module):
-    """Depthwise quantization (DQ): M codebooks, each quantizing its own D-dim projection.
+class CodebookQuantizer(nn.Module):
+    """M EMA codebooks of K codes of dimension D, shared by the hard quantizers below.
 
-    The feature tensor (B, C, H, W) goes through M separate 1x1 projections to D channels
-    each (stored as one C -> M*D 1x1 convolution, which is the same thing), slice m is
-    replaced by its nearest codeword in codebook m (K codes of dimension D), and the M
-    slices are concatenated back to (B, M*D, H, W). With M = 1 this is plain VQ (van den Oord
-    et al. 2017) on a learned projection.
+    A subclass says how the feature tensor becomes the vectors to quantize (``project``:
+    (B, C, H, W) -> (B, M, D, H', W'), vector (b, h', w') of slice m goes to codebook m) and
+    how codewords in that layout become its output (``assemble``); everything else — the
+    assignment, the codebooks' EMA updates, dead-code re-initialisation, the rate model and
+    the straight-through output — is this class.
 
     Codebooks follow the EMA updates of VQ-VAE (decay ``gamma``, Laplace smoothing ``eps``):
         N_k <- gamma N_k + (1 - gamma) n_k,  m_k <- gamma m_k + (1 - gamma) sum_{i in k} x_i,
@@ -57,7 +64,6 @@ class DepthwiseQuantizer(nn.Module):
 
     def __init__(
         self,
-        in_channels: int,
         num_codebooks: int,
         codebook_size: int,
         code_dim: int,
@@ -76,20 +82,18 @@ class DepthwiseQuantizer(nn.Module):
         self.eps = eps
         self.beta = beta
         self.dead_code_threshold = dead_code_threshold
-        self.projection = nn.Conv2d(in_channels, num_codebooks * code_dim, kernel_size=1)
         codebooks = torch.randn(num_codebooks, codebook_size, code_dim)
         self.register_buffer("codebooks", codebooks)
         self.register_buffer("ema_counts", torch.full((num_codebooks, codebook_size), 1.0 / codebook_size))
         self.register_buffer("ema_sums", codebooks / codebook_size)
 
-    @property
-    def out_channels(self) -> int:
-        return self.num_codebooks * self.code_dim
-
     def project(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) features -> (B, M, D, H, W) slices to quantize."""
-        b, _, h, w = z.shape
-        return self.projection(z).view(b, self.num_codebooks, self.code_dim, h, w)
+        """(B, C, H, W) features -> (B, M, D, H', W') vectors to quantize."""
+        raise NotImplementedError
+
+    def assemble(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, M, D, H', W') codewords (or straight-through slices) -> the quantizer's output."""
+        raise NotImplementedError
 
     def code_bits(self) -> torch.Tensor:
         """(M, K) -log2 of each code's EMA usage probability (the ECVQ rate term)."""
@@ -97,7 +101,7 @@ class DepthwiseQuantizer(nn.Module):
         return -torch.log2(probs.clamp_min(1e-9))
 
     def assign(self, slices: torch.Tensor) -> torch.Tensor:
-        """(B, M, D, H, W) slices -> (B, M, H, W) indices by the entropy-constrained rule."""
+        """(B, M, D, H', W') slices -> (B, M, H', W') indices by the entropy-constrained rule."""
         b, m, d, h, w = slices.shape
         vectors = slices.permute(1, 0, 3, 4, 2).reshape(m, b * h * w, d)  # (M, N, D)
         offset = (self.codebooks**2).sum(-1)  # (M, K)
@@ -114,22 +118,22 @@ class DepthwiseQuantizer(nn.Module):
         return torch.cat(indices, dim=1).view(m, b, h, w).transpose(0, 1)
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        """(B, M, H, W) indices -> (B, M, D, H, W) codewords."""
+        """(B, M, H', W') indices -> (B, M, D, H', W') codewords."""
         b, m, h, w = indices.shape
         flat = indices.permute(1, 0, 2, 3).reshape(m, -1)
         codes = torch.gather(self.codebooks, 1, flat[..., None].expand(-1, -1, self.code_dim))
         return codes.view(m, b, h, w, self.code_dim).permute(1, 0, 4, 2, 3)
 
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) features -> (B, M, H, W) int64 indices."""
+        """(B, C, H, W) features -> (B, M, H', W') int64 indices."""
         return self.assign(self.project(z))
 
     def dequantize(self, indices: torch.Tensor) -> torch.Tensor:
-        """(B, M, H, W) indices -> (B, M*D, H, W) quantized features."""
-        b, m, h, w = indices.shape
-        return self.lookup(indices).reshape(b, m * self.code_dim, h, w)
+        """(B, M, H', W') indices -> quantized features in the layout of ``assemble``."""
+        return self.assemble(self.lookup(indices))
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        """(B, C, H, W) features -> QuantizerOutput; in training mode the codebooks move first."""
         slices = self.project(z)
         indices = self.assign(slices.detach())
         codes = self.lookup(indices)
@@ -146,7 +150,7 @@ class DepthwiseQuantizer(nn.Module):
             self.code_bits()[None].expand(b, -1, -1), 2, indices.reshape(b, m, -1)
         ).sum(dim=(1, 2))
         return QuantizerOutput(
-            quantized=quantized.reshape(b, m * d, h, w),
+            quantized=self.assemble(quantized),
             indices=indices,
             loss=self.beta * commitment,
             perplexity=perplexity,
@@ -199,8 +203,156 @@ class DepthwiseQuantizer(nn.Module):
         self.ema_sums[m_idx, k_idx] = new_codes * fresh_count[:, None]
 
 
+class DepthwiseQuantizer(CodebookQuantizer):
+    """Depthwise quantization (DQ): M codebooks, each quantizing its own D-dim projection.
+
+    The feature tensor (B, C, H, W) goes through M separate 1x1 projections to D channels
+    each (stored as one C -> M*D 1x1 convolution, which is the same thing), slice m is
+    replaced by its nearest codeword in codebook m (K codes of dimension D), and the M
+    slices are concatenated back to (B, M*D, H, W):
+        x_m = W_m z,  q_m = argmin_k ||x_m - c_{m,k}||^2,  z_hat = [c_{1,q_1}, ..., c_{M,q_M}].
+    With M = 1 this is plain VQ (van den Oord et al. 2017) on a learned projection.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_codebooks: int,
+        codebook_size: int,
+        code_dim: int,
+        rate_lambda: float = 0.0,
+        decay: float = 0.99,
+        eps: float = 1e-5,
+        beta: float = 0.25,
+        dead_code_threshold: float = 1e-3,
+    ):
+        # Built before the codebooks so that a seeded model draws the same initial weights.
+        projection = nn.Conv2d(in_channels, num_codebooks * code_dim, kernel_size=1)
+        super().__init__(num_codebooks, codebook_size, code_dim, rate_lambda, decay, eps, beta, dead_code_threshold)
+        self.projection = projection
+
+    @property
+    def out_channels(self) -> int:
+        return self.num_codebooks * self.code_dim
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) features -> (B, M, D, H, W) slices to quantize."""
+        b, _, h, w = z.shape
+        return self.projection(z).view(b, self.num_codebooks, self.code_dim, h, w)
+
+    def assemble(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, M, D, H, W) -> (B, M*D, H, W), the slices concatenated along channels."""
+        b, m, d, h, w = codes.shape
+        return codes.reshape(b, m * d, h, w)
+
+
 class VectorQuantizer(DepthwiseQuantizer):
     """Plain VQ: one codebook of K codes over a D-dim 1x1 projection (DQ with M = 1)."""
 
     def __init__(self, in_channels: int, codebook_size: int, code_dim: int, **kwargs):
         super().__init__(in_channels, 1, codebook_size, code_dim, **kwargs)
+
+
+class CoupledDepthwiseQuantizer(CodebookQuantizer):
+    """The DQ paper's VQ baseline: M codebooks applied to one shared D-dim projection.
+
+    One 1x1 projection x = W z (C -> D) is quantized independently by each of the M
+    codebooks and the M codewords are concatenated, so the output has the same (B, M*D, H, W)
+    shape, the same number of codebooks and the same index tensor as DQ, and an ablation
+    swaps one for the other with nothing else changed:
+        x = W z,  q_m = argmin_k ||x - c_{m,k}||^2,  z_hat = [c_{1,q_1}, ..., c_{M,q_M}].
+    The only difference from DQ is that all codebooks see the same vector instead of M
+    decoupled projections. With M = 1 it is exactly ``VectorQuantizer``.
+    """
+
+    def __init__(self, in_channels: int, num_codebooks: int, codebook_size: int, code_dim: int, **kwargs):
+        # Built before the codebooks, as in DepthwiseQuantizer, so seeded inits agree at M = 1.
+        projection = nn.Conv2d(in_channels, code_dim, kernel_size=1)
+        super().__init__(num_codebooks, codebook_size, code_dim, **kwargs)
+        self.projection = projection
+
+    @property
+    def out_channels(self) -> int:
+        return self.num_codebooks * self.code_dim
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) features -> (B, M, D, H, W): the one projection, seen by every codebook."""
+        shared = self.projection(z)
+        b, d, h, w = shared.shape
+        return shared[:, None].expand(b, self.num_codebooks, d, h, w)
+
+    def assemble(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, M, D, H, W) -> (B, M*D, H, W), the M codewords concatenated along channels."""
+        b, m, d, h, w = codes.shape
+        return codes.reshape(b, m * d, h, w)
+
+
+def _check_divisible(name: str, value: int, divisor: int, divisor_name: str) -> None:
+    if value % divisor:
+        raise ValueError(f"{name} = {value} is not divisible by {divisor_name} = {divisor}")
+
+
+class ProductQuantizer(CodebookQuantizer):
+    """Product quantization (Jegou et al. 2011), the DVQ paper's channel-split baseline.
+
+    The C channels are split into M contiguous slices of D = C / M channels with no learned
+    projection, and slice m is quantized by codebook m:
+        z = [z_1, ..., z_M],  q_m = argmin_k ||z_m - c_{m,k}||^2,  z_hat = [c_{1,q_1}, ..., c_{M,q_M}].
+    The output has the input's shape (B, C, H, W); the straight-through gradient reaches z.
+    """
+
+    def __init__(self, in_channels: int, num_codebooks: int, codebook_size: int, **kwargs):
+        _check_divisible("in_channels", in_channels, num_codebooks, "num_codebooks")
+        super().__init__(num_codebooks, codebook_size, in_channels // num_codebooks, **kwargs)
+        self.in_channels = in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) features -> (B, M, C/M, H, W) channel slices."""
+        b, c, h, w = z.shape
+        return z.view(b, self.num_codebooks, c // self.num_codebooks, h, w)
+
+    def assemble(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, M, C/M, H, W) -> (B, C, H, W)."""
+        b, m, d, h, w = codes.shape
+        return codes.reshape(b, m * d, h, w)
+
+
+class SpatialQuantizer(CodebookQuantizer):
+    """Spatial vector quantization (SVQ), the DVQ paper's spatial-split baseline.
+
+    Instead of one vector per position, vectors are cut along the spatial axis: the channels
+    are split into M groups of C/M, and each non-overlapping p x p patch of a group, flattened,
+    is one vector of dimension D = (C/M) * p * p, quantized by the group's codebook:
+        v_{m,i,j} = vec(z[group m, p*i : p*i + p, p*j : p*j + p]),
+        q_{m,i,j} = argmin_k ||v_{m,i,j} - c_{m,k}||^2.
+    Indices are (B, M, H/p, W/p); the output is rebuilt to the input's shape (B, C, H, W).
+    M = C gives one codebook per channel over p x p pixel patches.
+    """
+
+    def __init__(self, in_channels: int, num_codebooks: int, codebook_size: int, patch_size: int, **kwargs):
+        _check_divisible("in_channels", in_channels, num_codebooks, "num_codebooks")
+        super().__init__(num_codebooks, codebook_size, in_channels // num_codebooks * patch_size**2, **kwargs)
+        self.in_channels = in_channels
+        self.patch_size = patch_size
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) features -> (B, M, (C/M)*p*p, H/p, W/p) patch vectors."""
+        b, _, h, w = z.shape
+        _check_divisible("height", h, self.patch_size, "patch_size")
+        _check_divisible("width", w, self.patch_size, "patch_size")
+        # pixel_unshuffle orders channels as (c, row, col), so each group's patch is contiguous.
+        patches = F.pixel_unshuffle(z, self.patch_size)
+        return patches.view(b, self.num_codebooks, self.code_dim, h // self.patch_size, w // self.patch_size)
+
+    def assemble(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, M, (C/M)*p*p, H/p, W/p) -> (B, C, H, W)."""
+        b, m, d, h, w = codes.shape
+        return F.pixel_shuffle(codes.reshape(b, m * d, h, w), self.patch_size)
