@@ -14,7 +14,7 @@ from PIL import Image
 from dqcodec.codec.container import Header, pack, unpack
 from dqcodec.codec.errors import DQCodecError
 from dqcodec.codec.imageio import load_image, to_pil
-from dqcodec.codec.rangecoder import RangeDecoder, RangeEncoder, ideal_bits
+from dqcodec.codec.rangecoder import RangeDecoder, RangeEncoder
 from dqcodec.models import registry
 
 DEFAULT_FAMILY = "dq"
@@ -97,7 +97,7 @@ def inspect(data: bytes) -> dict:
     """What a .dqc file holds, with its real size next to the model's -log2 p estimate."""
     header, net, indices = _read(data)
     info = registry.load_model(header.model)[1]
-    estimated = _estimated_bits(net.entropy, indices)
+    estimated = net.entropy.bits(indices)
     real_bits = 8 * len(data)
     return {
         "model": header.model,
@@ -149,10 +149,3 @@ def _decode_indices(entropy, stream: bytes, shape: tuple[int, int, int, int]) ->
         indices[:, m][:, mask] = symbols.reshape(shape[0], -1)
     return indices
 
-
-def _estimated_bits(entropy, indices: np.ndarray) -> float:
-    total = 0.0
-    _, _, h, w = indices.shape
-    for m, phase, mask in entropy.coding_steps(h, w):
-        total += ideal_bits(indices[:, m][:, mask].reshape(-1), entropy.tables(indices, m, phase, mask))
-    return total

@@ -58,10 +58,3 @@ class RangeDecoder:
         except Exception as error:  # constriction reports a damaged stream as a plain exception
             raise DQCodecError(f"corrupted .dqc stream ({error})") from error
 
-
-def ideal_bits(symbols: np.ndarray, frequencies: np.ndarray) -> float:
-    """-log2 p of the symbols under their integer tables (the estimate the coder should meet)."""
-    if frequencies.shape[1] == 1:
-        return 0.0
-    probs = _probabilities(frequencies)[np.arange(len(symbols)), symbols]
-    return float(-np.log2(probs).sum())
