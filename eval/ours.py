@@ -10,35 +10,31 @@ from pathlib import Path
 
 import numpy as np
 
-from dqcodec.codec.errors import DQCodecError
 from dqcodec.eval.runner import Coded, RDCodec
 
 
-def _api():
-    try:
-        from dqcodec.codec import api
-    except ImportError as error:
-        raise DQCodecError(f"dqcodec's codec API (dqcodec.codec.api) cannot be imported: {error}") from None
-    return api
+# The API and registry are imported when first needed (they pull in torch), and looked up on
+# their packages each time, so tests can stand in for them.
 
 
 def list_models() -> list[dict]:
     """The shipped models (name, family, quality, bpp, psnr), from :mod:`dqcodec.models.registry`."""
-    try:
-        from dqcodec.models import registry
-    except ImportError as error:
-        raise DQCodecError(f"dqcodec's model registry (dqcodec.models.registry) cannot be imported: {error}") from None
+    from dqcodec.models import registry
+
     return registry.list_models()
 
 
 def default_model_name() -> str:
     """The name of the model that ``dqcodec.encode`` uses when given neither quality nor model."""
-    return _api().resolve_model_name()
+    from dqcodec.codec import api
+
+    return api.resolve_model_name()
 
 
 def run_model(image: np.ndarray, model: str) -> Coded:
     """Encode ``image`` ((H, W, 3) uint8) with ``model`` (a name or checkpoint path) and decode the bytes again."""
-    api = _api()
+    from dqcodec.codec import api
+
     start = time.perf_counter()
     data = api.encode(image, model=model)
     encode_seconds = time.perf_counter() - start

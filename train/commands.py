@@ -6,8 +6,6 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
-
 from dqcodec.codec.errors import DQCodecError
 
 
@@ -110,22 +108,15 @@ def run_train(args: argparse.Namespace) -> int:
 
 def measure_on_kodak(stem: Path, count: int = 24) -> dict:
     """Mean bpp (real file bytes), PSNR-RGB and MS-SSIM of checkpoint ``stem`` on Kodak."""
-    from PIL import Image
-    from tqdm import tqdm
-
-    from dqcodec.codec import api
-    from dqcodec.eval.metrics import ms_ssim, psnr
+    from dqcodec.eval.ours import our_codec
+    from dqcodec.eval.rd import load_images, sweep
     from dqcodec.paths import kodak_dir
 
-    files = sorted(kodak_dir().glob("*.png"))[:count]
-    if not files:
-        raise DQCodecError(f"no Kodak images in {kodak_dir()}")
-    bpps, psnrs, ssims = [], [], []
-    for path in tqdm(files, desc=f"Kodak {stem.name}", unit="img"):
-        original = np.asarray(Image.open(path).convert("RGB"))
-        data = api.encode(original, model=f"{stem}.json")
-        decoded = np.asarray(api.decode(data).convert("RGB"))
-        bpps.append(8 * len(data) / (original.shape[0] * original.shape[1]))
-        psnrs.append(psnr(original, decoded))
-        ssims.append(ms_ssim(original, decoded))
-    return {"images": len(files), "bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs)), "ms_ssim": float(np.mean(ssims))}
+    images = load_images(kodak_dir(), count)
+    results = sweep(our_codec(f"{stem}.json"), images)["results"]
+    return {
+        "images": len(images),
+        "bpp": results["bpp"][0],
+        "psnr": results["psnr-rgb"][0],
+        "ms_ssim": results["ms-ssim-rgb"][0],
+    }

@@ -8,7 +8,6 @@ projected training latents, and context tables counted over whole training image
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 

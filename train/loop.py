@@ -49,11 +49,6 @@ class TrainConfig:
     seed: int = 0
 
 
-def _validation_files(count: int) -> list[Path]:
-    files = sorted(kodak_dir().glob("*.png"))[:count]
-    return files
-
-
 @torch.no_grad()
 def validate(net: DQCodecNet, files: list[Path]) -> dict:
     """Mean PSNR (dB, 8-bit) and marginal-rate bpp estimate on a few Kodak images."""
@@ -111,7 +106,7 @@ def train(config: TrainConfig, log=print) -> DQCodecNet:
 
 def _fine_tune(net, optimizer, config, files, generator, step, state_path, log) -> None:
     crops = RandomCrops(files, config.crop, config.batch_size, generator)
-    validation = _validation_files(config.validation_images)
+    validation = sorted(kodak_dir().glob("*.png"))[: config.validation_images]
     net.train()
     progress = tqdm(range(step, config.steps), initial=step, total=config.steps, desc="training", unit="step")
     for step in progress:
