@@ -24,6 +24,7 @@ COMMANDS = {
     "plot": ("dqcodec.eval.commands", "plot", "plot RD curves (PSNR and MS-SSIM vs bpp)"),
     "compare": ("dqcodec.eval.commands", "compare", "side-by-side crops of ours, JPEG and HEVC at matched bpp"),
     "bench": ("dqcodec.eval.commands", "bench", "encode/decode speed on Kodak next to compressai's hyperprior"),
+    "study": ("dqcodec.eval.studies", "study", "reproduce a paper's study (static-prior, channel-density, soft-vqvae)"),
 }
 
 
