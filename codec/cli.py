@@ -19,6 +19,7 @@ COMMANDS = {
     "info": ("dqcodec.codec.commands", "info", "show what a .dqc file holds: model, size, bpp, bits"),
     "models": ("dqcodec.codec.commands", "models", "list the shipped models with their Kodak bpp / PSNR"),
     "train": ("dqcodec.train.commands", "train", "train a codec checkpoint (resumable) and export it"),
+    "train-shvq": ("dqcodec.train.commands", "train_shvq", "train a soft-to-hard VQ (SHVQ) codec checkpoint and export it"),
     "eval": ("dqcodec.eval.commands", "eval", "rate-distortion sweep of codecs on an image folder"),
     "bdrate": ("dqcodec.eval.commands", "bdrate", "Bjontegaard delta rate of RD curves against an anchor"),
     "plot": ("dqcodec.eval.commands", "plot", "plot RD curves (PSNR and MS-SSIM vs bpp)"),

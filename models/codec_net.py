@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dqcodec.models.entropy import ContextIndexModel
+from dqcodec.models.entropy import ContextIndexModel, choose_indices
 from dqcodec.models.quantizers import DepthwiseQuantizer
 from dqcodec.models.transforms import BlockAnalysis, BlockSynthesis
 
@@ -75,22 +75,25 @@ class DQCodecNet(nn.Module):
     def compress(self, image: torch.Tensor) -> np.ndarray:
         """(B, 3, H, W) image in [0, 1], H and W multiples of ``block`` -> (B, M, H/P, W/P) int64.
 
-        Rate-distortion optimised choice of indices under the context tables: in coding order,
-        each index minimises ||x - c_k||^2 + lambda * (-log2 p(k | context)), with the context
-        made of the indices already chosen, exactly as the decoder will see them.
+        Rate-distortion optimised choice of indices under the context tables
+        (:func:`~dqcodec.models.entropy.choose_indices`) with the codec's lambda.
         """
         slices = self.quantizer.project(self.analysis(image)).double().numpy()  # (B, M, D, h, w)
-        codebooks = self.quantizer.codebooks.double().numpy()
-        b, m_count, _, h, w = slices.shape
-        indices = np.zeros((b, m_count, h, w), dtype=np.int64)
-        rate_lambda = self.config.rate_lambda
-        for m, phase, mask in self.entropy.coding_steps(h, w):
-            table = self.entropy.tables(indices, m, phase, mask)  # (N, K_m)
-            bits = np.log2(table.sum(axis=1, keepdims=True)) - np.log2(table)
-            vectors = slices[:, m][:, :, mask].transpose(0, 2, 1).reshape(-1, 1, slices.shape[2])  # (N, 1, D)
-            distortion = ((vectors - codebooks[m, : table.shape[1]][None]) ** 2).sum(axis=-1)
-            indices[:, m][:, mask] = (distortion + rate_lambda * bits).argmin(axis=1).reshape(b, -1)
-        return indices
+        return choose_indices(slices, self.code_values(), self.entropy, self.config.rate_lambda)
+
+    def code_values(self) -> np.ndarray:
+        """(M, K, D) float64 codewords in the entropy model's code order."""
+        return self.quantizer.codebooks.double().numpy()
+
+    @torch.no_grad()
+    def nearest_indices(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, M, H/P, W/P): the quantizer's own choice (marginal-rate ECVQ), no tables."""
+        return self.quantizer.quantize(self.analysis(image))
+
+    @torch.no_grad()
+    def sort_codes(self, usage: torch.Tensor) -> None:
+        """Reorder each codebook's codes by ``usage`` (M, K), most used first; unused ones last and off."""
+        self.quantizer.prune(usage)
 
     @torch.no_grad()
     def decompress(self, indices: np.ndarray) -> torch.Tensor:

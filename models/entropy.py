@@ -205,6 +205,30 @@ class ContextIndexModel(nn.Module):
         self.frequencies.copy_(torch.from_numpy(quantize_table(counts)))
 
 
+def choose_indices(
+    vectors: np.ndarray, codebooks: np.ndarray, entropy: ContextIndexModel, rate_lambda: np.ndarray | float
+) -> np.ndarray:
+    """Rate-distortion optimised indices under the context tables, in coding order (greedy RDO).
+
+    vectors: (B, M, D, H, W) float64, the values that codebook m quantizes at each position.
+    codebooks: (M, K, D) float64 codewords in the entropy model's code order.
+    rate_lambda: squared error (in the units of ``vectors``) per bit, a scalar or one per
+        codebook (M,).
+    Returns (B, M, H, W) int64: each index minimises ||x - c_k||^2 + lambda * (-log2 p(k | context)),
+    the context made of the indices already chosen, exactly as the decoder will see them.
+    """
+    b, m_count, d, h, w = vectors.shape
+    lambdas = np.broadcast_to(np.asarray(rate_lambda, dtype=np.float64), (m_count,))
+    indices = np.zeros((b, m_count, h, w), dtype=np.int64)
+    for m, phase, mask in entropy.coding_steps(h, w):
+        table = entropy.tables(indices, m, phase, mask)  # (N, K_m)
+        bits = np.log2(table.sum(axis=1, keepdims=True)) - np.log2(table)
+        points = vectors[:, m][:, :, mask].transpose(0, 2, 1).reshape(-1, 1, d)  # (N, 1, D)
+        distortion = ((points - codebooks[m, : table.shape[1]][None]) ** 2).sum(axis=-1)
+        indices[:, m][:, mask] = (distortion + lambdas[m] * bits).argmin(axis=1).reshape(b, -1)
+    return indices
+
+
 def quantize_table(counts: np.ndarray) -> np.ndarray:
     """(..., K) non-negative counts -> int32 frequencies, each >= 1, rows summing <= 2**16."""
     k = counts.shape[-1]

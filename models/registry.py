@@ -18,12 +18,20 @@ from safetensors.numpy import load as load_safetensors_bytes
 from safetensors.numpy import save as save_safetensors_bytes
 
 from dqcodec.models.codec_net import CodecConfig, DQCodecNet
+from dqcodec.models.shvq_codec import SHVQCodecConfig, SHVQCodecNet
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-ARCHITECTURE = "DQCodecNet"
+# The JSON's "architecture" -> (network class, its config dataclass).
+ARCHITECTURES = {"DQCodecNet": (DQCodecNet, CodecConfig), "SHVQCodecNet": (SHVQCodecNet, SHVQCodecConfig)}
+CodecNet = DQCodecNet | SHVQCodecNet
 _TABLES, _ALPHABETS = "entropy.frequencies", "entropy.alphabet_sizes"
 # Integer buffers are stored in the narrowest type that holds them.
-_STORAGE_DTYPES = {"entropy.frequencies": np.uint16, "entropy.code_class": np.uint8, "entropy.code_level": np.int32}
+_STORAGE_DTYPES = {
+    "entropy.frequencies": np.uint16,
+    "entropy.code_class": np.uint8,
+    "entropy.code_level": np.int32,
+    "symbol_centre": np.uint16,
+}
 
 
 def list_models(weights_dir: Path = WEIGHTS_DIR) -> list[dict]:
@@ -55,7 +63,7 @@ def model_names(weights_dir: Path = WEIGHTS_DIR) -> list[str]:
     return [m["name"] for m in list_models(weights_dir)]
 
 
-def save_model(model: DQCodecNet, stem: Path, info: dict) -> None:
+def save_model(model: CodecNet, stem: Path, info: dict) -> None:
     """Write ``stem.safetensors`` and ``stem.json``; ``info`` needs name, family, quality.
 
     Float weights are stored as float32 (they are small; the tables dominate the size).
@@ -67,7 +75,7 @@ def save_model(model: DQCodecNet, stem: Path, info: dict) -> None:
     tensors[_TABLES] = _pack_tables(tensors[_TABLES], tensors[_ALPHABETS])
     stem.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{stem}.safetensors").write_bytes(save_safetensors_bytes(tensors))
-    description = {"architecture": ARCHITECTURE, "config": asdict(model.config), **info}
+    description = {"architecture": type(model).__name__, "config": asdict(model.config), **info}
     Path(f"{stem}.json").write_text(json.dumps(description, indent=2) + "\n")
 
 
@@ -92,16 +100,17 @@ def _unpack_tables(packed: np.ndarray, alphabet_sizes: np.ndarray, shape: tuple[
     return tables
 
 
-def load_checkpoint(stem: Path) -> tuple[DQCodecNet, dict, bytes]:
+def load_checkpoint(stem: Path) -> tuple[CodecNet, dict, bytes]:
     """Load ``stem.safetensors`` + ``stem.json`` -> (model in eval mode, info dict, fingerprint).
 
     Raises FileNotFoundError or ValueError when the files are missing or inconsistent.
     """
     weight_bytes = Path(f"{stem}.safetensors").read_bytes()
     info = json.loads(Path(f"{stem}.json").read_text())
-    if info.get("architecture") != ARCHITECTURE:
+    if info.get("architecture") not in ARCHITECTURES:
         raise ValueError(f"{stem}.json: unknown architecture {info.get('architecture')!r}")
-    model = DQCodecNet(CodecConfig(**info["config"]))
+    network, config = ARCHITECTURES[info["architecture"]]
+    model = network(config(**info["config"]))
     arrays = load_safetensors_bytes(weight_bytes)
     if _TABLES in arrays and _ALPHABETS in arrays:
         shape = tuple(model.state_dict()[_TABLES].shape)
@@ -140,7 +149,7 @@ def register_checkpoint(path: Path) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def load_model(name: str) -> tuple[DQCodecNet, dict, bytes]:
+def load_model(name: str) -> tuple[CodecNet, dict, bytes]:
     """A shipped (or registered) model by name, ready for coding (synthesis in float64); cached.
 
     Raises KeyError for an unknown name.

@@ -151,16 +151,20 @@ class SoftToHardQuantizer(nn.Module):
         return float(self.sigma)
 
     @torch.no_grad()
-    def init_centres_kmeans(self, z: torch.Tensor, iterations: int = 25) -> None:
+    def init_centres_kmeans(self, z: torch.Tensor, iterations: int = 25, start: torch.Tensor | None = None) -> None:
         """Set the centres by k-means (Lloyd) on the patch vectors of latents z (B, C, H, W).
 
-        Starts from L distinct random vectors of z; a centre that loses all its vectors keeps
-        its place.
+        Starts from ``start`` (L, P) when given, else from L distinct random vectors of z; a
+        centre that loses all its vectors keeps its place. (A codec starts from a uniform grid,
+        so that the few vectors in the tails keep centres of their own.)
         """
         vectors = self.vectors(z.detach()).reshape(-1, self.centres.shape[1])
-        if len(vectors) < self.num_centres:
+        if start is not None:
+            centres = start.to(vectors).clone()
+        elif len(vectors) < self.num_centres:
             raise ValueError(f"k-means needs at least {self.num_centres} vectors, got {len(vectors)}")
-        centres = vectors[torch.randperm(len(vectors), device=vectors.device)[: self.num_centres]].clone()
+        else:
+            centres = vectors[torch.randperm(len(vectors), device=vectors.device)[: self.num_centres]].clone()
         for _ in range(iterations):
             assignment = torch.cdist(vectors, centres).argmin(dim=1)
             counts = torch.bincount(assignment, minlength=self.num_centres)

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from dqcodec.models.codec_net import DQCodecNet
+from torch import nn
 
 
-def save_state(path: Path, net: DQCodecNet, optimizer: torch.optim.Optimizer, step: int, generator: torch.Generator) -> None:
+def save_state(path: Path, net: nn.Module, optimizer: torch.optim.Optimizer, step: int, generator: torch.Generator) -> None:
     """Write ``path.safetensors`` and ``path.json`` (atomically, via temporary names)."""
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in net.state_dict().items()}
     optimizer_state = optimizer.state_dict()
@@ -35,7 +35,7 @@ def save_state(path: Path, net: DQCodecNet, optimizer: torch.optim.Optimizer, st
     Path(f"{temporary}.json").replace(f"{path}.json")
 
 
-def load_state(path: Path, net: DQCodecNet, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> int:
+def load_state(path: Path, net: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> int:
     """Restore what :func:`save_state` wrote; returns the step to continue from."""
     tensors = load_file(f"{path}.safetensors")
     scalars = json.loads(Path(f"{path}.json").read_text())

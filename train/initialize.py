@@ -99,30 +99,32 @@ def ecvq_codebooks(
 
 
 @torch.no_grad()
-def fit_entropy_tables(net: DQCodecNet, files: list[Path], rounds: int = 2) -> None:
-    """Prune unused codes, then count the context tables over whole training images.
+def fit_entropy_tables(net, files: list[Path], rounds: int = 2) -> None:
+    """Sort codes by usage (dropping unused ones), then count the context tables over whole
+    training images.
 
-    Round 1 counts the quantizer's own (marginal-rate ECVQ) indices; each later round counts
-    the indices that ``net.compress`` chooses with the previous round's tables, since the
-    rate-distortion choice shifts the statistics the tables must describe.
+    ``net`` is a codec network (DQ or SHVQ) with ``nearest_indices``, ``sort_codes``,
+    ``code_values`` and ``compress``. Round 1 counts its quantizer's own indices; each later
+    round counts the indices that ``net.compress`` chooses with the previous round's tables,
+    since the rate-distortion choice shifts the statistics the tables must describe.
     """
     images = [to_tensor(load_rgb(path, net.config.block)) for path in files]
     m_count, k_count = net.config.num_codebooks, net.config.codebook_size
     offsets = torch.arange(m_count)[:, None] * k_count
     usage = torch.zeros(m_count * k_count)
     for image in tqdm(images, desc="code usage", unit="img", leave=False):
-        indices = net.quantizer.quantize(net.analysis(image))[0].reshape(m_count, -1)
+        indices = net.nearest_indices(image)[0].reshape(m_count, -1)
         usage += torch.bincount((indices + offsets).reshape(-1), minlength=m_count * k_count).float()
     usage = usage.view(m_count, k_count)
-    net.quantizer.prune(usage)
+    net.sort_codes(usage)
     usage = usage.sort(dim=1, descending=True).values
     for round_index in range(rounds):
 
         def index_batches():
             for image in tqdm(images, desc=f"context tables {round_index + 1}/{rounds}", unit="img", leave=False):
                 if round_index == 0:
-                    yield net.quantizer.quantize(net.analysis(image)).numpy()
+                    yield net.nearest_indices(image).numpy()
                 else:
                     yield net.compress(image)
 
-        net.entropy.fit(net.quantizer.codebooks, usage, index_batches())
+        net.entropy.fit(torch.from_numpy(net.code_values()).float(), usage, index_batches())

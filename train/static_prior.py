@@ -1,0 +1,144 @@
+"""A static prior (Gaussian blobs) and the loop that fits a quantizer to it.
+
+The DVQ paper's toy study has no encoder: the "latents" are drawn from a fixed distribution,
+N_G tight Gaussian blobs (the latent factors) in D dimensions, and a quantizer is fitted to
+them directly. Points are laid out as (N, D, 1, 1) feature tensors, so every quantizer of
+:mod:`dqcodec.models.quantizers` takes them as they are (one vector per 1 x 1 "image").
+
+Fitting is full-batch: each pass is one forward of the quantizer in training mode (nearest-code
+assignment, then the EMA codebook update) and, where the quantizer's projections or a decoder
+are trainable, one Adam step on the data-space reconstruction error plus the commitment term.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dqcodec.models.quantizers import CodebookQuantizer, DepthwiseQuantizer
+
+
+def make_blobs(num_factors: int, dim: int, points_per_factor: int, sigma: float, seed: int) -> torch.Tensor:
+    """Draw Gaussian-blob data: N_G means uniform in [-1, 1]^D, isotropic noise of std ``sigma``.
+
+    Args:
+        num_factors: N_G, the number of blobs (latent factors).
+        dim: D, the dimension of each point.
+        points_per_factor: points drawn around each mean.
+        sigma: standard deviation of every coordinate around its blob mean (data units).
+        seed: seed of the torch generator that draws means and noise.
+    Returns:
+        (N_G * points_per_factor, D, 1, 1) float32 points, blob after blob.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    means = torch.rand(num_factors, dim, generator=generator) * 2 - 1
+    noise = torch.randn(num_factors, points_per_factor, dim, generator=generator) * sigma
+    return (means[:, None, :] + noise).reshape(-1, dim, 1, 1)
+
+
+@torch.no_grad()
+def set_identity_projection(quantizer: DepthwiseQuantizer, trainable: bool) -> None:
+    """Make a DQ/VQ projection the identity split: codebook m sees input channels [m*D', (m+1)*D').
+
+    Requires M * D' == C (the projection is square). With ``trainable=False`` the quantizer is
+    plain VQ (M = 1) or product quantization (M > 1) on the raw points.
+    """
+    weight = quantizer.projection.weight  # (M*D', C, 1, 1)
+    if weight.shape[0] != weight.shape[1]:
+        raise ValueError(f"identity projection needs M*D' == C, got {weight.shape[0]} and {weight.shape[1]}")
+    weight.copy_(torch.eye(weight.shape[0])[:, :, None, None])
+    quantizer.projection.bias.zero_()
+    quantizer.projection.requires_grad_(trainable)
+
+
+@torch.no_grad()
+def init_codebooks_from_data(quantizer: CodebookQuantizer, points: torch.Tensor, generator: torch.Generator) -> None:
+    """Set each codebook to K distinct random points of its own (projected) slice of the data.
+
+    points: (N, C, 1, 1) with N >= K. EMA counts restart at a uniform share per code.
+    """
+    slices = quantizer.project(points)[:, :, :, 0, 0]  # (N, M, D')
+    codebooks = torch.stack(
+        [slices[torch.randperm(len(slices), generator=generator)[: quantizer.codebook_size], m]
+         for m in range(quantizer.num_codebooks)]
+    )
+    quantizer.codebooks.copy_(codebooks)
+    quantizer.ema_counts.fill_(1.0 / quantizer.codebook_size)
+    quantizer.ema_sums.copy_(codebooks / quantizer.codebook_size)
+
+
+@torch.no_grad()
+def reconstruction_mse(quantizer: CodebookQuantizer, points: torch.Tensor, decoder: nn.Module | None = None) -> float:
+    """Mean squared error per coordinate (data units^2) of hard quantization, then ``decoder``.
+
+    points: (N, C, 1, 1). Without a decoder the quantizer's output must be in data space
+    (identity projection, or a quantizer without projections).
+    """
+    decoded = quantizer.dequantize(quantizer.quantize(points))
+    if decoder is not None:
+        decoded = decoder(decoded)
+    return F.mse_loss(decoded, points).item()
+
+
+@dataclass
+class FitConfig:
+    """When a fit stops. Every ``check_every`` passes the hard data-space MSE is measured; the
+    fit has converged when the lowest MSE so far fell by less than ``tolerance`` (relative)
+    over the last ``patience`` passes (a multiple of ``check_every``; the lowest, so that the
+    noise of Adam steps does not end a fit that is still improving). ``max_passes`` caps the
+    fit (it then counts as not converged)."""
+
+    max_passes: int = 1000
+    check_every: int = 10
+    patience: int = 10
+    tolerance: float = 1e-4
+    learning_rate: float = 1e-2
+
+
+@dataclass
+class FitResult:
+    mse: float  # final hard data-space MSE per coordinate
+    passes: int  # full-batch passes run
+    converged: bool
+    history: list[float] = field(default_factory=list)  # MSE at each check, pass check_every first
+
+
+def fit_quantizer(
+    quantizer: CodebookQuantizer,
+    points: torch.Tensor,
+    config: FitConfig,
+    decoder: nn.Module | None = None,
+) -> FitResult:
+    """Fit ``quantizer`` (and ``decoder``, if given) to ``points`` (N, C, 1, 1) by full-batch passes.
+
+    Codebooks move by their EMA update inside the forward pass. Trainable parameters (a
+    projection left trainable, the decoder) take one Adam step per pass on
+    mse(decoder(quantized), points) + the quantizer's commitment loss; with none, a pass is an
+    EMA step only (a smoothed Lloyd iteration).
+    """
+    parameters = [p for p in quantizer.parameters() if p.requires_grad]
+    if decoder is not None:
+        parameters += list(decoder.parameters())
+    optimizer = torch.optim.Adam(parameters, lr=config.learning_rate) if parameters else None
+    history: list[float] = []
+    converged = False
+    passes = 0
+    quantizer.train()
+    while passes < config.max_passes and not converged:
+        out = quantizer(points)
+        if optimizer is not None:
+            decoded = out.quantized if decoder is None else decoder(out.quantized)
+            loss = F.mse_loss(decoded, points) + out.loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        passes += 1
+        if passes % config.check_every == 0:
+            history.append(reconstruction_mse(quantizer, points, decoder))
+            window = config.patience // config.check_every
+            if len(history) > window:
+                before, now = min(history[:-window]), min(history)
+                converged = before - now < config.tolerance * before
+    quantizer.eval()
+    return FitResult(mse=reconstruction_mse(quantizer, points, decoder), passes=passes, converged=converged, history=history)
