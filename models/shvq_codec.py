@@ -31,7 +31,7 @@ class SHVQCodecConfig:
     """Architecture of one SHVQ codec model (stored in the model's JSON)."""
 
     block: int = 8  # P: the image is processed in P x P blocks
-    num_centres: int = 256  # L, shared by all channels
+    num_centres: int = 128  # L, shared by all channels
     rate_lambda: float = 0.01  # squared pixel error (values in [0, 1], summed) per bit
     predicted_codebooks: int = 3  # first channels whose symbols are coded with DPCM-like contexts
 
