@@ -43,6 +43,23 @@ def run_study(args: argparse.Namespace) -> int:
     return int(importlib.import_module(module_name).run(args) or 0)
 
 
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, imported only when a study plots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure, path: Path, dpi: int = 110) -> None:
+    """Lay out ``figure``, write it to ``path`` (PNG) and close it."""
+    figure.tight_layout()
+    figure.savefig(path, dpi=dpi)
+    pyplot().close(figure)
+
+
 def write_summary(out: Path, summary: dict, markdown: str) -> None:
     """Write ``out/summary.json`` and ``out/summary.md`` (creating ``out``)."""
     out.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from dqcodec.codec.errors import DQCodecError
-from dqcodec.eval.studies import write_summary
+from dqcodec.eval.studies import pyplot, save_figure, write_summary
 from dqcodec.models.quantizers import ProductQuantizer
 from dqcodec.models.registry import load_model
 from dqcodec.train.data import default_train_dir, image_files, load_rgb, to_tensor
@@ -318,10 +318,7 @@ def _markdown(summary: dict) -> str:
 
 def _plot_results(results: dict, model: str, path: Path) -> None:
     """Two panels, L2 and entropy, per K: a bar per arm (mean over runs) with the runs as dots."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     sizes = list(results)
     colours = {"channel": "tab:blue", "pixel": "tab:orange"}
@@ -346,17 +343,12 @@ def _plot_results(results: dict, model: str, path: Path) -> None:
         axis.grid(axis="y", alpha=0.3)
         axis.legend(fontsize=8)
     figure.suptitle(f"DQ along channels vs along space on {model} encoder features (bars: mean; dots: runs)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path, dpi=120)
 
 
 def _plot_convergence(histories: dict[tuple[int, str], list[list[float]]], path: Path) -> None:
     """Training MSE against Lloyd iteration, one line per run, one panel per K."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     sizes = sorted({k for k, _ in histories})
     colours = {"channel": "tab:blue", "pixel": "tab:orange"}
@@ -372,6 +364,4 @@ def _plot_convergence(histories: dict[tuple[int, str], list[list[float]]], path:
         axis.set_title(f"K = {k}")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)

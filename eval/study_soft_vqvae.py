@@ -41,7 +41,7 @@ from dqcodec.eval.latent_metrics import (
     normalized_mutual_information,
     principal_components,
 )
-from dqcodec.eval.studies import write_summary
+from dqcodec.eval.studies import pyplot, save_figure, write_summary
 from dqcodec.models.toy_autoencoder import BOTTLENECKS, ToyAutoencoder
 from dqcodec.train.autoencoder import AutoencoderTrainConfig, train_autoencoder
 from dqcodec.train.toy_shapes import SHAPES, make_shapes
@@ -209,18 +209,8 @@ def _markdown(config: StudyConfig, stats: dict, claim: dict, wall_seconds: float
     )
 
 
-def _pyplot():
-    """matplotlib.pyplot on the file-only Agg backend, imported only when plotting."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_metrics(stats: dict, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(9, 4.2))
     width = 0.8 / len(BOTTLENECKS)
     positions = np.arange(len(PLOTTED))
@@ -234,13 +224,11 @@ def _plot_metrics(stats: dict, path: Path) -> None:
     axis.set_title("Latent quality on held-out shapes: AE vs VQ-VAE vs soft VQ-VAE")
     axis.grid(axis="y", alpha=0.3)
     axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path, dpi=120)
 
 
 def _plot_latents(latents: dict[str, torch.Tensor], labels: torch.Tensor, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(BOTTLENECKS), figsize=(4.2 * len(BOTTLENECKS), 4.2))
     for axis, bottleneck in zip(axes, BOTTLENECKS):
         points = principal_components(latents[bottleneck]).numpy()
@@ -251,13 +239,11 @@ def _plot_latents(latents: dict[str, torch.Tensor], labels: torch.Tensor, path: 
         axis.set_xlabel("PC 1")
         axis.set_ylabel("PC 2")
     axes[-1].legend(markerscale=3, fontsize=8, loc="best")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def _plot_samples(images: torch.Tensor, labels: torch.Tensor, path: Path, per_class: int = 8) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(len(SHAPES), per_class, figsize=(per_class * 0.8, len(SHAPES) * 0.85))
     for row, shape in enumerate(SHAPES):
         members = (labels == row).nonzero()[:per_class, 0]
@@ -267,9 +253,7 @@ def _plot_samples(images: torch.Tensor, labels: torch.Tensor, path: Path, per_cl
             if column < len(members):
                 axis.imshow(images[members[column], 0].numpy(), cmap="gray", vmin=0, vmax=1)
         axes[row, 0].set_title(shape, fontsize=8, loc="left")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path, dpi=100)
 
 
 def run(args: argparse.Namespace) -> int:

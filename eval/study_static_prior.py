@@ -42,7 +42,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dqcodec.codec.errors import DQCodecError
-from dqcodec.eval.studies import write_summary
+from dqcodec.eval.studies import pyplot, save_figure, write_summary
 from dqcodec.models.quantizers import DepthwiseQuantizer, ProductQuantizer, VectorQuantizer
 from dqcodec.train.static_prior import (
     FitConfig,
@@ -272,10 +272,7 @@ def _markdown(config: StudyConfig, vq_table, compare_table, claims, convergence,
 
 
 def _plot_vq_loss(vq_table: list[dict], config: StudyConfig, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(1, len(config.factor_counts), figsize=(6.5 * len(config.factor_counts), 4.8), squeeze=False)
     colours = plt.cm.viridis(np.linspace(0, 0.9, len(config.codebook_sizes)))
@@ -294,16 +291,11 @@ def _plot_vq_loss(vq_table: list[dict], config: StudyConfig, path: Path) -> None
         axis.set_title(f"(a) trained VQ vs random codebook, N_G = {factors}")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7, ncol=2)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def _plot_compare(compare_table: list[dict], config: StudyConfig, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(1, len(config.factor_counts), figsize=(6 * len(config.factor_counts), 4.5), squeeze=False)
     styles = {"vq": ("#1f77b4", "o"), "vq+": ("#2ca02c", "s"), "dvq": ("#d62728", "D"), "pq": ("#ff7f0e", "^")}
@@ -320,16 +312,11 @@ def _plot_compare(compare_table: list[dict], config: StudyConfig, path: Path) ->
         axis.set_title(f"(b) DVQ vs VQ, N_G = {factors}")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def _plot_convergence(histories: dict, config: StudyConfig, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(1, len(config.factor_counts), figsize=(6 * len(config.factor_counts), 4.2), squeeze=False)
     colours = {"vq": "#1f77b4", "vq+": "#2ca02c", "dvq": "#d62728", "pq": "#ff7f0e"}
@@ -344,9 +331,7 @@ def _plot_convergence(histories: dict, config: StudyConfig, path: Path) -> None:
         axis.set_title(f"fits of seed 0 until converged, N_G = {factors}, D = {dim}")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def run(args: argparse.Namespace) -> int:

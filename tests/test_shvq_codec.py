@@ -1,6 +1,7 @@
 """The SHVQ codec: its network's symbol bookkeeping, and ``dqcodec train-shvq`` end to end."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from PIL import Image
 
 import dqcodec
 from dqcodec.codec.cli import main
-from dqcodec.models.registry import list_models
+from dqcodec.models.registry import WEIGHTS_DIR, list_models
 from dqcodec.models.shvq_codec import SHVQCodecConfig, SHVQCodecNet
 
 
@@ -61,20 +62,9 @@ def test_channel_lambdas_follow_the_synthesis_gains():
     assert lambdas[1] == pytest.approx(0.01 / 12)
 
 
-def _image_folder(folder, count: int = 3) -> None:
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        rows, cols = np.mgrid[0:64, 0:80]
-        base = 128 + 100 * np.sin((cols + 7 * i) / 6.0)[..., None] * np.cos(rows / 9.0)[..., None]
-        pixels = np.clip(base + rng.normal(0, 8, size=(64, 80, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"train{i}.png")
-
-
-def test_train_shvq_resumes_exports_and_codes(tmp_path, capsys):
-    _image_folder(tmp_path / "images")
+def test_train_shvq_resumes_exports_and_codes(tmp_path, training_images, capsys):
     common = [
-        "train-shvq", "--out", str(tmp_path / "run"), "--lambda", "0.01", "--data", str(tmp_path / "images"),
+        "train-shvq", "--out", str(tmp_path / "run"), "--lambda", "0.01", "--data", str(training_images),
         "--centres", "64", "--kmeans-blocks", "300", "--kmeans-iterations", "2", "--batch-size", "2",
         "--crop", "32", "--threads", "1",
     ]
@@ -88,7 +78,7 @@ def test_train_shvq_resumes_exports_and_codes(tmp_path, capsys):
     description = json.loads(stem.with_suffix(".json").read_text())
     assert description["architecture"] == "SHVQCodecNet" and description["family"] == "shvq"
     assert description["training"]["steps"] == 4 and description["kodak"]["images"] == 1
-    pixels = np.asarray(Image.open(tmp_path / "images" / "train1.png"))
+    pixels = np.asarray(Image.open(training_images / "train1.png"))
     data = dqcodec.encode(pixels, model=str(stem) + ".json")
     decoded = np.asarray(dqcodec.decode(data))
     assert decoded.shape == pixels.shape
@@ -100,6 +90,25 @@ def test_train_shvq_refuses_bad_settings(tmp_path, capsys):
     status = main(["train-shvq", "--out", str(tmp_path / "run"), "--lambda", "-1", "--data", str(tmp_path)])
     assert status == 2
     assert capsys.readouterr().err.startswith("dqcodec: error: --lambda must be positive")
+
+
+@pytest.mark.parametrize(
+    "command, start, expected",
+    [
+        ("train-shvq", WEIGHTS_DIR / "dq-q1", "is a DQCodecNet, not a SHVQCodecNet"),
+        ("train", WEIGHTS_DIR / "shvq-q1", "is a SHVQCodecNet, not a DQCodecNet"),
+        ("train-shvq", Path("no/such/model"), "cannot load the model"),
+    ],
+)
+def test_init_from_a_missing_or_foreign_model_is_one_line_and_writes_nothing(
+    tmp_path, training_images, capsys, command, start, expected
+):
+    run = tmp_path / "run"
+    status = main([command, "--out", str(run), "--lambda", "0.01", "--data", str(training_images), "--init-from", str(start)])
+    assert status == 2
+    error = capsys.readouterr().err
+    assert error.startswith("dqcodec: error: --init-from") and expected in error and error.count("\n") == 1
+    assert not run.exists()
 
 
 def test_shipped_shvq_levels_are_listed_and_selectable():

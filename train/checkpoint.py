@@ -11,8 +11,10 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-
 from torch import nn
+
+from dqcodec.codec.errors import DQCodecError
+from dqcodec.models.registry import load_checkpoint
 
 
 def save_state(path: Path, net: nn.Module, optimizer: torch.optim.Optimizer, step: int, generator: torch.Generator) -> None:
@@ -51,3 +53,18 @@ def load_state(path: Path, net: nn.Module, optimizer: torch.optim.Optimizer, gen
     generator.set_state(tensors["rng"])
     torch.set_rng_state(tensors["torch_rng"])
     return int(scalars["step"])
+
+
+def load_start_model(stem: Path, network: type[nn.Module]) -> nn.Module:
+    """The exported model ``stem`` (path without extension) to start training from (``--init-from``).
+
+    Raises DQCodecError (one line) when its files are missing or damaged, or when it is not a
+    ``network`` (a DQ run cannot start from an SHVQ model, nor the reverse).
+    """
+    try:
+        net, _, _ = load_checkpoint(stem)
+    except (OSError, ValueError, KeyError) as error:
+        raise DQCodecError(f"--init-from {stem}: cannot load the model ({error})") from None
+    if not isinstance(net, network):
+        raise DQCodecError(f"--init-from {stem} is a {type(net).__name__}, not a {network.__name__}")
+    return net

@@ -84,7 +84,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def add_train_shvq_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
-        "example: dqcodec train-shvq --out runs/shvq-q2 --lambda 0.006 --steps 1000 --export shvq-q2 --quality 2\n"
+        "example: dqcodec train-shvq --out runs/shvq-q2 --lambda 0.006 --steps 300 --export shvq-q2 --quality 2\n"
         "Stage 1 is the block PCA (the unquantized linear autoencoder's optimum); stage 2 trains the soft-to-hard\n"
         "quantizer with the soft entropy term. Re-running the same command resumes from runs/shvq-q2/state.*."
     )

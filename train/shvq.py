@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dqcodec.models.registry import load_checkpoint, save_model
+from dqcodec.models.registry import save_model
 from dqcodec.models.shvq_codec import SHVQCodecConfig, SHVQCodecNet
 from dqcodec.paths import kodak_dir
-from dqcodec.train.checkpoint import load_state, save_state
+from dqcodec.train.checkpoint import load_start_model, load_state, save_state
 from dqcodec.train.data import RandomCrops, default_train_dir, image_files, load_rgb, to_tensor
 from dqcodec.train.initialize import block_pca, fit_entropy_tables
 
@@ -99,15 +99,13 @@ def train(config: SHVQTrainConfig, log=print) -> SHVQCodecNet:
     """Run (or resume) an SHVQ training run in ``config.out``; returns the trained network."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    config.out.mkdir(parents=True, exist_ok=True)
     files = image_files(config.data)
     if config.init_from is not None:
-        net, _, _ = load_checkpoint(config.init_from)
-        if not isinstance(net, SHVQCodecNet):
-            raise ValueError(f"{config.init_from} is not an SHVQ codec")
+        net = load_start_model(config.init_from, SHVQCodecNet)
         net.config.rate_lambda = config.codec.rate_lambda
     else:
         net = SHVQCodecNet(config.codec)
+    config.out.mkdir(parents=True, exist_ok=True)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
     state_path = config.out / "state"
     if Path(f"{state_path}.safetensors").exists():
