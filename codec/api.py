@@ -1,8 +1,11 @@
 """Image <-> .dqc bytes: the Python face of dqcodec (``dqcodec.encode`` / ``dqcodec.decode``).
 
-Encoding: load and normalise the image, pad it to whole blocks (edge replication), let the
-model choose code indices, range-code them codebook by codebook with the model's integer
-context tables, and wrap the stream in the .dqc container. Decoding mirrors it exactly.
+Encoding: load and normalise the image, pad it to the model's padding multiple (edge
+replication), let the model choose its levels of code indices (coarse to fine), range-code each
+level into its own stream in the coding order and with the integer tables of the level's entropy
+model (which reads the coarser levels as side information), and wrap the streams in the .dqc
+container. Decoding mirrors it exactly. Only the codec-model interface
+(:mod:`dqcodec.models.interface`) is used here, whatever the architecture.
 """
 
 from pathlib import Path
@@ -16,13 +19,14 @@ from dqcodec.codec.errors import DQCodecError
 from dqcodec.codec.imageio import load_image, to_pil
 from dqcodec.codec.rangecoder import RangeDecoder, RangeEncoder
 from dqcodec.models import registry
+from dqcodec.models.interface import CodecModel, CompressedLevels, IndexLevel, LevelSpec, estimated_bits
 
 DEFAULT_FAMILY = "dq"
 
 
 def resolve_model_name(quality: int | None = None, model: str | None = None) -> str:
-    """The model to use: ``model`` by name (or a checkpoint path), else level ``quality`` of
-    the default family.
+    """The model to use, as a key for ``registry.load_model``: ``model`` by name (or a
+    checkpoint path), else level ``quality`` of the default family.
 
     With neither, the middle quality level of the default family. Raises DQCodecError for an
     unknown name, an out-of-range quality, or both arguments at once.
@@ -30,15 +34,16 @@ def resolve_model_name(quality: int | None = None, model: str | None = None) -> 
     models = registry.list_models()
     if model is not None and quality is not None:
         raise DQCodecError("give either a quality or a model name, not both")
+    names = [m["name"] for m in models]
+    if model is not None and model in names:
+        return model  # a shipped name wins over a file of that name in the current folder
     if model is not None and _looks_like_checkpoint(model):
         try:
             return registry.register_checkpoint(Path(model))
         except (OSError, ValueError, KeyError) as error:
             raise DQCodecError(f"cannot use checkpoint {model}: {error}") from None
     if model is not None:
-        if model not in {m["name"] for m in models}:
-            raise DQCodecError(f"unknown model {model!r} (available: {', '.join(m['name'] for m in models)})")
-        return model
+        raise DQCodecError(f"unknown model {model!r} (available: {', '.join(names)})")
     levels = {m["quality"]: m["name"] for m in models if m["family"] == DEFAULT_FAMILY}
     if not levels:
         raise DQCodecError(f"no shipped models of family {DEFAULT_FAMILY!r} are installed")
@@ -60,24 +65,26 @@ def encode_with_notes(image, quality: int | None = None, model: str | None = Non
 
     image: a path, encoded image bytes, a PIL image, or a (H, W, 3) / (H, W) uint8 array.
     """
-    name = resolve_model_name(quality, model)
+    key = resolve_model_name(quality, model)
     loaded = load_image(image)
-    net, _, fingerprint = registry.load_model(name)
-    block = net.config.block
+    net, info, fingerprint = registry.load_model(key)
+    multiple = net.padding_multiple
     height, width, _ = loaded.pixels.shape
-    padded = np.pad(loaded.pixels, ((0, -height % block), (0, -width % block), (0, 0)), mode="edge")
-    tensor = torch.from_numpy(np.ascontiguousarray(padded)).permute(2, 0, 1)[None].float() / 255.0
-    indices = net.compress(tensor)
+    padded = np.pad(loaded.pixels, ((0, -height % multiple), (0, -width % multiple), (0, 0)), mode="edge")
+    tensor = torch.from_numpy(np.ascontiguousarray(padded)).permute(2, 0, 1)[None].to(_dtype(net)) / 255.0
+    levels = net.compress(tensor)
     header = Header(
-        model=name,
+        model=info["name"],
         fingerprint=fingerprint,
         width=width,
         height=height,
         channels=loaded.channels,
         bit_depth=loaded.bit_depth,
-        block=block,
+        padding=multiple,
     )
-    return pack(header, [_encode_indices(net.entropy, indices)]), loaded.notes
+    specs = net.levels(*padded.shape[:2])
+    streams = [_encode_level(spec, level, levels[:i]) for i, (spec, level) in enumerate(zip(specs, levels, strict=True))]
+    return pack(header, streams), loaded.notes
 
 
 def encode(image, quality: int | None = None, model: str | None = None) -> bytes:
@@ -87,17 +94,17 @@ def encode(image, quality: int | None = None, model: str | None = None) -> bytes
 
 def decode(data: bytes) -> Image.Image:
     """Decompress .dqc bytes to a PIL image ("RGB", or "L" for grayscale originals), 8-bit."""
-    header, net, indices = _read(data)
-    image = net.decompress(indices)[0, :, : header.height, : header.width]
+    header, net, levels = _read(data)
+    image = net.decompress(levels)[0, :, : header.height, : header.width]
     pixels = (image * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
     return to_pil(np.ascontiguousarray(pixels), header.channels)
 
 
 def inspect(data: bytes) -> dict:
     """What a .dqc file holds, with its real size next to the model's -log2 p estimate."""
-    header, net, indices = _read(data)
-    info = registry.load_model(header.model)[1]
-    estimated = net.entropy.bits(indices)
+    header, net, levels = _read(data)
+    info = registry.find_model(header.model, header.fingerprint)[1]
+    estimated = estimated_bits(net.levels(header.padded_height, header.padded_width), levels)
     real_bits = 8 * len(data)
     return {
         "model": header.model,
@@ -115,37 +122,46 @@ def inspect(data: bytes) -> dict:
     }
 
 
-def _read(data: bytes):
-    """Parse, check the model, range-decode: -> (header, model, (1, M, h, w) indices)."""
+def _read(data: bytes) -> tuple[Header, CodecModel, CompressedLevels]:
+    """Parse, find the model by name and fingerprint, range-decode every level."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DQCodecError(f"expected .dqc bytes, got {type(data).__name__}")
     header, streams = unpack(bytes(data))
     try:
-        net, _, fingerprint = registry.load_model(header.model)
-    except KeyError:
-        raise DQCodecError(f"file made with model {header.model!r}, which this dqcodec does not have") from None
-    if header.fingerprint != fingerprint:
-        raise DQCodecError(f"file made with different weights for model {header.model!r} (fingerprint mismatch)")
-    if header.block != net.config.block or len(streams) != 1:
+        net, _, _ = registry.find_model(header.model, header.fingerprint)
+    except KeyError as error:
+        raise DQCodecError(error.args[0]) from None
+    specs = net.levels(header.padded_height, header.padded_width)
+    if header.padding != net.padding_multiple or len(streams) != len(specs):
         raise DQCodecError(f"file geometry does not match model {header.model!r}")
-    shape = (1, net.config.num_codebooks, header.padded_height // header.block, header.padded_width // header.block)
-    return header, net, _decode_indices(net.entropy, streams[0], shape)
+    levels: CompressedLevels = []
+    for spec, stream in zip(specs, streams):
+        levels.append(_decode_level(spec, stream, levels))
+    return header, net, levels
 
 
-def _encode_indices(entropy, indices: np.ndarray) -> bytes:
+def _dtype(net: CodecModel) -> torch.dtype:
+    return next(net.parameters()).dtype
+
+
+def _side(levels: CompressedLevels) -> dict[str, np.ndarray]:
+    return {level.name: level.indices for level in levels}
+
+
+def _encode_level(spec: LevelSpec, level: IndexLevel, coarser: CompressedLevels) -> bytes:
+    """One level's indices -> its stream, step by step in the entropy model's coding order."""
     encoder = RangeEncoder()
-    _, _, h, w = indices.shape
-    for m, phase, mask in entropy.coding_steps(h, w):
-        encoder.encode(indices[:, m][:, mask].reshape(-1), entropy.tables(indices, m, phase, mask))
+    side = _side(coarser)
+    for step in spec.entropy.coding_steps(level.indices.shape):
+        encoder.encode(step.symbols(level.indices), spec.entropy.tables(level.indices, step, side))
     return encoder.to_bytes()
 
 
-def _decode_indices(entropy, stream: bytes, shape: tuple[int, int, int, int]) -> np.ndarray:
+def _decode_level(spec: LevelSpec, stream: bytes, coarser: CompressedLevels) -> IndexLevel:
+    """Mirror of :func:`_encode_level`: each step's tables read only what is decoded before it."""
     decoder = RangeDecoder(stream)
-    indices = np.zeros(shape, dtype=np.int64)
-    _, _, h, w = shape
-    for m, phase, mask in entropy.coding_steps(h, w):
-        symbols = decoder.decode(entropy.tables(indices, m, phase, mask))
-        indices[:, m][:, mask] = symbols.reshape(shape[0], -1)
-    return indices
-
+    indices = np.zeros((1, *spec.shape), dtype=np.int64)
+    side = _side(coarser)
+    for step in spec.entropy.coding_steps(indices.shape):
+        step.place(indices, decoder.decode(spec.entropy.tables(indices, step, side)))
+    return IndexLevel(spec.name, indices)

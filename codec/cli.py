@@ -18,14 +18,14 @@ COMMANDS = {
     "decode": ("dqcodec.codec.commands", "decode", "decompress a .dqc file to PNG (or the format OUT names)"),
     "info": ("dqcodec.codec.commands", "info", "show what a .dqc file holds: model, size, bpp, bits"),
     "models": ("dqcodec.codec.commands", "models", "list the shipped models with their Kodak bpp / PSNR"),
-    "train": ("dqcodec.train.commands", "train", "train a codec checkpoint (resumable) and export it"),
-    "train-shvq": ("dqcodec.train.commands", "train_shvq", "train a soft-to-hard VQ (SHVQ) codec checkpoint and export it"),
+    "train": ("dqcodec.train.commands", "train", "train a codec checkpoint of any architecture (--arch, resumable) and export it"),
+    "train-shvq": ("dqcodec.train.commands", "train_shvq", "alias of 'train --arch shvq'"),
     "eval": ("dqcodec.eval.commands", "eval", "rate-distortion sweep of codecs on an image folder"),
     "bdrate": ("dqcodec.eval.commands", "bdrate", "Bjontegaard delta rate of RD curves against an anchor"),
     "plot": ("dqcodec.eval.commands", "plot", "plot RD curves (PSNR and MS-SSIM vs bpp)"),
     "compare": ("dqcodec.eval.commands", "compare", "side-by-side crops of ours, JPEG and HEVC at matched bpp"),
     "bench": ("dqcodec.eval.commands", "bench", "encode/decode speed on Kodak next to compressai's hyperprior"),
-    "study": ("dqcodec.eval.studies", "study", "reproduce a paper's study (static-prior, channel-density, soft-vqvae)"),
+    "study": ("dqcodec.eval.studies.commands", "study", "reproduce a paper's study (static-prior, channel-density, soft-vqvae)"),
 }
 
 

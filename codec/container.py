@@ -10,7 +10,7 @@ Layout (little-endian)::
     height       u32       original image height in pixels, 1..MAX_SIDE (width*height <= MAX_PIXELS)
     channels     u8        1 (decode gives grayscale) or 3 (RGB)
     bit_depth    u8        8 or 16: bit depth of the original input (decoded output is 8-bit)
-    block        u8        padding multiple of the model, 1..64
+    padding      u8        padding multiple of the model (pixels), 1..64
     n_streams    u8        1..32, followed by n_streams u32 stream lengths in bytes
     payload                the streams, concatenated
     crc32        u32       zlib.crc32 of every byte before it
@@ -32,7 +32,7 @@ MAX_SIDE = 32768
 MAX_PIXELS = 2**26
 MAX_NAME_LENGTH = 64
 FINGERPRINT_LENGTH = 16
-MAX_BLOCK = 64
+MAX_PADDING = 64
 MAX_STREAMS = 32
 
 _NAME_PATTERN = re.compile(rb"[a-z0-9._-]{1,64}")
@@ -47,7 +47,7 @@ class Header:
     """What a ``.dqc`` file says about its image and the model that coded it.
 
     Sizes are in pixels; ``width``/``height`` are the original image's, before padding to a
-    multiple of ``block``.
+    multiple of ``padding``.
     """
 
     model: str
@@ -56,17 +56,17 @@ class Header:
     height: int
     channels: int
     bit_depth: int
-    block: int
+    padding: int
 
     @property
     def padded_width(self) -> int:
-        """Width rounded up to a multiple of ``block``, in pixels (what the model sees)."""
-        return -(-self.width // self.block) * self.block
+        """Width rounded up to a multiple of ``padding``, in pixels (what the model sees)."""
+        return -(-self.width // self.padding) * self.padding
 
     @property
     def padded_height(self) -> int:
-        """Height rounded up to a multiple of ``block``, in pixels (what the model sees)."""
-        return -(-self.height // self.block) * self.block
+        """Height rounded up to a multiple of ``padding``, in pixels (what the model sees)."""
+        return -(-self.height // self.padding) * self.padding
 
 
 def pack(header: Header, streams: list[bytes]) -> bytes:
@@ -89,7 +89,7 @@ def pack(header: Header, streams: list[bytes]) -> bytes:
             header.height,
             header.channels,
             header.bit_depth,
-            header.block,
+            header.padding,
             len(streams),
         ),
         *(_LENGTH.pack(len(stream)) for stream in streams),
@@ -122,7 +122,7 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
     lengths_offset = geometry_offset + _GEOMETRY.size
     if len(data) < lengths_offset:
         raise _truncated(len(data))
-    fingerprint, width, height, channels, bit_depth, block, n_streams = _GEOMETRY.unpack_from(
+    fingerprint, width, height, channels, bit_depth, padding, n_streams = _GEOMETRY.unpack_from(
         data, geometry_offset
     )
     payload_offset = lengths_offset + n_streams * _LENGTH.size
@@ -153,7 +153,7 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
         height=height,
         channels=channels,
         bit_depth=bit_depth,
-        block=block,
+        padding=padding,
     )
     _check_header(header)
     streams = []
@@ -187,8 +187,8 @@ def _check_header(header: Header) -> None:
         raise DQCodecError(f"invalid .dqc header: {header.channels} channels (must be 1 or 3)")
     if header.bit_depth not in (8, 16):
         raise DQCodecError(f"invalid .dqc header: bit depth {header.bit_depth} (must be 8 or 16)")
-    if not 1 <= header.block <= MAX_BLOCK:
-        raise DQCodecError(f"invalid .dqc header: block size {header.block} (must be 1..{MAX_BLOCK})")
+    if not 1 <= header.padding <= MAX_PADDING:
+        raise DQCodecError(f"invalid .dqc header: padding multiple {header.padding} (must be 1..{MAX_PADDING})")
 
 
 def _check_stream_count(n_streams: int) -> None:

@@ -1,9 +1,13 @@
-"""Where dqcodec finds the shared data sets (Kodak, BSDS500)."""
+"""Where dqcodec finds the shared data sets (Kodak, BSDS500), and which files in them are images."""
 
 import os
 from pathlib import Path
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# The endings (lower case, compared with ``path.suffix.lower()``) of the files that training
+# and evaluation pick up as images from a folder.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp"})
 
 
 def data_dir() -> Path:

@@ -15,8 +15,8 @@ from tqdm import tqdm
 from dqcodec.codec.errors import DQCodecError
 from dqcodec.eval import metrics
 from dqcodec.eval.runner import RDCodec
+from dqcodec.paths import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = {".png", ".ppm", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg"}
 _RESULT_KEYS = ("bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time")
 
 

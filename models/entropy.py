@@ -19,17 +19,23 @@ found in integer arithmetic, so the context is exact. For the other codebooks th
 - the summed classes of codebooks m-2 and m-3 at the same position.
 
 An activity class (0..3) says how far a code lies from its codebook's most frequent code
-(0: the mode itself, 1: the 2 nearest codes, 2: the next 4, 3: the rest): a "how busy is
+(0: the mode itself, 1: the 2 nearest codes, 2: the next 4, 3: the rest; ``CLASS_RANK_EDGES``): a "how busy is
 this block" signal that transfers across codebooks. Classes and tables are integers stored
 in the model (computed once by :meth:`ContextIndexModel.fit`), so encoder and decoder
 rebuild every table bit for bit, whatever the threads or the machine (DESIGN.md).
 """
 
+from collections.abc import Iterable, Iterator
+
 import numpy as np
 import torch
 from torch import nn
 
+from dqcodec.models.interface import CodingStep, Side
+
 NUM_CLASSES = 4
+# Class of a code by its distance rank from the mode: rank 0 -> 0, ranks 1-2 -> 1, 3-6 -> 2, 7+ -> 3.
+CLASS_RANK_EDGES = (1, 3, 7)
 CONTEXTS_PER_PHASE = 64
 NUM_PHASES = 2
 # Totals of the integer tables: every symbol gets >= 1, the row sums to at most 2**16.
@@ -144,69 +150,78 @@ class ContextIndexModel(nn.Module):
         nearest = np.where(count > 0, error.argmin(axis=-1), 0)
         return nearest * CONTEXTS_PER_PHASE // max(self.codebook_size, CONTEXTS_PER_PHASE)
 
-    def coding_steps(self, height: int, width: int):
-        """Yield (m, phase, mask) in coding order; mask (H, W) marks the positions coded.
+    def coding_steps(self, shape: tuple[int, int, int, int]) -> Iterator[CodingStep]:
+        """The coding order of (B, M, H, W) indices: codebook by codebook, anchors then the rest.
 
         Predicted codebooks code their anchors one row per step (each row's context needs the
         rows above); the others code all anchors, then all non-anchors, in one step each.
         """
+        _, _, height, width = shape
         anchors = anchor_mask(height, width)
         rows = np.arange(height)[:, None]
         for m in range(self.num_codebooks):
             if m < self.num_predicted:
                 for row in range(height):
-                    yield m, 0, anchors & (rows == row)
+                    yield CodingStep(m, 0, anchors & (rows == row))
             else:
-                yield m, 0, anchors
-            yield m, 1, ~anchors
+                yield CodingStep(m, 0, anchors)
+            yield CodingStep(m, 1, ~anchors)
 
-    def tables(self, indices: np.ndarray, m: int, phase: int, mask: np.ndarray) -> np.ndarray:
-        """(N, K_m) integer tables for the N positions of ``mask`` (all images, row-major)."""
-        context = self.contexts(indices, m, phase, mask)  # (B, N per image)
-        size = int(self.alphabet_sizes[m])
-        return self.frequencies[m, phase, :, :size].numpy()[context.reshape(-1)]
+    def tables(self, indices: np.ndarray, step: CodingStep, side: Side) -> np.ndarray:
+        """(N, K_m) integer tables for the N positions of ``step`` (all images, row-major).
 
-    def bits(self, indices: np.ndarray) -> float:
+        The contexts come from this level alone; ``side`` (coarser levels) is not read.
+        """
+        context = self.contexts(indices, step.codebook, step.phase, step.mask)  # (B, N per image)
+        size = int(self.alphabet_sizes[step.codebook])
+        return self.frequencies[step.codebook, step.phase, :, :size].numpy()[context.reshape(-1)]
+
+    def bits(self, indices: np.ndarray, side: Side) -> float:
         """-log2 p of all indices (B, M, H, W) under the integer tables."""
         total = 0.0
-        _, _, h, w = indices.shape
-        for m, phase, mask in self.coding_steps(h, w):
-            table = self.tables(indices, m, phase, mask).astype(np.float64)
-            symbols = indices[:, m][:, mask].reshape(-1)
+        for step in self.coding_steps(indices.shape):
+            table = self.tables(indices, step, side).astype(np.float64)
+            symbols = step.symbols(indices)
             total -= np.log2(table[np.arange(len(symbols)), symbols] / table.sum(axis=1)).sum()
         return float(total)
 
     @torch.no_grad()
-    def fit(self, codebooks: torch.Tensor, usage: torch.Tensor, index_batches, prior_count: float = 0.05) -> None:
-        """Set classes and tables from data.
+    def set_codes(self, codebooks: torch.Tensor, usage: torch.Tensor) -> None:
+        """Set the alphabet sizes, activity classes and code levels from the codewords.
 
         codebooks: (M, K, D) codewords; usage: (M, K) code counts, zero for unused codes,
             which must come last (the mode defines class 0; used codes set the alphabet size).
-        index_batches: iterable of (B, M, H, W) integer arrays of training indices.
-        prior_count: pseudo-count added to every cell, so unseen symbols stay codable.
         """
-        m_count, k_count = usage.shape
+        m_count = usage.shape[0]
         self.alphabet_sizes.copy_((usage > 0).sum(dim=1).clamp_min(1).int())
         mode = usage.argmax(dim=1)
         distance = ((codebooks - codebooks[torch.arange(m_count), mode][:, None]) ** 2).sum(-1)
         rank = distance.argsort(dim=1).argsort(dim=1)
-        self.code_class.copy_(torch.bucketize(rank, torch.tensor([0, 2, 6]), right=True).int())
+        self.code_class.copy_(torch.from_numpy(_bucket(rank.numpy(), CLASS_RANK_EDGES)).int())
         self.code_level.copy_((codebooks[:, :, 0] * LEVEL_SCALE).round().int())
 
+    @torch.no_grad()
+    def fit(self, index_batches: Iterable[tuple[np.ndarray, Side]], prior_count: float = 0.05) -> None:
+        """Count the tables over (indices (B, M, H, W), side) pairs of training data (after
+        :meth:`set_codes`); ``prior_count`` is added to every cell, so unseen symbols stay codable."""
+        m_count, _, _, k_count = self.frequencies.shape
         cells = CONTEXTS_PER_PHASE * k_count
         counts = np.zeros((m_count, NUM_PHASES, cells))
-        for indices in index_batches:
-            _, _, h, w = indices.shape
-            for m, phase, mask in self.coding_steps(h, w):
-                context = self.contexts(indices, m, phase, mask).reshape(-1)
-                symbols = indices[:, m][:, mask].reshape(-1)
-                counts[m, phase] += np.bincount(context * k_count + symbols, minlength=cells)
+        for indices, _ in index_batches:
+            for step in self.coding_steps(indices.shape):
+                context = self.contexts(indices, step.codebook, step.phase, step.mask).reshape(-1)
+                symbols = step.symbols(indices)
+                counts[step.codebook, step.phase] += np.bincount(context * k_count + symbols, minlength=cells)
         counts = counts.reshape(m_count, NUM_PHASES, CONTEXTS_PER_PHASE, k_count) + prior_count
         self.frequencies.copy_(torch.from_numpy(quantize_table(counts)))
 
 
 def choose_indices(
-    vectors: np.ndarray, codebooks: np.ndarray, entropy: ContextIndexModel, rate_lambda: np.ndarray | float
+    vectors: np.ndarray,
+    codebooks: np.ndarray,
+    entropy: ContextIndexModel,
+    rate_lambda: np.ndarray | float,
+    side: Side | None = None,
 ) -> np.ndarray:
     """Rate-distortion optimised indices under the context tables, in coding order (greedy RDO).
 
@@ -214,18 +229,20 @@ def choose_indices(
     codebooks: (M, K, D) float64 codewords in the entropy model's code order.
     rate_lambda: squared error (in the units of ``vectors``) per bit, a scalar or one per
         codebook (M,).
+    side: decoded coarser levels, as the entropy model's ``tables`` reads them.
     Returns (B, M, H, W) int64: each index minimises ||x - c_k||^2 + lambda * (-log2 p(k | context)),
     the context made of the indices already chosen, exactly as the decoder will see them.
     """
     b, m_count, d, h, w = vectors.shape
     lambdas = np.broadcast_to(np.asarray(rate_lambda, dtype=np.float64), (m_count,))
     indices = np.zeros((b, m_count, h, w), dtype=np.int64)
-    for m, phase, mask in entropy.coding_steps(h, w):
-        table = entropy.tables(indices, m, phase, mask)  # (N, K_m)
+    for step in entropy.coding_steps(indices.shape):
+        m = step.codebook
+        table = entropy.tables(indices, step, side or {})  # (N, K_m)
         bits = np.log2(table.sum(axis=1, keepdims=True)) - np.log2(table)
-        points = vectors[:, m][:, :, mask].transpose(0, 2, 1).reshape(-1, 1, d)  # (N, 1, D)
+        points = vectors[:, m][:, :, step.mask].transpose(0, 2, 1).reshape(-1, 1, d)  # (N, 1, D)
         distortion = ((points - codebooks[m, : table.shape[1]][None]) ** 2).sum(axis=-1)
-        indices[:, m][:, mask] = (distortion + lambdas[m] * bits).argmin(axis=1).reshape(b, -1)
+        step.place(indices, (distortion + lambdas[m] * bits).argmin(axis=1))
     return indices
 
 
@@ -234,3 +251,31 @@ def quantize_table(counts: np.ndarray) -> np.ndarray:
     k = counts.shape[-1]
     probs = counts / counts.sum(axis=-1, keepdims=True)
     return (np.floor(probs * (TABLE_PRECISION - k)) + 1).astype(np.int32)
+
+
+# How the tables are stored in a model file: narrowed integer types, and each codebook's tables
+# cut to its alphabet (most codebooks use a handful of codes: this keeps shipped files small).
+STORAGE_DTYPES = {"frequencies": np.uint16, "code_class": np.uint8, "code_level": np.int32}
+
+
+def pack_tables(tables: np.ndarray, alphabet_sizes: np.ndarray) -> np.ndarray:
+    """(M, P, C, K) tables -> 1-D array of each codebook's (P, C, K_m) part."""
+    return np.concatenate([tables[m, :, :, :size].ravel() for m, size in enumerate(alphabet_sizes)])
+
+
+def unpack_tables(packed: np.ndarray, alphabet_sizes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of :func:`pack_tables`; entries beyond each alphabet are 1 (never used).
+
+    Raises ValueError when ``packed`` does not fit ``alphabet_sizes`` and ``shape``.
+    """
+    m_count, phases, contexts, k_count = shape
+    sizes = [int(size) for size in alphabet_sizes]
+    if len(sizes) != m_count or max(sizes) > k_count or packed.size != phases * contexts * sum(sizes):
+        raise ValueError("entropy tables do not match the model configuration")
+    tables = np.ones(shape, dtype=packed.dtype)
+    offset = 0
+    for m, size in enumerate(sizes):
+        count = phases * contexts * size
+        tables[m, :, :, :size] = packed[offset : offset + count].reshape(phases, contexts, size)
+        offset += count
+    return tables

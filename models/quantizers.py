@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dqcodec.models.lloyd import nearest_codes
+
 
 @dataclass
 class QuantizerOutput:
@@ -39,6 +41,18 @@ class QuantizerOutput:
     loss: torch.Tensor
     perplexity: torch.Tensor
     bits: torch.Tensor
+
+
+def perplexity(indices: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, M, H, W) indices of ``size`` codes -> (M,) exp(entropy) of each plane's code usage.
+
+    Between 1 (one code used) and ``size`` (all used equally often); the entropy is in nats
+    over all B*H*W indices of the plane.
+    """
+    planes = indices.transpose(0, 1).reshape(indices.shape[1], -1)  # (M, B*H*W)
+    counts = torch.zeros(planes.shape[0], size, device=indices.device)
+    usage = counts.scatter_add_(1, planes, torch.ones_like(planes, dtype=counts.dtype)) / planes.shape[1]
+    return torch.exp(-(usage * torch.log(usage.clamp_min(1e-12))).sum(-1))
 
 
 class CodebookQuantizer(nn.Module):
@@ -104,18 +118,13 @@ class CodebookQuantizer(nn.Module):
         """(B, M, D, H', W') slices -> (B, M, H', W') indices by the entropy-constrained rule."""
         b, m, d, h, w = slices.shape
         vectors = slices.permute(1, 0, 3, 4, 2).reshape(m, b * h * w, d)  # (M, N, D)
-        offset = (self.codebooks**2).sum(-1)  # (M, K)
+        code_cost = torch.zeros_like(self.ema_counts)
         if self.rate_lambda > 0:
-            offset = offset + self.rate_lambda * self.code_bits()
+            code_cost = self.rate_lambda * self.code_bits()
         # Codes pruned from a finished model (zero usage) are never assigned.
-        offset = offset.masked_fill(self.ema_counts <= 0, float("inf"))[:, None, :]
-        codebooks_t = self.codebooks.transpose(1, 2)  # (M, D, K)
-        # Vectors in chunks, so that the (M, n, K) cost tensor stays near 32 MB.
-        chunk = max(1, (1 << 23) // (m * self.codebook_size))
-        indices = [
-            torch.baddbmm(offset, part, codebooks_t, alpha=-2).argmin(dim=2) for part in vectors.split(chunk, dim=1)
-        ]
-        return torch.cat(indices, dim=1).view(m, b, h, w).transpose(0, 1)
+        code_cost = code_cost.masked_fill(self.ema_counts <= 0, float("inf"))
+        indices, _ = nearest_codes(vectors, self.codebooks, code_cost)
+        return indices.view(m, b, h, w).transpose(0, 1)
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, M, H', W') indices -> (B, M, D, H', W') codewords."""
@@ -136,16 +145,12 @@ class CodebookQuantizer(nn.Module):
         """(B, C, H, W) features -> QuantizerOutput; in training mode the codebooks move first."""
         slices = self.project(z)
         indices = self.assign(slices.detach())
-        codes = self.lookup(indices)
         if self.training:
             self._ema_update(slices.detach(), indices)
-            codes = self.lookup(indices)
+        codes = self.lookup(indices)
         commitment = F.mse_loss(slices, codes.detach())
         quantized = slices + (codes - slices).detach()
-        b, m, d, h, w = slices.shape
-        one_hot = F.one_hot(indices, self.codebook_size).float()  # (B, M, H, W, K)
-        usage = one_hot.mean(dim=(0, 2, 3))
-        perplexity = torch.exp(-(usage * torch.log(usage.clamp_min(1e-12))).sum(-1))
+        b, m = indices.shape[:2]
         bits = torch.gather(
             self.code_bits()[None].expand(b, -1, -1), 2, indices.reshape(b, m, -1)
         ).sum(dim=(1, 2))
@@ -153,7 +158,7 @@ class CodebookQuantizer(nn.Module):
             quantized=self.assemble(quantized),
             indices=indices,
             loss=self.beta * commitment,
-            perplexity=perplexity,
+            perplexity=perplexity(indices, self.codebook_size),
             bits=bits,
         )
 
@@ -164,10 +169,18 @@ class CodebookQuantizer(nn.Module):
         Dropped codes get a zero EMA count, which keeps them out of every later assignment.
         """
         order = usage.argsort(dim=1, descending=True)
-        sorted_usage = usage.gather(1, order)
-        self.codebooks.copy_(self.codebooks.gather(1, order[..., None].expand(-1, -1, self.code_dim)))
-        self.ema_counts.copy_(sorted_usage)
-        self.ema_sums.copy_(self.codebooks * sorted_usage[..., None])
+        self.load_codebooks(self.codebooks.gather(1, order[..., None].expand(-1, -1, self.code_dim)), usage.gather(1, order))
+
+    @torch.no_grad()
+    def load_codebooks(self, codebooks: torch.Tensor, counts: torch.Tensor) -> None:
+        """Set the (M, K, D) codebooks and their EMA state from (M, K) code usage ``counts``.
+
+        The counts are the EMA counts as they are (any scale; the rate term uses their shares,
+        and a code with count 0 is out of use), the EMA sums follow as codebooks * counts.
+        """
+        self.codebooks.copy_(codebooks)
+        self.ema_counts.copy_(counts)
+        self.ema_sums.copy_(self.codebooks * self.ema_counts[..., None])
 
     @torch.no_grad()
     def _ema_update(self, slices: torch.Tensor, indices: torch.Tensor) -> None:
@@ -214,22 +227,18 @@ class DepthwiseQuantizer(CodebookQuantizer):
     With M = 1 this is plain VQ (van den Oord et al. 2017) on a learned projection.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_codebooks: int,
-        codebook_size: int,
-        code_dim: int,
-        rate_lambda: float = 0.0,
-        decay: float = 0.99,
-        eps: float = 1e-5,
-        beta: float = 0.25,
-        dead_code_threshold: float = 1e-3,
-    ):
+    def __init__(self, in_channels: int, num_codebooks: int, codebook_size: int, code_dim: int, **kwargs):
+        """``kwargs``: the options of :class:`CodebookQuantizer` (rate_lambda, decay, eps, beta,
+        dead_code_threshold)."""
         # Built before the codebooks so that a seeded model draws the same initial weights.
-        projection = nn.Conv2d(in_channels, num_codebooks * code_dim, kernel_size=1)
-        super().__init__(num_codebooks, codebook_size, code_dim, rate_lambda, decay, eps, beta, dead_code_threshold)
+        projection = nn.Conv2d(in_channels, self._projection_channels(num_codebooks, code_dim), kernel_size=1)
+        super().__init__(num_codebooks, codebook_size, code_dim, **kwargs)
         self.projection = projection
+
+    @staticmethod
+    def _projection_channels(num_codebooks: int, code_dim: int) -> int:
+        """Output channels of the 1x1 projection: a D-dim slice for each codebook."""
+        return num_codebooks * code_dim
 
     @property
     def out_channels(self) -> int:
@@ -253,7 +262,7 @@ class VectorQuantizer(DepthwiseQuantizer):
         super().__init__(in_channels, 1, codebook_size, code_dim, **kwargs)
 
 
-class CoupledDepthwiseQuantizer(CodebookQuantizer):
+class CoupledDepthwiseQuantizer(DepthwiseQuantizer):
     """The DQ paper's VQ baseline: M codebooks applied to one shared D-dim projection.
 
     One 1x1 projection x = W z (C -> D) is quantized independently by each of the M
@@ -265,15 +274,10 @@ class CoupledDepthwiseQuantizer(CodebookQuantizer):
     decoupled projections. With M = 1 it is exactly ``VectorQuantizer``.
     """
 
-    def __init__(self, in_channels: int, num_codebooks: int, codebook_size: int, code_dim: int, **kwargs):
-        # Built before the codebooks, as in DepthwiseQuantizer, so seeded inits agree at M = 1.
-        projection = nn.Conv2d(in_channels, code_dim, kernel_size=1)
-        super().__init__(num_codebooks, codebook_size, code_dim, **kwargs)
-        self.projection = projection
-
-    @property
-    def out_channels(self) -> int:
-        return self.num_codebooks * self.code_dim
+    @staticmethod
+    def _projection_channels(num_codebooks: int, code_dim: int) -> int:
+        """Output channels of the 1x1 projection: one D-dim vector for all codebooks."""
+        return code_dim
 
     def project(self, z: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) features -> (B, M, D, H, W): the one projection, seen by every codebook."""
@@ -281,44 +285,10 @@ class CoupledDepthwiseQuantizer(CodebookQuantizer):
         b, d, h, w = shared.shape
         return shared[:, None].expand(b, self.num_codebooks, d, h, w)
 
-    def assemble(self, codes: torch.Tensor) -> torch.Tensor:
-        """(B, M, D, H, W) -> (B, M*D, H, W), the M codewords concatenated along channels."""
-        b, m, d, h, w = codes.shape
-        return codes.reshape(b, m * d, h, w)
-
 
 def _check_divisible(name: str, value: int, divisor: int, divisor_name: str) -> None:
     if value % divisor:
         raise ValueError(f"{name} = {value} is not divisible by {divisor_name} = {divisor}")
-
-
-class ProductQuantizer(CodebookQuantizer):
-    """Product quantization (Jegou et al. 2011), the DVQ paper's channel-split baseline.
-
-    The C channels are split into M contiguous slices of D = C / M channels with no learned
-    projection, and slice m is quantized by codebook m:
-        z = [z_1, ..., z_M],  q_m = argmin_k ||z_m - c_{m,k}||^2,  z_hat = [c_{1,q_1}, ..., c_{M,q_M}].
-    The output has the input's shape (B, C, H, W); the straight-through gradient reaches z.
-    """
-
-    def __init__(self, in_channels: int, num_codebooks: int, codebook_size: int, **kwargs):
-        _check_divisible("in_channels", in_channels, num_codebooks, "num_codebooks")
-        super().__init__(num_codebooks, codebook_size, in_channels // num_codebooks, **kwargs)
-        self.in_channels = in_channels
-
-    @property
-    def out_channels(self) -> int:
-        return self.in_channels
-
-    def project(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) features -> (B, M, C/M, H, W) channel slices."""
-        b, c, h, w = z.shape
-        return z.view(b, self.num_codebooks, c // self.num_codebooks, h, w)
-
-    def assemble(self, codes: torch.Tensor) -> torch.Tensor:
-        """(B, M, C/M, H, W) -> (B, C, H, W)."""
-        b, m, d, h, w = codes.shape
-        return codes.reshape(b, m * d, h, w)
 
 
 class SpatialQuantizer(CodebookQuantizer):
@@ -356,3 +326,17 @@ class SpatialQuantizer(CodebookQuantizer):
         """(B, M, (C/M)*p*p, H/p, W/p) -> (B, C, H, W)."""
         b, m, d, h, w = codes.shape
         return F.pixel_shuffle(codes.reshape(b, m * d, h, w), self.patch_size)
+
+
+class ProductQuantizer(SpatialQuantizer):
+    """Product quantization (Jegou et al. 2011), the DVQ paper's channel-split baseline.
+
+    The C channels are split into M contiguous slices of D = C / M channels with no learned
+    projection, and slice m is quantized by codebook m:
+        z = [z_1, ..., z_M],  q_m = argmin_k ||z_m - c_{m,k}||^2,  z_hat = [c_{1,q_1}, ..., c_{M,q_M}].
+    The output has the input's shape (B, C, H, W); the straight-through gradient reaches z.
+    It is SVQ with 1 x 1 patches: every vector is one position of one channel group.
+    """
+
+    def __init__(self, in_channels: int, num_codebooks: int, codebook_size: int, **kwargs):
+        super().__init__(in_channels, num_codebooks, codebook_size, patch_size=1, **kwargs)

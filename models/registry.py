@@ -1,37 +1,91 @@
-"""The shipped models: safetensors weights + JSON description, one pair per quality level.
+"""Model files and the shipped models: safetensors weights + JSON description, by architecture.
 
-A model ``NAME`` is stored as ``weights/NAME.safetensors`` (tensors; integer tables as
-uint16/uint8) and ``weights/NAME.json`` (architecture, config, how it was trained, measured
-Kodak figures). Nothing is ever unpickled. The fingerprint written into every .dqc file is
-a hash of the weights and the architecture config, so a file made by any other set of weights is refused.
+A model ``NAME`` is stored as ``NAME.safetensors`` (tensors) and ``NAME.json`` (architecture,
+config, how it was trained, measured Kodak figures); nothing is ever unpickled. Each
+architecture's entry in ``ARCHITECTURES`` says how its tensors are stored (integer buffers
+narrowed, context tables cut to their alphabets) and how its fingerprint is made; the
+fingerprint is written into every .dqc file, so a file made with any other weights is refused.
+
+The package ships the current models in ``weights/`` and, while they are small, the models of
+earlier releases whose weights changed in ``weights/releases/<version>/``; a file is decoded
+with whichever of them has its fingerprint. ``weights/releases/history.json`` lists the fingerprint of
+every model ever shipped with its release, so a file whose weights are no longer in the
+package is refused with the release that can decode it.
 """
 
 import functools
 import hashlib
 import json
-from dataclasses import asdict
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.numpy import load as load_safetensors_bytes
 from safetensors.numpy import save as save_safetensors_bytes
+from torch import nn
 
 from dqcodec.models.codec_net import CodecConfig, DQCodecNet
+from dqcodec.models.entropy import STORAGE_DTYPES, pack_tables, unpack_tables
 from dqcodec.models.shvq_codec import SHVQCodecConfig, SHVQCodecNet
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-# The JSON's "architecture" -> (network class, its config dataclass).
-ARCHITECTURES = {"DQCodecNet": (DQCodecNet, CodecConfig), "SHVQCodecNet": (SHVQCodecNet, SHVQCodecConfig)}
-CodecNet = DQCodecNet | SHVQCodecNet
-_TABLES, _ALPHABETS = "entropy.frequencies", "entropy.alphabet_sizes"
-# Integer buffers are stored in the narrowest type that holds them.
-_STORAGE_DTYPES = {
-    "entropy.frequencies": np.uint16,
-    "entropy.code_class": np.uint8,
-    "entropy.code_level": np.int32,
-    "symbol_centre": np.uint16,
+RELEASES_DIR = WEIGHTS_DIR / "releases"
+HISTORY_FILE = RELEASES_DIR / "history.json"
+
+
+def standard_fingerprint(weight_bytes: bytes, config: dict) -> bytes:
+    """16 bytes: sha256 of the safetensors file and the config JSON (keys sorted). The measured
+    figures and training notes in the JSON may be rewritten; weights and config may not."""
+    config_bytes = json.dumps(config, sort_keys=True).encode()
+    return hashlib.sha256(weight_bytes + config_bytes).digest()[:16]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How one architecture's models are built, stored and fingerprinted.
+
+    network: the codec network class (implements :mod:`dqcodec.models.interface`), built as
+        ``network(config(**json_config))``.
+    integer_dtypes: state-dict name -> storage dtype of integer buffers (narrowed to what holds
+        their values); float tensors are stored as float32.
+    packed_tables: state-dict prefixes of :class:`~dqcodec.models.entropy.ContextIndexModel`s
+        whose tables are stored cut to each codebook's alphabet.
+    """
+
+    network: type[nn.Module]
+    config: type
+    integer_dtypes: Mapping[str, type] = field(default_factory=dict)
+    packed_tables: tuple[str, ...] = ()
+    fingerprint: Callable[[bytes, dict], bytes] = standard_fingerprint
+
+
+def _context_tables(prefix: str) -> dict[str, type]:
+    return {f"{prefix}.{name}": dtype for name, dtype in STORAGE_DTYPES.items()}
+
+
+# The JSON's "architecture" -> its entry. A new architecture is a module under models/ and a line here
+# (or a call to register_architecture).
+ARCHITECTURES: dict[str, Architecture] = {
+    "DQCodecNet": Architecture(DQCodecNet, CodecConfig, _context_tables("entropy"), ("entropy",)),
+    "SHVQCodecNet": Architecture(
+        SHVQCodecNet, SHVQCodecConfig, {**_context_tables("entropy"), "symbol_centre": np.uint16}, ("entropy",)
+    ),
 }
+
+
+def register_architecture(name: str, architecture: Architecture) -> None:
+    """Make models whose JSON says ``"architecture": name`` loadable (e.g. from a plug-in)."""
+    ARCHITECTURES[name] = architecture
+
+
+def architecture_name(model: nn.Module) -> str:
+    """The registry name of ``model``'s architecture. Raises KeyError if it has none."""
+    for name, architecture in ARCHITECTURES.items():
+        if type(model) is architecture.network:
+            return name
+    raise KeyError(f"{type(model).__name__} is not a registered architecture")
 
 
 def list_models(weights_dir: Path = WEIGHTS_DIR) -> list[dict]:
@@ -63,45 +117,27 @@ def model_names(weights_dir: Path = WEIGHTS_DIR) -> list[str]:
     return [m["name"] for m in list_models(weights_dir)]
 
 
-def save_model(model: CodecNet, stem: Path, info: dict) -> None:
-    """Write ``stem.safetensors`` and ``stem.json``; ``info`` needs name, family, quality.
-
-    Float weights are stored as float32 (they are small; the tables dominate the size).
-    """
+def save_model(model: nn.Module, stem: Path, info: dict) -> None:
+    """Write ``stem.safetensors`` and ``stem.json`` as the model's architecture stores them;
+    ``info`` needs name, family, quality."""
+    name = architecture_name(model)
+    architecture = ARCHITECTURES[name]
     tensors = {}
-    for name, tensor in model.state_dict().items():
+    for key, tensor in model.state_dict().items():
         array = tensor.detach().cpu().numpy()
-        tensors[name] = array.astype(_STORAGE_DTYPES.get(name, np.float32 if array.dtype.kind == "f" else array.dtype))
-    tensors[_TABLES] = _pack_tables(tensors[_TABLES], tensors[_ALPHABETS])
+        storage = architecture.integer_dtypes.get(key, np.float32 if array.dtype.kind == "f" else array.dtype)
+        tensors[key] = array.astype(storage)
+    for prefix in architecture.packed_tables:
+        tensors[f"{prefix}.frequencies"] = pack_tables(tensors[f"{prefix}.frequencies"], tensors[f"{prefix}.alphabet_sizes"])
     stem.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{stem}.safetensors").write_bytes(save_safetensors_bytes(tensors))
-    description = {"architecture": type(model).__name__, "config": asdict(model.config), **info}
+    description = {"architecture": name, "config": asdict(model.config), **info}
     Path(f"{stem}.json").write_text(json.dumps(description, indent=2) + "\n")
+    clear_cache()
 
 
-def _pack_tables(tables: np.ndarray, alphabet_sizes: np.ndarray) -> np.ndarray:
-    """(M, P, C, K) tables -> 1-D array of each codebook's (P, C, K_m) part: most codebooks
-    use a handful of codes, so this is what keeps the shipped files small."""
-    return np.concatenate([tables[m, :, :, :size].ravel() for m, size in enumerate(alphabet_sizes)])
-
-
-def _unpack_tables(packed: np.ndarray, alphabet_sizes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Inverse of :func:`_pack_tables`; entries beyond each alphabet are 1 (never used)."""
-    m_count, phases, contexts, k_count = shape
-    sizes = [int(size) for size in alphabet_sizes]
-    if len(sizes) != m_count or max(sizes) > k_count or packed.size != phases * contexts * sum(sizes):
-        raise ValueError("entropy tables do not match the model configuration")
-    tables = np.ones(shape, dtype=packed.dtype)
-    offset = 0
-    for m, size in enumerate(sizes):
-        count = phases * contexts * size
-        tables[m, :, :, :size] = packed[offset : offset + count].reshape(phases, contexts, size)
-        offset += count
-    return tables
-
-
-def load_checkpoint(stem: Path) -> tuple[CodecNet, dict, bytes]:
-    """Load ``stem.safetensors`` + ``stem.json`` -> (model in eval mode, info dict, fingerprint).
+def load_checkpoint(stem: Path) -> tuple[nn.Module, dict, bytes]:
+    """Load ``stem.safetensors`` + ``stem.json`` -> (float32 model in eval mode, info, fingerprint).
 
     Raises FileNotFoundError or ValueError when the files are missing or inconsistent.
     """
@@ -109,57 +145,109 @@ def load_checkpoint(stem: Path) -> tuple[CodecNet, dict, bytes]:
     info = json.loads(Path(f"{stem}.json").read_text())
     if info.get("architecture") not in ARCHITECTURES:
         raise ValueError(f"{stem}.json: unknown architecture {info.get('architecture')!r}")
-    network, config = ARCHITECTURES[info["architecture"]]
-    model = network(config(**info["config"]))
+    architecture = ARCHITECTURES[info["architecture"]]
+    model = architecture.network(architecture.config(**info["config"]))
     arrays = load_safetensors_bytes(weight_bytes)
-    if _TABLES in arrays and _ALPHABETS in arrays:
-        shape = tuple(model.state_dict()[_TABLES].shape)
-        arrays[_TABLES] = _unpack_tables(arrays[_TABLES], arrays[_ALPHABETS], shape)
+    reference = model.state_dict()
+    for prefix in architecture.packed_tables:
+        tables, sizes = f"{prefix}.frequencies", f"{prefix}.alphabet_sizes"
+        if tables in arrays and sizes in arrays:
+            arrays[tables] = unpack_tables(arrays[tables], arrays[sizes], tuple(reference[tables].shape))
     state = {}
-    for name, reference in model.state_dict().items():
-        if name not in arrays:
-            raise ValueError(f"{stem}.safetensors: missing tensor {name}")
-        state[name] = torch.from_numpy(arrays[name].astype(np.float32 if reference.is_floating_point() else np.int32))
+    for key, tensor in reference.items():
+        if key not in arrays:
+            raise ValueError(f"{stem}.safetensors: missing tensor {key}")
+        if arrays[key].shape != tuple(tensor.shape):
+            raise ValueError(f"{stem}.safetensors: tensor {key} has shape {arrays[key].shape}, expected {tuple(tensor.shape)}")
+        state[key] = torch.from_numpy(arrays[key]).to(tensor.dtype)
     model.load_state_dict(state)
     model.eval()
-    # The measured figures and training notes in the JSON may be rewritten; the config may not.
-    config_bytes = json.dumps(info["config"], sort_keys=True).encode()
-    fingerprint = hashlib.sha256(weight_bytes + config_bytes).digest()[:16]
-    return model, info, fingerprint
+    return model, info, architecture.fingerprint(weight_bytes, info["config"])
 
 
-# Checkpoints outside the package that this process was asked to use, by model name.
-_CHECKPOINTS: dict[str, Path] = {}
+def file_fingerprint(stem: Path) -> bytes:
+    """The fingerprint of model files ``stem.*`` without building the network."""
+    info = json.loads(Path(f"{stem}.json").read_text())
+    architecture = ARCHITECTURES.get(info.get("architecture"))
+    if architecture is None:
+        raise ValueError(f"{stem}.json: unknown architecture {info.get('architecture')!r}")
+    return architecture.fingerprint(Path(f"{stem}.safetensors").read_bytes(), info["config"])
+
+
+# Checkpoints outside the package that this process was asked to use: model name -> stems.
+_CHECKPOINTS: dict[str, list[Path]] = {}
+CHECKPOINT_PREFIX = "checkpoint:"
 
 
 def register_checkpoint(path: Path) -> str:
-    """Make a checkpoint (``stem``, ``stem.json`` or ``stem.safetensors``) usable by name.
+    """Make a checkpoint (``stem``, ``stem.json`` or ``stem.safetensors``) usable for coding.
 
-    Returns the model name from its JSON; files it writes decode in this process by that name.
+    Returns the key to pass to :func:`load_model` (``"checkpoint:<stem>"``: a checkpoint never
+    stands in for a shipped model of the same name). Files it writes carry the name from its
+    JSON and decode in this process by their fingerprint.
     Raises FileNotFoundError / ValueError for a missing or malformed checkpoint.
     """
     path = Path(path)
-    stem = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
+    stem = (path.with_suffix("") if path.suffix in (".json", ".safetensors") else path).resolve()
     info = json.loads(Path(f"{stem}.json").read_text())
     if not Path(f"{stem}.safetensors").is_file():
         raise FileNotFoundError(f"{stem}.safetensors")
-    _CHECKPOINTS[info["name"]] = stem
-    load_model.cache_clear()
-    return info["name"]
+    if "name" not in info:
+        raise ValueError(f"{stem}.json: no model name")
+    stems = _CHECKPOINTS.setdefault(info["name"], [])
+    if stem not in stems:
+        stems.append(stem)
+    return f"{CHECKPOINT_PREFIX}{stem}"
+
+
+def load_model(key: str) -> tuple[nn.Module, dict, bytes]:
+    """A shipped model by name, or a checkpoint by the key of :func:`register_checkpoint`, ready
+    for coding; cached. Raises KeyError for an unknown name."""
+    if key.startswith(CHECKPOINT_PREFIX):
+        return _load_for_coding(key[len(CHECKPOINT_PREFIX) :])
+    if key not in model_names():
+        raise KeyError(key)
+    return _load_for_coding(str(WEIGHTS_DIR / key))
+
+
+def find_model(name: str, fingerprint: bytes) -> tuple[nn.Module, dict, bytes]:
+    """The model named ``name`` whose fingerprint is ``fingerprint``: the shipped one, one of an
+    earlier release still in the package, or a registered checkpoint.
+
+    Raises KeyError with a one-line reason when there is none (naming the release that shipped
+    those weights, when ``history.json`` knows it).
+    """
+    candidates = [WEIGHTS_DIR / name, *sorted(RELEASES_DIR.glob(f"*/{name}")), *_CHECKPOINTS.get(name, [])]
+    for stem in candidates:
+        if Path(f"{stem}.json").is_file() and _fingerprint_of(str(stem)) == fingerprint:
+            return _load_for_coding(str(stem))
+    shipped = json.loads(HISTORY_FILE.read_text()) if HISTORY_FILE.is_file() else {}
+    known = shipped.get(fingerprint.hex())
+    if known is not None:
+        raise KeyError(
+            f"file made by dqcodec {known['release']} with model {name!r}, whose weights this dqcodec no longer "
+            f"ships; decode it with that release (pip install dqcodec=={known['release']})"
+        )
+    if not any(Path(f"{stem}.json").is_file() for stem in candidates):
+        raise KeyError(f"file made with model {name!r}, which this dqcodec does not have")
+    raise KeyError(f"file made with different weights for model {name!r} (fingerprint mismatch)")
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint_of(stem: str) -> bytes:
+    return file_fingerprint(Path(stem))
 
 
 @functools.lru_cache(maxsize=8)
-def load_model(name: str) -> tuple[CodecNet, dict, bytes]:
-    """A shipped (or registered) model by name, ready for coding (synthesis in float64); cached.
+def _load_for_coding(stem: str) -> tuple[nn.Module, dict, bytes]:
+    """The one place where a model becomes a coding copy: float64 throughout, so decoded pixels
+    do not depend on the machine's threading (float32 convolutions differ by ~1e-9 between
+    thread counts, enough to flip a rounded 8-bit pixel now and then), never modified after."""
+    model, info, fingerprint = load_checkpoint(Path(stem))
+    return model.double(), info, fingerprint
 
-    Raises KeyError for an unknown name.
-    """
-    if name in _CHECKPOINTS:
-        stem = _CHECKPOINTS[name]
-    elif name in model_names():
-        stem = WEIGHTS_DIR / name
-    else:
-        raise KeyError(name)
-    model, info, fingerprint = load_checkpoint(stem)
-    model.synthesis.double()
-    return model, info, fingerprint
+
+def clear_cache() -> None:
+    """Forget loaded models (after model files were rewritten in this process)."""
+    _fingerprint_of.cache_clear()
+    _load_for_coding.cache_clear()

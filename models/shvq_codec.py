@@ -14,15 +14,15 @@ means centre ``symbol_centre[c, s]`` and the channel's alphabet ends at its last
 ``compress`` / ``decompress`` map images to symbols and back; bytes are ``dqcodec.codec``'s job.
 """
 
-import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import nn
 
-from dqcodec.models.entropy import ContextIndexModel, choose_indices
-from dqcodec.models.soft_quantizers import SoftQuantizerOutput, SoftToHardQuantizer
+from dqcodec.models.block_codec import BlockCodec
+from dqcodec.models.entropy import ContextIndexModel
+from dqcodec.models.interface import RATE_LAMBDA_HELP, CodecOutput
+from dqcodec.models.soft_quantizers import SoftToHardQuantizer
 from dqcodec.models.transforms import BlockAnalysis, BlockSynthesis
 
 
@@ -30,10 +30,12 @@ from dqcodec.models.transforms import BlockAnalysis, BlockSynthesis
 class SHVQCodecConfig:
     """Architecture of one SHVQ codec model (stored in the model's JSON)."""
 
-    block: int = 8  # P: the image is processed in P x P blocks
-    num_centres: int = 128  # L, shared by all channels
-    rate_lambda: float = 0.01  # squared pixel error (values in [0, 1], summed) per bit
-    predicted_codebooks: int = 3  # first channels whose symbols are coded with DPCM-like contexts
+    block: int = field(default=8, metadata={"help": "block size P: the image is processed in P x P blocks"})
+    num_centres: int = field(default=128, metadata={"help": "centres L, shared by all channels"})
+    rate_lambda: float = field(default=0.01, metadata={"help": RATE_LAMBDA_HELP, "flag": "--lambda"})
+    predicted_codebooks: int = field(
+        default=3, metadata={"help": "first channels whose symbols are coded with DPCM-like contexts"}
+    )
 
     @property
     def channels(self) -> int:
@@ -49,7 +51,7 @@ class SHVQCodecConfig:
         return self.num_centres
 
 
-class SHVQCodecNet(nn.Module):
+class SHVQCodecNet(BlockCodec):
     """Block transform + soft-to-hard quantizer + context tables; images (B, 3, H, W) in [0, 1]."""
 
     def __init__(self, config: SHVQCodecConfig):
@@ -62,21 +64,28 @@ class SHVQCodecNet(nn.Module):
         order = torch.arange(config.num_centres, dtype=torch.int32).repeat(config.channels, 1)
         self.register_buffer("symbol_centre", order)
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, SoftQuantizerOutput]:
-        """Training pass: (B, 3, H, W) -> (reconstruction from the straight-through output, quantizer output)."""
+    def forward(self, image: torch.Tensor) -> CodecOutput:
+        """Training pass: the straight-through reconstruction and the soft-entropy bits."""
         quantized = self.quantizer(self.analysis(image))
-        return self.synthesis(quantized.quantized), quantized
+        return CodecOutput(
+            reconstruction=self.synthesis(quantized.quantized),
+            bits=quantized.bits,
+            quantizer_loss=torch.zeros((), device=image.device),
+            statistics={"sigma": float(self.quantizer.sigma), "perplexity": quantized.perplexity.mean().item()},
+        )
+
+    def code_slices(self, image: torch.Tensor) -> torch.Tensor:
+        return self.analysis(image)[:, :, None]
 
     def code_values(self) -> np.ndarray:
         """(C, L, 1) float64: each channel's centres in its symbol order."""
         centres = self.quantizer.centres.detach().double()
         return centres[self.symbol_centre.long()].numpy()
 
-    def channel_lambdas(self) -> np.ndarray:
-        """(C,) rate_lambda in latent units: an error e on channel c costs ||W_c||^2 e^2 of
-        squared pixel error through the linear synthesis (W_c its column)."""
-        gains = (self.synthesis.linear.weight.detach().double()[:, :, 0, 0] ** 2).sum(dim=0)
-        return self.config.rate_lambda / gains.clamp_min(1e-12).numpy()
+    def dequantize(self, symbols: torch.Tensor) -> torch.Tensor:
+        channels = torch.arange(self.config.channels)[None, :, None, None]
+        centres = self.symbol_centre.long()[channels, symbols]
+        return self.quantizer.centres[centres, 0]
 
     @torch.no_grad()
     def nearest_indices(self, image: torch.Tensor) -> torch.Tensor:
@@ -92,28 +101,6 @@ class SHVQCodecNet(nn.Module):
         order = usage.argsort(dim=1, descending=True)
         self.symbol_centre.copy_(self.symbol_centre.gather(1, order))
 
-    @torch.no_grad()
-    def compress(self, image: torch.Tensor) -> np.ndarray:
-        """(B, 3, H, W) image in [0, 1], H and W multiples of ``block`` -> (B, C, H/P, W/P) int64 symbols.
-
-        Rate-distortion optimised choice among each channel's used centres under the context
-        tables (:func:`~dqcodec.models.entropy.choose_indices`), lambda converted to latent
-        units per channel.
-        """
-        latents = self.analysis(image).double().numpy()[:, :, None]  # (B, C, 1, h, w)
-        return choose_indices(latents, self.code_values(), self.entropy, self.channel_lambdas())
-
-    @torch.no_grad()
-    def decompress(self, symbols: np.ndarray) -> torch.Tensor:
-        """(B, C, h, w) symbols -> (B, 3, h*P, w*P) float64 image, clamped to [0, 1].
-
-        float64 for the same reason as the DQ codec: decoded pixels must not depend on threads.
-        """
-        synthesis = self.synthesis
-        if synthesis.linear.weight.dtype != torch.float64:
-            synthesis = copy.deepcopy(synthesis).double()
-        symbols = torch.from_numpy(symbols)
-        channels = torch.arange(self.config.channels)[None, :, None, None]
-        centres = self.symbol_centre.long()[channels, symbols]
-        latents = self.quantizer.centres.detach().double()[centres, 0]
-        return synthesis(latents).clamp(0, 1)
+    def set_rate_lambda(self, rate_lambda: float) -> None:
+        """Change the rate-distortion trade-off (``--init-from`` with another ``--lambda``)."""
+        self.config.rate_lambda = rate_lambda

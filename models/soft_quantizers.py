@@ -13,24 +13,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dqcodec.models.quantizers import QuantizerOutput
+from dqcodec.models.lloyd import lloyd, sample_centres, squared_distances
+from dqcodec.models.quantizers import QuantizerOutput, perplexity
 
 
 @dataclass
 class SoftQuantizerOutput(QuantizerOutput):
-    """A :class:`QuantizerOutput` plus the soft output, which SHVQ's sigma controller needs.
+    """A :class:`QuantizerOutput` plus the soft output.
 
-    soft: (B, C, H, W) soft-quantized features sum_j phi_j(z) c_j, with gradients; decode it
-        beside ``quantized`` (the hard one) to measure the soft-vs-hard error gap.
+    soft: (B, C, H, W) soft-quantized features sum_j phi_j(z) c_j, with gradients; its gap to
+        ``quantized`` (the hard one) shows how far the annealing of sigma has come.
     """
 
     soft: torch.Tensor
-
-
-def _perplexity(indices: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, M, H, W) indices over ``size`` symbols -> (M,) exp(entropy) of each plane's usage."""
-    usage = F.one_hot(indices, size).float().mean(dim=(0, 2, 3))
-    return torch.exp(-(usage * torch.log(usage.clamp_min(1e-12))).sum(-1))
 
 
 class SoftToHardQuantizer(nn.Module):
@@ -52,9 +47,9 @@ class SoftToHardQuantizer(nn.Module):
     same estimate per image, -sum log2 q_{index} over the image's symbols, so that
     ``bits.mean() == loss * symbols_per_image``. The caller weights it (the paper's beta).
 
-    sigma, the hardness, is a buffer (saved with the model) that training raises either by the
-    fixed schedule ``anneal(step)`` or by the gap controller ``update_sigma``; as sigma grows the
-    soft assignment becomes one-hot and soft equals hard.
+    sigma, the hardness, is a buffer (saved with the model) that training raises by the fixed
+    schedule ``anneal(step)``; as sigma grows the soft assignment becomes one-hot and soft
+    equals hard.
     """
 
     def __init__(
@@ -65,7 +60,6 @@ class SoftToHardQuantizer(nn.Module):
         sigma: float = 1.0,
         sigma_growth: float = 1.0,
         sigma_max: float = 1e7,
-        gap_gain: float = 1.0,
     ):
         super().__init__()
         self.num_centres = num_centres
@@ -74,7 +68,6 @@ class SoftToHardQuantizer(nn.Module):
         self.sigma_init = sigma
         self.sigma_growth = sigma_growth
         self.sigma_max = sigma_max
-        self.gap_gain = gap_gain
         self.centres = nn.Parameter(torch.randn(num_centres, patch_height * patch_width))
         self.register_buffer("sigma", torch.tensor(float(sigma)))
 
@@ -96,9 +89,7 @@ class SoftToHardQuantizer(nn.Module):
 
     def distances(self, vectors: torch.Tensor) -> torch.Tensor:
         """(..., P) vectors -> (..., L) squared distances to the centres."""
-        # Expanded form, so that memory is (N, L) and not (N, L, P).
-        squared = (vectors**2).sum(-1, keepdim=True) - 2 * vectors @ self.centres.t() + (self.centres**2).sum(-1)
-        return squared.clamp_min(0)
+        return squared_distances(vectors, self.centres)
 
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) features -> (B, C, H/p_h, W/p_w) int64 indices of the nearest centres."""
@@ -125,7 +116,7 @@ class SoftToHardQuantizer(nn.Module):
             quantized=self.image(quantized),
             indices=indices,
             loss=(hard_histogram * code_bits).sum(),
-            perplexity=_perplexity(indices, self.num_centres),
+            perplexity=perplexity(indices, self.num_centres),
             bits=code_bits[indices].sum(dim=(1, 2, 3)),
             soft=self.image(soft),
         )
@@ -137,41 +128,19 @@ class SoftToHardQuantizer(nn.Module):
         return float(self.sigma)
 
     @torch.no_grad()
-    def update_sigma(self, soft_error: float, hard_error: float) -> float:
-        """Gap controller: sigma <- sigma + gain * |hard_error - soft_error|; returns the new sigma.
-
-        The paper anneals sigma by the gap between the training loss with hard and with soft
-        quantization, sigma(t+1) = sigma(t) + K_G gap(t). The gap closes only as sigma grows
-        (at small sigma the soft output collapses to the mean of the centres and is the
-        worse one, later the soft output is the better one), so sigma is raised by the size
-        of the gap whichever side it is on: it keeps hardening until soft and hard agree.
-        """
-        gap = abs(float(hard_error) - float(soft_error))
-        self.sigma.fill_(min(float(self.sigma) + self.gap_gain * gap, self.sigma_max))
-        return float(self.sigma)
-
-    @torch.no_grad()
     def init_centres_kmeans(self, z: torch.Tensor, iterations: int = 25, start: torch.Tensor | None = None) -> None:
-        """Set the centres by k-means (Lloyd) on the patch vectors of latents z (B, C, H, W).
+        """Set the centres by k-means (:func:`~dqcodec.models.lloyd.lloyd`) on the patch vectors of
+        latents z (B, C, H, W).
 
-        Starts from ``start`` (L, P) when given, else from L distinct random vectors of z; a
-        centre that loses all its vectors keeps its place. (A codec starts from a uniform grid,
-        so that the few vectors in the tails keep centres of their own.)
+        Starts from ``start`` (L, P) when given, else from L distinct random vectors of z (drawn
+        with torch's global generator); a centre that loses all its vectors keeps its place. (A
+        codec starts from a uniform grid, so that the few vectors in the tails keep centres of
+        their own.)
         """
         vectors = self.vectors(z.detach()).reshape(-1, self.centres.shape[1])
-        if start is not None:
-            centres = start.to(vectors).clone()
-        elif len(vectors) < self.num_centres:
-            raise ValueError(f"k-means needs at least {self.num_centres} vectors, got {len(vectors)}")
-        else:
-            centres = vectors[torch.randperm(len(vectors), device=vectors.device)[: self.num_centres]].clone()
-        for _ in range(iterations):
-            assignment = torch.cdist(vectors, centres).argmin(dim=1)
-            counts = torch.bincount(assignment, minlength=self.num_centres)
-            sums = torch.zeros_like(centres).index_add_(0, assignment, vectors)
-            filled = counts > 0
-            centres[filled] = sums[filled] / counts[filled, None]
-        self.centres.copy_(centres)
+        if start is None:
+            start = sample_centres(vectors[None], self.num_centres)[0]
+        self.centres.copy_(lloyd(vectors, start.to(vectors), iterations).centres)
 
 
 class BayesianSoftQuantizer(nn.Module):
@@ -234,11 +203,8 @@ class BayesianSoftQuantizer(nn.Module):
 
     def log_posterior(self, vectors: torch.Tensor) -> torch.Tensor:
         """(B, M, H, W, D) vectors -> (B, M, H, W, K) log p(mu_k | z) under the uniform prior."""
-        squared = (
-            (vectors**2).sum(-1, keepdim=True)
-            - 2 * torch.einsum("bmhwd,mkd->bmhwk", vectors, self.codebooks)
-            + (self.codebooks**2).sum(-1)[:, None, None, :]
-        ).clamp_min(0)
+        b, m, h, w, d = vectors.shape
+        squared = squared_distances(vectors.reshape(b, m, h * w, d), self.codebooks).view(b, m, h, w, -1)
         variances = self.log_variances.exp()[:, None, None, :]
         # log N(z; mu_k, s_k^2 I) up to a constant shared by all k; the uniform prior cancels.
         log_likelihood = -0.5 * squared / variances - 0.5 * self.code_dim * self.log_variances[:, None, None, :]
@@ -274,6 +240,6 @@ class BayesianSoftQuantizer(nn.Module):
             quantized=self.image(estimate),
             indices=indices,
             loss=loss,
-            perplexity=_perplexity(indices, self.codebook_size),
+            perplexity=perplexity(indices, self.codebook_size),
             bits=bits,
         )

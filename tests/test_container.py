@@ -10,7 +10,7 @@ from dqcodec.codec.container import MAGIC, MAX_PIXELS, MAX_SIDE, VERSION, Header
 from dqcodec.codec.errors import DQCodecError
 
 HEADER = Header(
-    model="dq-q3", fingerprint=bytes(range(16)), width=100, height=37, channels=3, bit_depth=8, block=16
+    model="dq-q3", fingerprint=bytes(range(16)), width=100, height=37, channels=3, bit_depth=8, padding=16
 )
 STREAMS = [b"\x01\x02\x03", b"", b"payload-two"]
 
@@ -24,7 +24,7 @@ def build(
     height=37,
     channels=3,
     bit_depth=8,
-    block=16,
+    padding=16,
     streams=(b"\x01\x02\x03", b"", b"payload-two"),
     lengths=None,
     tail=b"",
@@ -37,7 +37,7 @@ def build(
         + struct.pack("<BB", version, len(model))
         + model
         + fingerprint
-        + struct.pack("<IIBBBB", width, height, channels, bit_depth, block, len(lengths))
+        + struct.pack("<IIBBBB", width, height, channels, bit_depth, padding, len(lengths))
         + b"".join(struct.pack("<I", length) for length in lengths)
         + b"".join(streams)
         + tail
@@ -72,14 +72,14 @@ def test_round_trip_accepts_bytearray_and_memoryview():
 
 def test_round_trip_at_the_limits():
     header = Header(model="a" * 64, fingerprint=b"\xff" * 16, width=MAX_SIDE, height=MAX_PIXELS // MAX_SIDE,
-                    channels=1, bit_depth=16, block=64)
+                    channels=1, bit_depth=16, padding=64)
     streams = [bytes([i]) for i in range(32)]
     assert unpack(pack(header, streams)) == (header, streams)
 
 
 def test_padded_size_rounds_up_to_the_block():
     assert (HEADER.padded_width, HEADER.padded_height) == (112, 48)
-    exact = Header("m", bytes(16), width=64, height=1, channels=3, bit_depth=8, block=1)
+    exact = Header("m", bytes(16), width=64, height=1, channels=3, bit_depth=8, padding=1)
     assert (exact.padded_width, exact.padded_height) == (64, 1)
 
 
@@ -100,8 +100,8 @@ def test_constants():
         ({"width": MAX_SIDE, "height": MAX_SIDE}, STREAMS),
         ({"channels": 4}, STREAMS),
         ({"bit_depth": 12}, STREAMS),
-        ({"block": 0}, STREAMS),
-        ({"block": 65}, STREAMS),
+        ({"padding": 0}, STREAMS),
+        ({"padding": 65}, STREAMS),
         ({}, []),
         ({}, [b""] * 33),
     ],
@@ -179,8 +179,8 @@ def test_absurd_dimensions_with_a_valid_checksum():
         ({"width": MAX_SIDE, "height": MAX_SIDE}, "more than"),
         ({"channels": 2}, "channels"),
         ({"bit_depth": 12}, "bit depth"),
-        ({"block": 0}, "block"),
-        ({"block": 200}, "block"),
+        ({"padding": 0}, "padding"),
+        ({"padding": 200}, "padding"),
         ({"model": b""}, "model name"),
         ({"model": b"Bad Name\n"}, "model name"),
         ({"model": b"\xff" * 70}, "model name"),

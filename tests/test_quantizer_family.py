@@ -205,14 +205,6 @@ def test_shvq_entropy_is_the_cross_entropy_of_hard_and_soft_histograms():
     torch.testing.assert_close(out.bits.mean(), out.loss * symbols_per_image)
 
 
-def test_shvq_gap_controller_raises_sigma_until_soft_and_hard_agree():
-    quantizer = _shvq(1.0)
-    quantizer.gap_gain = 10.0
-    assert quantizer.update_sigma(soft_error=0.3, hard_error=0.5) == pytest.approx(3.0)
-    assert quantizer.update_sigma(soft_error=0.6, hard_error=0.5) == pytest.approx(4.0)
-    assert quantizer.update_sigma(soft_error=0.5, hard_error=0.5) == pytest.approx(4.0)
-
-
 def test_shvq_schedule_grows_sigma_up_to_its_cap():
     quantizer = SoftToHardQuantizer(4, sigma=2.0, sigma_growth=1.5, sigma_max=10.0)
     assert quantizer.anneal(0) == pytest.approx(2.0)

@@ -10,6 +10,7 @@ from PIL import Image
 
 import dqcodec
 from dqcodec.codec.cli import main
+from dqcodec.models.interface import IndexLevel
 from dqcodec.models.registry import WEIGHTS_DIR, list_models
 from dqcodec.models.shvq_codec import SHVQCodecConfig, SHVQCodecNet
 
@@ -29,14 +30,17 @@ def _image(seed: int = 0, height: int = 16, width: int = 24) -> torch.Tensor:
 def test_symbols_decode_to_the_hard_forward_output_whatever_the_code_order():
     net = _net()
     image = _image()
-    reconstruction, _ = net(image)
-    expected = reconstruction.double()
-    assert torch.allclose(net.decompress(net.nearest_indices(image).numpy()), expected.clamp(0, 1), atol=1e-5)
+    expected = net(image).reconstruction.clamp(0, 1)
+
+    def decoded() -> torch.Tensor:
+        return net.decompress([IndexLevel("blocks", net.nearest_indices(image).numpy())])
+
+    assert torch.allclose(decoded(), expected, atol=1e-5)
     usage = torch.rand(net.config.channels, net.config.num_centres, generator=torch.Generator().manual_seed(3))
     net.sort_codes(usage)
     # Each channel now has its own permutation of the centres, yet the same pixels come back.
     assert not torch.equal(net.symbol_centre[0], net.symbol_centre[1])
-    assert torch.allclose(net.decompress(net.nearest_indices(image).numpy()), expected.clamp(0, 1), atol=1e-5)
+    assert torch.allclose(decoded(), expected, atol=1e-5)
 
 
 def test_sorting_puts_the_most_used_centre_first_in_each_channel():
@@ -51,13 +55,13 @@ def test_sorting_puts_the_most_used_centre_first_in_each_channel():
     assert np.allclose(values[:, 0, 0], net.quantizer.centres[5, 0].item())
 
 
-def test_channel_lambdas_follow_the_synthesis_gains():
+def test_rate_lambdas_follow_the_synthesis_gains():
     net = _net()
     with torch.no_grad():
         net.synthesis.linear.weight.fill_(0.0)
         net.synthesis.linear.weight[:, 0] = 2.0  # channel 0: squared column norm 12 * 4
         net.synthesis.linear.weight[:, 1:] = 1.0
-    lambdas = net.channel_lambdas()
+    lambdas = net.rate_lambdas()
     assert lambdas[0] == pytest.approx(0.01 / 48)
     assert lambdas[1] == pytest.approx(0.01 / 12)
 
@@ -65,7 +69,7 @@ def test_channel_lambdas_follow_the_synthesis_gains():
 def test_train_shvq_resumes_exports_and_codes(tmp_path, training_images, capsys):
     common = [
         "train-shvq", "--out", str(tmp_path / "run"), "--lambda", "0.01", "--data", str(training_images),
-        "--centres", "64", "--kmeans-blocks", "300", "--kmeans-iterations", "2", "--batch-size", "2",
+        "--num-centres", "64", "--kmeans-blocks", "300", "--kmeans-iterations", "2", "--batch-size", "2",
         "--crop", "32", "--threads", "1",
     ]
     assert main(common + ["--steps", "2"]) == 0

@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 from dqcodec.codec.cli import main
-from dqcodec.eval import studies
-from dqcodec.eval.study_channel_density import channel_slices, measure, pixel_slices
+from dqcodec.eval.studies import commands as studies
+from dqcodec.eval.studies.channel_density import channel_slices, measure, pixel_slices
+from dqcodec.eval.studies.density_fit import fit_codebooks
 from dqcodec.models.quantizers import ProductQuantizer
-from dqcodec.train.density_fit import LloydConfig, fit_codebooks
 
 TINY = ["--images", "2", "--eval-images", "1", "--vectors", "150", "--codebook-sizes", "4", "16", "--runs", "2"]
 
@@ -67,7 +67,7 @@ def test_lloyd_fit_converges_and_more_codes_quantize_better():
     errors = {}
     for k in (2, 6, 24):
         quantizer = ProductQuantizer(6, 2, k)
-        fit = fit_codebooks(quantizer, slices, LloydConfig(tolerance=1e-3, max_iterations=100), generator)
+        fit = fit_codebooks(quantizer, slices, generator, tolerance=1e-3, max_iterations=100)
         assert fit.converged and fit.iterations == len(fit.mse) <= 100
         assert fit.mse[-1] <= fit.mse[0]
         assert (quantizer.ema_counts > 0).all()  # every code stays assignable
@@ -79,7 +79,7 @@ def test_lloyd_fit_converges_and_more_codes_quantize_better():
 
 def test_fit_refuses_fewer_vectors_than_codes():
     with pytest.raises(ValueError):
-        fit_codebooks(ProductQuantizer(4, 1, 8), torch.randn(5, 1, 4), LloydConfig(), torch.Generator())
+        fit_codebooks(ProductQuantizer(4, 1, 8), torch.randn(5, 1, 4), torch.Generator())
 
 
 def test_study_writes_summary_and_plots(study_out):

@@ -6,17 +6,17 @@ import pytest
 import torch
 
 from dqcodec.codec.cli import main
-from dqcodec.eval import studies
-from dqcodec.eval.latent_metrics import (
+from dqcodec.eval.studies import commands as studies
+from dqcodec.eval.studies.autoencoder_training import AutoencoderTrainConfig, train_autoencoder
+from dqcodec.eval.studies.latent_metrics import (
     clustering_accuracy,
     kmeans,
     linear_probe_accuracy,
     normalized_mutual_information,
     principal_components,
 )
-from dqcodec.models.toy_autoencoder import BOTTLENECKS, ToyAutoencoder
-from dqcodec.train.autoencoder import AutoencoderTrainConfig, train_autoencoder
-from dqcodec.train.toy_shapes import SHAPES, make_shapes
+from dqcodec.eval.studies.toy_autoencoder import BOTTLENECKS, ToyAutoencoder
+from dqcodec.eval.studies.toy_shapes import SHAPES, make_shapes
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import torch
 from PIL import Image
 
 import dqcodec
@@ -33,3 +34,45 @@ def test_train_reports_a_missing_data_folder(tmp_path, capsys):
     status = main(["train", "--out", str(tmp_path / "run"), "--lambda", "0.01", "--data", str(tmp_path / "none")])
     assert status == 2
     assert capsys.readouterr().err.startswith("dqcodec: error: training data folder not found")
+
+
+def _tiny_dq_run(out, data, steps: int) -> list[str]:
+    return ["train", "--arch", "dq", "--out", str(out), "--lambda", "0.01", "--data", str(data), "--block", "4",
+            "--num-codebooks", "24", "--codebook-size", "16", "--init-samples", "300", "--ecvq-iterations", "2",
+            "--batch-size", "2", "--crop", "16", "--threads", "1", "--validation-images", "0",
+            "--checkpoint-every", "1", "--steps", str(steps)]
+
+
+def test_a_resumed_run_continues_bit_for_bit(tmp_path, training_images):
+    from safetensors.numpy import load_file
+
+    assert main(_tiny_dq_run(tmp_path / "straight", training_images, 4)) == 0
+    assert main(_tiny_dq_run(tmp_path / "resumed", training_images, 2)) == 0
+    assert main(_tiny_dq_run(tmp_path / "resumed", training_images, 4)) == 0
+    straight = load_file(tmp_path / "straight" / "state.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "state.safetensors")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert np.array_equal(straight[key], resumed[key]), key
+    log = [json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in log] == [1, 2, 3, 4]
+
+
+def test_a_run_folder_refuses_other_settings_and_cuda_without_a_gpu(tmp_path, training_images, capsys):
+    assert main(_tiny_dq_run(tmp_path / "run", training_images, 1)) == 0
+    changed = _tiny_dq_run(tmp_path / "run", training_images, 2) + ["--lr", "0.1"]
+    assert main(changed) == 2
+    assert "was started with learning_rate = 0.0001, not 0.1" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(_tiny_dq_run(tmp_path / "gpu", training_images, 1) + ["--device", "cuda"]) == 2
+        assert "--device cuda" in capsys.readouterr().err
+
+
+def test_init_from_honours_lambda_and_refuses_fixed_settings(tmp_path, capsys):
+    common = ["train", "--arch", "dq", "--out", str(tmp_path / "run"), "--init-from", "dq-q1", "--steps", "0"]
+    assert main(common + ["--codebook-size", "32"]) == 2
+    assert "--codebook-size 32 differs from the --init-from model's 64; only --lambda can change" in capsys.readouterr().err
+    assert main(common + ["--ecvq-iterations", "3"]) == 2
+    assert "--ecvq-iterations acts on a fresh start only" in capsys.readouterr().err
+    assert main(common + ["--num-centres", "3"]) == 2
+    assert "--num-centres is not an option of --arch dq" in capsys.readouterr().err

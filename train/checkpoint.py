@@ -14,12 +14,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dqcodec.codec.errors import DQCodecError
-from dqcodec.models.registry import load_checkpoint
+from dqcodec.models.registry import WEIGHTS_DIR, load_checkpoint
 
 
 def save_state(path: Path, net: nn.Module, optimizer: torch.optim.Optimizer, step: int, generator: torch.Generator) -> None:
     """Write ``path.safetensors`` and ``path.json`` (atomically, via temporary names)."""
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in net.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     optimizer_state = optimizer.state_dict()
     scalars = {"step": step, "param_groups": optimizer_state["param_groups"], "optimizer_steps": {}}
     for index, state in optimizer_state["state"].items():
@@ -27,9 +27,12 @@ def save_state(path: Path, net: nn.Module, optimizer: torch.optim.Optimizer, ste
             if key == "step":
                 scalars["optimizer_steps"][str(index)] = float(value)
             else:
-                tensors[f"optimizer.{index}.{key}"] = value.contiguous()
+                tensors[f"optimizer.{index}.{key}"] = value.cpu().contiguous()
     tensors["rng"] = generator.get_state()
     tensors["torch_rng"] = torch.get_rng_state()
+    if torch.cuda.is_initialized():
+        for device, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda_rng.{device}"] = cuda_state
     temporary = path.with_name(path.name + ".tmp")
     save_file(tensors, f"{temporary}.safetensors")
     Path(f"{temporary}.json").write_text(json.dumps(scalars))
@@ -52,19 +55,26 @@ def load_state(path: Path, net: nn.Module, optimizer: torch.optim.Optimizer, gen
     optimizer.load_state_dict({"state": state, "param_groups": scalars["param_groups"]})
     generator.set_state(tensors["rng"])
     torch.set_rng_state(tensors["torch_rng"])
+    cuda_states = [tensors[f"cuda_rng.{device}"] for device in range(torch.cuda.device_count()) if f"cuda_rng.{device}" in tensors]
+    if cuda_states:
+        torch.cuda.set_rng_state_all(cuda_states)
     return int(scalars["step"])
 
 
-def load_start_model(stem: Path, network: type[nn.Module]) -> nn.Module:
-    """The exported model ``stem`` (path without extension) to start training from (``--init-from``).
+def load_start_model(stem: Path, network: type[nn.Module]) -> tuple[nn.Module, dict]:
+    """(network, its JSON info): the exported model ``stem`` (path without extension) to start
+    training from (``--init-from``).
 
     Raises DQCodecError (one line) when its files are missing or damaged, or when it is not a
-    ``network`` (a DQ run cannot start from an SHVQ model, nor the reverse).
+    ``network`` (a DQ run cannot start from an SHVQ model, nor the reverse). A shipped model
+    can be named by its name (``--init-from dq-q3``).
     """
+    if not Path(f"{stem}.json").is_file() and (WEIGHTS_DIR / f"{stem}.json").is_file():
+        stem = WEIGHTS_DIR / str(stem)
     try:
-        net, _, _ = load_checkpoint(stem)
+        net, info, _ = load_checkpoint(stem)
     except (OSError, ValueError, KeyError) as error:
         raise DQCodecError(f"--init-from {stem}: cannot load the model ({error})") from None
     if not isinstance(net, network):
         raise DQCodecError(f"--init-from {stem} is a {type(net).__name__}, not a {network.__name__}")
-    return net
+    return net, info

@@ -1,7 +1,13 @@
-"""``dqcodec train`` and ``dqcodec train-shvq``: train (or resume) a DQ or SHVQ codec checkpoint
-and export it as a shipped model."""
+"""``dqcodec train --arch NAME`` (and its alias ``train-shvq``): train or resume a codec
+checkpoint of any registered architecture, and export it as a model.
+
+The options are made from three dataclasses: :class:`~dqcodec.train.loop.LoopConfig`, the
+architecture's config (e.g. :class:`~dqcodec.models.codec_net.CodecConfig`) and its recipe's
+options (:mod:`dqcodec.train.recipes`); each field's metadata gives its help and flag.
+"""
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -9,153 +15,188 @@ from pathlib import Path
 
 from dqcodec.codec.errors import DQCodecError
 
+# Settings that a resumed run may change; every other one must match the run folder's run.json.
+_RESUMABLE_CHANGES = {"steps", "validate_every", "checkpoint_every", "validation_images", "device", "threads"}
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = (
-        "example: dqcodec train --out runs/dq-q2 --lambda 0.01 --steps 0 --export dq-q2 --quality 2\n"
-        "Re-running the same command resumes from runs/dq-q2/state.* (weights, Adam, RNG)."
-    )
+
+def _sources(arch: str) -> dict[str, type]:
+    """The dataclasses whose fields are the options of ``--arch arch``: group -> dataclass."""
+    from dqcodec.models.registry import ARCHITECTURES
+    from dqcodec.train.loop import LoopConfig
+    from dqcodec.train.recipes import RECIPES
+
+    recipe = RECIPES[arch]
+    return {"loop": LoopConfig, "config": ARCHITECTURES[recipe.architecture].config, "options": recipe.options}
+
+
+def _flag(item: dataclasses.Field) -> str:
+    return item.metadata.get("flag") or "--" + item.name.replace("_", "-")
+
+
+_METAVARS = {Path: "PATH", float: "X", int: "N", str: "TEXT"}
+
+
+def _value_type(item: dataclasses.Field):
+    text = str(item.type)
+    return Path if "Path" in text else float if "float" in text else int if "int" in text else str
+
+
+def add_train_arguments(parser: argparse.ArgumentParser, default_arch: str = "dq") -> None:
+    from dqcodec.train.recipes import RECIPES
+
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--out", type=Path, required=True, help="run folder for the resumable state")
-    parser.add_argument("--lambda", dest="rate_lambda", type=float, required=True,
-                        help="rate-distortion trade-off: squared error (pixel values in [0,1], summed) per bit; "
-                        "smaller means more bits and higher quality")
-    parser.add_argument("--data", type=Path, default=None, help="folder of training images (default: BSDS500)")
-    parser.add_argument("--block", type=int, default=8, help="block size P (default 8)")
-    parser.add_argument("--codebooks", type=int, default=192, help="number of codebooks M (default 192)")
-    parser.add_argument("--codebook-size", type=int, default=64, help="codes per codebook K (default 64)")
-    parser.add_argument("--code-dim", type=int, default=1, help="dimension D of each codebook's slice (default 1)")
-    parser.add_argument("--predicted-codebooks", type=int, default=3,
-                        help="first codebooks coded with neighbour-predicted (DPCM-like) contexts (default 3)")
-    parser.add_argument("--postfilter", type=int, default=0, help="channels of the residual post-filter CNN (0: none)")
-    parser.add_argument("--init-samples", type=int, default=60_000, help="latent blocks for the ECVQ initialisation")
-    parser.add_argument("--ecvq-iterations", type=int, default=15, help="entropy-constrained Lloyd iterations")
-    parser.add_argument("--steps", type=int, default=0, help="Adam fine-tuning steps in total (default 0)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--crop", type=int, default=128, help="training crop size in pixels")
-    parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
-    parser.add_argument("--init-from", type=Path, default=None,
-                        help="start from an exported model (path without extension) with a fresh optimizer")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--seed", type=int, default=0)
-    _add_export_arguments(parser, "dq")
+    parser.epilog = (
+        "examples:\n"
+        "  dqcodec train --arch dq --out runs/dq-q2 --lambda 0.012 --export dq-q2 --quality 2\n"
+        "  dqcodec train --arch shvq --out runs/shvq-q2 --lambda 0.006 --steps 300 --export shvq-q2 --quality 2\n"
+        "  dqcodec train --arch dq --init-from dq-q3 --out runs/refit-q3 --export dq-q3 --quality 3\n"
+        "Re-running the same command resumes from OUT/state.* (weights, Adam, step, RNG).\n"
+        "Options marked [fresh start only] are refused with --init-from."
+    )
+    parser.add_argument("--arch", choices=sorted(RECIPES), default=default_arch,
+                        help=f"architecture to train (default {default_arch})")
+    seen: set[str] = set()
+    for arch in sorted(RECIPES, key=lambda name: name != default_arch):
+        sources = _sources(arch)
+        if arch == default_arch:
+            group = parser.add_argument_group("training loop (every architecture)")
+            _add_fields(group, sources["loop"], seen, RECIPES[arch].loop_defaults)
+        group = parser.add_argument_group(f"--arch {arch}: architecture and recipe")
+        shared = [_flag(f) for f in (*dataclasses.fields(sources["config"]), *dataclasses.fields(sources["options"]))
+                  if f.name in seen]
+        if shared:
+            group.description = "also: " + ", ".join(shared)
+        _add_fields(group, sources["config"], seen)
+        _add_fields(group, sources["options"], seen)
+        if arch != default_arch and RECIPES[arch].loop_defaults:
+            defaults = ", ".join(f"{_flag(f)} {RECIPES[arch].loop_defaults[f.name]}" for f in dataclasses.fields(sources["loop"])
+                                 if f.name in RECIPES[arch].loop_defaults)
+            group.description = (group.description + "; " if group.description else "") + f"loop defaults: {defaults}"
+    _add_export_arguments(parser)
+
+
+def add_train_shvq_arguments(parser: argparse.ArgumentParser) -> None:
+    add_train_arguments(parser, default_arch="shvq")
+
+
+def _add_fields(group, source: type, seen: set[str], defaults: dict | None = None) -> None:
+    """One option per dataclass field not yet added; unset options stay absent from the namespace."""
+    for item in dataclasses.fields(source):
+        if item.name in seen:
+            continue
+        seen.add(item.name)
+        default = (defaults or {}).get(item.name, item.default)
+        suffix = " [fresh start only]" if item.metadata.get("init_only") else ""
+        shown = "" if default is None else f" (default {default})"
+        value_type = _value_type(item)
+        group.add_argument(_flag(item), dest=item.name, type=value_type, default=argparse.SUPPRESS,
+                           metavar=_METAVARS[value_type], choices=item.metadata.get("choices"),
+                           required=item.name == "out", help=item.metadata.get("help", "") + shown + suffix)
 
 
 def run_train(args: argparse.Namespace) -> int:
     import torch
 
-    from dqcodec.models.codec_net import CodecConfig
+    from dqcodec.models.registry import ARCHITECTURES
+    from dqcodec.train.checkpoint import load_start_model
     from dqcodec.train.data import default_train_dir
-    from dqcodec.train.loop import TrainConfig, export, train
+    from dqcodec.train.loop import export, train
+    from dqcodec.train.recipes import RECIPES
 
+    recipe = RECIPES[args.arch]
+    sources = _sources(args.arch)
+    given = {key: value for key, value in vars(args).items() if key not in ("command", "arch")}
+    _refuse_foreign_options(args.arch, given)
     if args.export and args.quality is None:
         raise DQCodecError("--export needs --quality")
-    torch.set_num_threads(args.threads)
-    config = TrainConfig(
-        out=args.out,
-        codec=CodecConfig(
-            block=args.block,
-            num_codebooks=args.codebooks,
-            codebook_size=args.codebook_size,
-            code_dim=args.code_dim,
-            rate_lambda=args.rate_lambda,
-            postfilter_channels=args.postfilter,
-            predicted_codebooks=args.predicted_codebooks,
-        ),
-        data=args.data or default_train_dir(),
-        init_from=args.init_from,
-        init_samples=args.init_samples,
-        ecvq_iterations=args.ecvq_iterations,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        crop=args.crop,
-        learning_rate=args.lr,
-        seed=args.seed,
-    )
-    if not config.data.is_dir():
-        raise DQCodecError(f"training data folder not found: {config.data}")
+    loop_values = {**recipe.loop_defaults, **_pick(sources["loop"], given)}
+    loop = sources["loop"](**loop_values)
+    loop.data = loop.data or default_train_dir()
+    if not loop.data.is_dir():
+        raise DQCodecError(f"training data folder not found: {loop.data}")
+    if loop.device not in ("cpu", "cuda") or (loop.device == "cuda" and not torch.cuda.is_available()):
+        raise DQCodecError(f"--device {loop.device}: use cpu, or cuda on a machine with a CUDA GPU")
+    if loop.steps < 0 or loop.batch_size < 1 or loop.crop < 1:
+        raise DQCodecError("--steps must not be negative, --batch-size and --crop must be positive")
+    options = sources["options"](**_pick(sources["options"], given))
+    config_given = _pick(sources["config"], given)
+    if loop.init_from is not None:
+        net, start_info = load_start_model(loop.init_from, ARCHITECTURES[recipe.architecture].network)
+        _apply_init_from(net, recipe, sources, config_given, given)
+    else:
+        net, start_info = ARCHITECTURES[recipe.architecture].network(sources["config"](**config_given)), None
+    if net.config.rate_lambda <= 0:
+        raise DQCodecError("--lambda must be positive")
+    _check_run_folder(loop, args.arch, net.config, options)
+    torch.set_num_threads(loop.threads)
     started = time.time()
-    net = train(config)
+    net = train(net, recipe, options, loop, fresh=loop.init_from is None)
     if args.export:
-        description = f"DQ block codec, M={args.codebooks} K={args.codebook_size} D={args.code_dim}, lambda={args.rate_lambda}"
-        export_and_measure(args, description, lambda stem, info: export(net, config, stem, info), started)
+        history = {"init_from": {"model": start_info["name"], "training": start_info.get("training", {})}} if start_info else {}
+        summary = ", ".join(f"{key}={value}" for key, value in dataclasses.asdict(net.config).items())
+        export_and_measure(args, f"{recipe.architecture} ({summary})", started,
+                           lambda stem, info: export(net, recipe, options, loop, stem, info), history)
     return 0
-
-
-def add_train_shvq_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = (
-        "example: dqcodec train-shvq --out runs/shvq-q2 --lambda 0.006 --steps 300 --export shvq-q2 --quality 2\n"
-        "Stage 1 is the block PCA (the unquantized linear autoencoder's optimum); stage 2 trains the soft-to-hard\n"
-        "quantizer with the soft entropy term. Re-running the same command resumes from runs/shvq-q2/state.*."
-    )
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--out", type=Path, required=True, help="run folder for the resumable state")
-    parser.add_argument("--lambda", dest="rate_lambda", type=float, required=True,
-                        help="rate-distortion trade-off: squared error (pixel values in [0,1], summed) per bit; "
-                        "smaller means more bits and higher quality")
-    parser.add_argument("--data", type=Path, default=None, help="folder of training images (default: BSDS500)")
-    parser.add_argument("--block", type=int, default=8, help="block size P (default 8)")
-    parser.add_argument("--centres", type=int, default=128, help="centres L shared by all channels (default 128)")
-    parser.add_argument("--predicted-codebooks", type=int, default=3,
-                        help="first channels coded with neighbour-predicted (DPCM-like) contexts (default 3)")
-    parser.add_argument("--kmeans-blocks", type=int, default=20_000, help="training blocks for the k-means centres")
-    parser.add_argument("--kmeans-iterations", type=int, default=10, help="k-means iterations from the uniform grid")
-    parser.add_argument("--steps", type=int, default=1000, help="soft-to-hard Adam steps in total (default 1000)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--crop", type=int, default=64, help="training crop size in pixels (default 64)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
-    parser.add_argument("--sigma-start", type=float, default=2.0, help="soft assignment hardness at the first step")
-    parser.add_argument("--sigma-end", type=float, default=200.0, help="hardness at the last step (geometric schedule)")
-    parser.add_argument("--init-from", type=Path, default=None,
-                        help="start stage 2 from an exported SHVQ model (path without extension), fresh optimizer")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--seed", type=int, default=0)
-    _add_export_arguments(parser, "shvq")
 
 
 def run_train_shvq(args: argparse.Namespace) -> int:
-    import torch
-
-    from dqcodec.models.shvq_codec import SHVQCodecConfig
-    from dqcodec.train.data import default_train_dir
-    from dqcodec.train.shvq import SHVQTrainConfig, export, train
-
-    if args.export and args.quality is None:
-        raise DQCodecError("--export needs --quality")
-    if args.rate_lambda <= 0 or args.centres < 2 or args.steps < 0:
-        raise DQCodecError("--lambda must be positive, --centres at least 2 and --steps not negative")
-    torch.set_num_threads(args.threads)
-    config = SHVQTrainConfig(
-        out=args.out,
-        codec=SHVQCodecConfig(
-            block=args.block,
-            num_centres=args.centres,
-            rate_lambda=args.rate_lambda,
-            predicted_codebooks=args.predicted_codebooks,
-        ),
-        data=args.data or default_train_dir(),
-        init_from=args.init_from,
-        kmeans_blocks=args.kmeans_blocks,
-        kmeans_iterations=args.kmeans_iterations,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        crop=args.crop,
-        learning_rate=args.lr,
-        sigma_start=args.sigma_start,
-        sigma_end=args.sigma_end,
-        seed=args.seed,
-    )
-    if not config.data.is_dir():
-        raise DQCodecError(f"training data folder not found: {config.data}")
-    started = time.time()
-    net = train(config)
-    if args.export:
-        description = f"SHVQ block codec, L={args.centres} shared centres, 1x1 patches, lambda={args.rate_lambda}"
-        export_and_measure(args, description, lambda stem, info: export(net, config, stem, info), started)
-    return 0
+    return run_train(args)
 
 
-def export_and_measure(args: argparse.Namespace, description: str, export, started: float) -> None:
+def _flags(source: type, names) -> str:
+    return ", ".join(_flag(item) for item in dataclasses.fields(source) if item.name in names)
+
+
+def _pick(source: type, given: dict) -> dict:
+    names = {item.name for item in dataclasses.fields(source)}
+    return {key: value for key, value in given.items() if key in names}
+
+
+def _refuse_foreign_options(arch: str, given: dict) -> None:
+    """An option of another architecture is an error, not silently ignored."""
+    known = {item.name for source in _sources(arch).values() for item in dataclasses.fields(source)}
+    export = {"export", "family", "quality", "weights_dir", "measure_images"}
+    foreign = sorted(key for key in given if key not in known | export)
+    if foreign:
+        raise DQCodecError(f"--{foreign[0].replace('_', '-')} is not an option of --arch {arch}")
+
+
+def _apply_init_from(net, recipe, sources: dict, config_given: dict, given: dict) -> None:
+    """Honour the architecture options given with --init-from, or refuse them in one line."""
+    for name, value in config_given.items():
+        current = getattr(net.config, name)
+        if value == current:
+            continue
+        if name not in recipe.mutable:
+            flag = _flag(next(f for f in dataclasses.fields(sources["config"]) if f.name == name))
+            raise DQCodecError(f"{flag} {value} differs from the --init-from model's {current}; "
+                               f"only {_flags(sources['config'], recipe.mutable)} can change when starting from a model")
+        getattr(net, f"set_{name}")(value)
+    for item in dataclasses.fields(sources["options"]):
+        if item.metadata.get("init_only") and item.name in given:
+            raise DQCodecError(f"{_flag(item)} acts on a fresh start only; the --init-from model is already initialised")
+
+
+def _check_run_folder(loop, arch: str, config, options) -> None:
+    """Write OUT/run.json on the first run; a later run of the same folder must say the same,
+    except for the settings in _RESUMABLE_CHANGES (so --steps can be raised to train on)."""
+    settings = {"arch": arch, "config": dataclasses.asdict(config), "options": dataclasses.asdict(options),
+                "loop": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(loop).items()}}
+    path = loop.out / "run.json"
+    if path.is_file() and Path(f"{loop.out / 'state'}.safetensors").is_file():
+        before = json.loads(path.read_text())
+        for group in ("config", "options", "loop"):
+            for key, value in settings[group].items():
+                if key not in _RESUMABLE_CHANGES and key != "out" and before[group].get(key) != value:
+                    raise DQCodecError(f"{loop.out} was started with {key} = {before[group].get(key)!r}, not {value!r}; "
+                                       "use a new --out to change it")
+        if before["arch"] != arch:
+            raise DQCodecError(f"{loop.out} holds a --arch {before['arch']} run, not {arch}")
+    loop.out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def export_and_measure(args: argparse.Namespace, description: str, started: float, export, history: dict) -> None:
     """Export as model ``args.export`` (``export(stem, info)``), then write the run time and the
     measured Kodak figures into its JSON."""
     import torch
@@ -164,10 +205,10 @@ def export_and_measure(args: argparse.Namespace, description: str, export, start
 
     info = {
         "name": args.export,
-        "family": args.family,
+        "family": args.family or args.arch,
         "quality": args.quality,
         "description": description,
-        "training": {"machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads"},
+        "training": {"machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads", **history},
     }
     stem = (args.weights_dir or WEIGHTS_DIR) / args.export
     export(stem, info)
@@ -181,15 +222,16 @@ def export_and_measure(args: argparse.Namespace, description: str, export, start
     Path(f"{stem}.json").write_text(json.dumps(model, indent=2) + "\n")
 
 
-def _add_export_arguments(parser: argparse.ArgumentParser, family: str) -> None:
-    parser.add_argument("--export", metavar="NAME", default=None,
-                        help="export the result as shipped model NAME and measure it on Kodak")
-    parser.add_argument("--family", default=family, help=f"model family for --export (default {family})")
-    parser.add_argument("--quality", type=int, default=None, help="quality level for --export")
-    parser.add_argument("--weights-dir", type=Path, default=None,
-                        help="where --export writes NAME.safetensors/.json (default: the package's shipped models)")
-    parser.add_argument("--measure-images", type=int, default=24,
-                        help="Kodak images to measure the exported model on (default 24, all; 0 skips)")
+def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("export")
+    group.add_argument("--export", metavar="NAME", default=None,
+                       help="export the result as model NAME and measure it on Kodak")
+    group.add_argument("--family", default=None, help="model family for --export (default: the --arch name)")
+    group.add_argument("--quality", type=int, default=None, help="quality level for --export")
+    group.add_argument("--weights-dir", type=Path, default=None,
+                       help="where --export writes NAME.safetensors/.json (default: the package's shipped models)")
+    group.add_argument("--measure-images", type=int, default=24,
+                       help="Kodak images to measure the exported model on (default 24, all; 0 skips)")
 
 
 def measure_on_kodak(stem: Path, count: int = 24) -> dict:

@@ -6,9 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dqcodec.paths import bsds_dir
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp"}
+from dqcodec.paths import IMAGE_SUFFIXES, bsds_dir
 
 
 def default_train_dir() -> Path:

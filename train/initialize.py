@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from dqcodec.models.codec_net import DQCodecNet
+from dqcodec.models.lloyd import lloyd, sample_centres
 from dqcodec.train.data import load_rgb, to_tensor
 
 
@@ -67,35 +68,21 @@ def ecvq_codebooks(
 ) -> None:
     """Entropy-constrained Lloyd iterations on (N, M, D) slices; sets codebooks and EMA state.
 
-    The first third of the iterations are plain k-means (no rate term) so that codes spread
-    over the data before the rate term starts pruning the expensive ones.
+    Codebook m starts on K distinct random slices ``slices[:, m]``. The first third of the
+    iterations are plain k-means (no rate term) so that codes spread over the data before the
+    rate term (the quantizer's ``rate_lambda``) starts pruning the expensive ones; see
+    :func:`dqcodec.models.lloyd.lloyd`.
     """
     quantizer = net.quantizer
-    m_count, k_count, d = quantizer.num_codebooks, quantizer.codebook_size, quantizer.code_dim
-    first = torch.stack([slices[torch.randperm(len(slices), generator=generator)[:k_count], m] for m in range(m_count)])
-    quantizer.codebooks.copy_(first)
-    counts = torch.full((m_count, k_count), len(slices) / k_count)
-    offsets = torch.arange(m_count) * k_count
-    for iteration in tqdm(range(iterations), desc="ECVQ", leave=False):
-        quantizer.ema_counts.copy_(counts)
-        rate_lambda = quantizer.rate_lambda
-        if iteration < iterations // 3:
-            quantizer.rate_lambda = 0.0
-        new_counts = torch.zeros(m_count * k_count)
-        sums = torch.zeros(m_count * k_count, d)
-        for part in slices.split(chunk):
-            indices = quantizer.assign(part.permute(1, 2, 0)[None, :, :, :, None])[0, :, :, 0]  # (M, n)
-            flat = (indices + offsets[:, None]).T.reshape(-1)
-            new_counts.index_add_(0, flat, torch.ones(len(flat)))
-            sums.index_add_(0, flat, part.reshape(-1, d))
-        quantizer.rate_lambda = rate_lambda
-        used = new_counts > 0
-        codebooks = quantizer.codebooks.view(-1, d)
-        codebooks[used] = sums[used] / new_counts[used, None]
-        counts = new_counts.view(m_count, k_count)
+    points = slices.transpose(0, 1).contiguous()  # (M, N, D)
+    centres, counts = sample_centres(points, quantizer.codebook_size, generator), None
+    plain_iterations = iterations // 3
+    if plain_iterations:
+        plain = lloyd(points, centres, plain_iterations, chunk=chunk)
+        centres, counts = plain.centres, plain.counts
+    fit = lloyd(points, centres, iterations - plain_iterations, quantizer.rate_lambda, counts, chunk=chunk)
     # Unused codes keep a tiny count: the rate term keeps them out of use, yet they stay valid.
-    quantizer.ema_counts.copy_(counts.clamp_min(1e-3))
-    quantizer.ema_sums.copy_(quantizer.codebooks * quantizer.ema_counts[..., None])
+    quantizer.load_codebooks(fit.centres, fit.counts.clamp_min(1e-3))
 
 
 @torch.no_grad()
@@ -103,8 +90,8 @@ def fit_entropy_tables(net, files: list[Path], rounds: int = 2) -> None:
     """Sort codes by usage (dropping unused ones), then count the context tables over whole
     training images.
 
-    ``net`` is a codec network (DQ or SHVQ) with ``nearest_indices``, ``sort_codes``,
-    ``code_values`` and ``compress``. Round 1 counts its quantizer's own indices; each later
+    ``net`` is a block codec network (DQ or SHVQ: ``nearest_indices``, ``sort_codes``,
+    ``code_values``, ``compress``). Round 1 counts its quantizer's own indices; each later
     round counts the indices that ``net.compress`` chooses with the previous round's tables,
     since the rate-distortion choice shifts the statistics the tables must describe.
     """
@@ -118,13 +105,14 @@ def fit_entropy_tables(net, files: list[Path], rounds: int = 2) -> None:
     usage = usage.view(m_count, k_count)
     net.sort_codes(usage)
     usage = usage.sort(dim=1, descending=True).values
+    net.entropy.set_codes(torch.from_numpy(net.code_values()).float(), usage)
     for round_index in range(rounds):
 
         def index_batches():
             for image in tqdm(images, desc=f"context tables {round_index + 1}/{rounds}", unit="img", leave=False):
                 if round_index == 0:
-                    yield net.nearest_indices(image).numpy()
+                    yield net.nearest_indices(image).numpy(), {}
                 else:
-                    yield net.compress(image)
+                    yield net.compress(image)[0].indices, {}
 
-        net.entropy.fit(torch.from_numpy(net.code_values()).float(), usage, index_batches())
+        net.entropy.fit(index_batches())

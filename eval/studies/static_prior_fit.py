@@ -3,7 +3,8 @@
 The DVQ paper's toy study has no encoder: the "latents" are drawn from a fixed distribution,
 N_G tight Gaussian blobs (the latent factors) in D dimensions, and a quantizer is fitted to
 them directly. Points are laid out as (N, D, 1, 1) feature tensors, so every quantizer of
-:mod:`dqcodec.models.quantizers` takes them as they are (one vector per 1 x 1 "image").
+:mod:`dqcodec.models.quantizers` takes them as they are (one vector per 1 x 1 "image"); the
+fits below also take any other layout of the same points, (N, C, H, W) with C*H*W = D.
 
 Fitting is full-batch: each pass is one forward of the quantizer in training mode (nearest-code
 assignment, then the EMA codebook update) and, where the quantizer's projections or a decoder
@@ -16,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dqcodec.models.quantizers import CodebookQuantizer, DepthwiseQuantizer
+from dqcodec.models.lloyd import sample_centres
+from dqcodec.models.quantizers import CodebookQuantizer
 
 
 def make_blobs(num_factors: int, dim: int, points_per_factor: int, sigma: float, seed: int) -> torch.Tensor:
@@ -38,41 +40,41 @@ def make_blobs(num_factors: int, dim: int, points_per_factor: int, sigma: float,
 
 
 @torch.no_grad()
-def set_identity_projection(quantizer: DepthwiseQuantizer, trainable: bool) -> None:
-    """Make a DQ/VQ projection the identity split: codebook m sees input channels [m*D', (m+1)*D').
+def set_identity_projection(quantizer: CodebookQuantizer, trainable: bool) -> None:
+    """Make a quantizer's 1x1 projection (R outputs from C channels, R <= C) the first R rows of
+    the identity.
 
-    Requires M * D' == C (the projection is square). With ``trainable=False`` the quantizer is
-    plain VQ (M = 1) or product quantization (M > 1) on the raw points.
+    For DQ / VQ (R = M*D' = C) that is the identity split, codebook m seeing input channels
+    [m*D', (m+1)*D'); with ``trainable=False`` the quantizer is then plain VQ (M = 1) or
+    product quantization (M > 1) on the raw points. For coupled DQ (R = D') every codebook
+    starts on the first D' channels.
     """
-    weight = quantizer.projection.weight  # (M*D', C, 1, 1)
-    if weight.shape[0] != weight.shape[1]:
-        raise ValueError(f"identity projection needs M*D' == C, got {weight.shape[0]} and {weight.shape[1]}")
-    weight.copy_(torch.eye(weight.shape[0])[:, :, None, None])
+    weight = quantizer.projection.weight  # (R, C, 1, 1)
+    if weight.shape[0] > weight.shape[1]:
+        raise ValueError(f"an identity projection needs at most C = {weight.shape[1]} outputs, got {weight.shape[0]}")
+    weight.copy_(torch.eye(weight.shape[0], weight.shape[1])[:, :, None, None])
     quantizer.projection.bias.zero_()
     quantizer.projection.requires_grad_(trainable)
 
 
 @torch.no_grad()
 def init_codebooks_from_data(quantizer: CodebookQuantizer, points: torch.Tensor, generator: torch.Generator) -> None:
-    """Set each codebook to K distinct random points of its own (projected) slice of the data.
+    """Set each codebook to K distinct random vectors of its own (projected) slice of the data.
 
-    points: (N, C, 1, 1) with N >= K. EMA counts restart at a uniform share per code.
+    points: (N, C, H, W), cut by the quantizer into N*H'*W' >= K vectors per codebook. EMA
+    counts restart at a uniform share per code.
     """
-    slices = quantizer.project(points)[:, :, :, 0, 0]  # (N, M, D')
-    codebooks = torch.stack(
-        [slices[torch.randperm(len(slices), generator=generator)[: quantizer.codebook_size], m]
-         for m in range(quantizer.num_codebooks)]
-    )
-    quantizer.codebooks.copy_(codebooks)
-    quantizer.ema_counts.fill_(1.0 / quantizer.codebook_size)
-    quantizer.ema_sums.copy_(codebooks / quantizer.codebook_size)
+    slices = quantizer.project(points)  # (N, M, D', H', W')
+    vectors = slices.permute(1, 0, 3, 4, 2).reshape(quantizer.num_codebooks, -1, quantizer.code_dim)
+    codebooks = sample_centres(vectors, quantizer.codebook_size, generator)
+    quantizer.load_codebooks(codebooks, torch.full_like(quantizer.ema_counts, 1.0 / quantizer.codebook_size))
 
 
 @torch.no_grad()
 def reconstruction_mse(quantizer: CodebookQuantizer, points: torch.Tensor, decoder: nn.Module | None = None) -> float:
     """Mean squared error per coordinate (data units^2) of hard quantization, then ``decoder``.
 
-    points: (N, C, 1, 1). Without a decoder the quantizer's output must be in data space
+    points: (N, C, H, W). Without a decoder the quantizer's output must be in data space
     (identity projection, or a quantizer without projections).
     """
     decoded = quantizer.dequantize(quantizer.quantize(points))
@@ -110,7 +112,7 @@ def fit_quantizer(
     config: FitConfig,
     decoder: nn.Module | None = None,
 ) -> FitResult:
-    """Fit ``quantizer`` (and ``decoder``, if given) to ``points`` (N, C, 1, 1) by full-batch passes.
+    """Fit ``quantizer`` (and ``decoder``, if given) to ``points`` (N, C, H, W) by full-batch passes.
 
     Codebooks move by their EMA update inside the forward pass. Trainable parameters (a
     projection left trainable, the decoder) take one Adam step per pass on

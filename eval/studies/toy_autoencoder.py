@@ -62,14 +62,8 @@ class ToyAutoencoder(nn.Module):
     """
 
     def __init__(
-        self,
-        bottleneck: str,
-        image_size: int = 16,
-        latent_dim: int = 16,
-        codebook_size: int = 32,
-        hidden: int = 256,
-        noise_std: float = 0.1,
-        beta: float = 0.25,
+        self, bottleneck: str, image_size: int = 16, latent_dim: int = 16, codebook_size: int = 32,
+        hidden: int = 256, noise_std: float = 0.1, beta: float = 0.25,
     ):
         super().__init__()
         if bottleneck not in BOTTLENECKS:

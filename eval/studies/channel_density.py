@@ -27,7 +27,7 @@ Both are :class:`~dqcodec.models.quantizers.ProductQuantizer` (M codebooks on M 
 no projection): DQ with identity projections. DQ's learned 1x1 projections are left out
 because, without a decoder to reconstruct through, shrinking them would lower the L2 error
 for nothing. Codebooks are fitted by Lloyd iterations to convergence
-(:mod:`dqcodec.train.density_fit`: the training MSE fell by less than ``--tolerance`` in one
+(:mod:`dqcodec.eval.studies.density_fit`: the training MSE fell by less than ``--tolerance`` in one
 iteration) on ``--vectors`` random rows of the fitting images' features; each run draws its
 own rows and initial codes. Measured on held-out images: L2 = mean squared quantization
 error per feature scalar; entropy = bits of the empirical code usage of each codebook,
@@ -47,11 +47,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from dqcodec.codec.errors import DQCodecError
-from dqcodec.eval.studies import pyplot, save_figure, write_summary
+from dqcodec.eval.studies.density_fit import fit_codebooks
+from dqcodec.eval.studies.report import frame_panel, mean_std, pyplot, save_figure, write_summary
 from dqcodec.models.quantizers import ProductQuantizer
 from dqcodec.models.registry import load_model
 from dqcodec.train.data import default_train_dir, image_files, load_rgb, to_tensor
-from dqcodec.train.density_fit import LloydConfig, fit_codebooks
 
 ARMS = ("channel", "pixel")
 PAPER = "Fostiropoulos & Boehm, Implicit Feature Decoupling with Depthwise Quantization, CVPR 2022, Table 2"
@@ -103,10 +103,14 @@ def pixel_slices(features: torch.Tensor, patch: int) -> torch.Tensor:
 
 @torch.no_grad()
 def encoder_slices(analysis: torch.nn.Module, files: list[Path], multiple: int, patch: int) -> dict[str, torch.Tensor]:
-    """Each arm's (N, M, D) slices of the encoder features of ``files`` (cropped to ``multiple``)."""
+    """Each arm's (N, M, D) float32 slices of the encoder features of ``files`` (cropped to ``multiple``).
+
+    The encoder runs in its own dtype (a model loaded for coding is float64).
+    """
+    dtype = next(analysis.parameters()).dtype
     per_arm: dict[str, list[torch.Tensor]] = {arm: [] for arm in ARMS}
     for path in tqdm(files, desc="encoder features", unit="img", leave=False):
-        features = analysis(to_tensor(load_rgb(path, multiple)))
+        features = analysis(to_tensor(load_rgb(path, multiple)).to(dtype)).float()
         per_arm["channel"].append(channel_slices(features, patch * patch))
         per_arm["pixel"].append(pixel_slices(features, patch))
     return {arm: torch.cat(parts) for arm, parts in per_arm.items()}
@@ -164,7 +168,8 @@ def _split_files(args: argparse.Namespace, multiple: int) -> tuple[list[Path], l
 
 
 def _stats(values: list[float]) -> dict:
-    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "runs": values}
+    """Mean ± sample std over the runs (:func:`~dqcodec.eval.studies.report.mean_std`) and the runs."""
+    return {**mean_std(values), "runs": values}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -174,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         model, _, _ = load_model(args.model)
     except KeyError:
         raise DQCodecError(f"unknown model {args.model!r}") from None
-    analysis = model.analysis.eval()
+    analysis = model.analysis
     channels = analysis.linear.out_channels
     block = analysis.unshuffle.downscale_factor
     _check(args, channels)
@@ -186,7 +191,6 @@ def run(args: argparse.Namespace) -> int:
     vectors = min(args.vectors, len(fit_pool["channel"]))
     if vectors < max(args.codebook_sizes):
         raise DQCodecError(f"the fitting images give {vectors} vectors, fewer than {max(args.codebook_sizes)} codes")
-    lloyd = LloydConfig(tolerance=args.tolerance, max_iterations=args.max_iterations)
 
     results: dict[str, dict] = {}
     histories: dict[tuple[int, str], list[list[float]]] = {}
@@ -197,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         generator = torch.Generator().manual_seed(args.seed * 100_003 + run_index)  # distinct per (seed, run)
         rows = torch.randperm(len(fit_pool[arm]), generator=generator)[:vectors]
         quantizer = ProductQuantizer(channels, num_codebooks, k).eval()
-        fit = fit_codebooks(quantizer, fit_pool[arm][rows], lloyd, generator)
+        fit = fit_codebooks(quantizer, fit_pool[arm][rows], generator, args.tolerance, args.max_iterations)
         l2, entropy = measure(quantizer, held_out[arm])
         record = results.setdefault(str(k), {}).setdefault(
             arm, {"l2": [], "entropy_bits": [], "iterations": [], "converged": []}
@@ -220,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
             "entropy = mean over codebooks of the empirical code-usage entropy (bits), both on held-out images. "
             "'Channel beats pixel' = lower L2 and higher entropy."
         ),
+        "std": "sample standard deviation over runs (ddof = 1)",
         "config": {
             "model": args.model,
             "encoder": f"{args.model} analysis: (B, 3, H, W) -> (B, {channels}, H/{block}, W/{block})",
@@ -290,7 +295,7 @@ def _markdown(summary: dict) -> str:
         f"{config['fit_vectors_per_run']} fitting rows per run, {config['runs']} runs; convergence: "
         f"{config['convergence']}. L2 = held-out MSE per feature scalar; H = mean code-usage entropy per codebook.",
         "",
-        "| K | arm | L2 (mean ± std) | H bits (mean ± std) | H max | Lloyd iterations | converged |",
+        "| K | arm | L2 (mean ± sample std) | H bits (mean ± sample std) | H max | Lloyd iterations | converged |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for k, by_arm in summary["results"].items():
@@ -359,9 +364,5 @@ def _plot_convergence(histories: dict[tuple[int, str], list[list[float]]], path:
                 axis.plot(range(1, len(mse) + 1), mse, color=colours[arm], alpha=0.6, linewidth=1,
                           label=f"{arm} arm" if run_index == 0 else None)
         axis.set_yscale("log")
-        axis.set_xlabel("Lloyd iteration")
-        axis.set_ylabel("training MSE per feature scalar")
-        axis.set_title(f"K = {k}")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        frame_panel(axis, "Lloyd iteration", "training MSE per feature scalar", f"K = {k}")
     save_figure(figure, path)

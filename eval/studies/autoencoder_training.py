@@ -1,4 +1,4 @@
-"""Training loop of the toy autoencoders (:mod:`dqcodec.models.toy_autoencoder`).
+"""Training loop of the toy autoencoders (:mod:`dqcodec.eval.studies.toy_autoencoder`).
 
 Objective per batch: normalised reconstruction error plus the bottleneck's own regulariser,
     loss = mean((x_hat - x)^2) / var(training images) + out.loss,
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from dqcodec.models.toy_autoencoder import ToyAutoencoder
+from dqcodec.eval.studies.toy_autoencoder import ToyAutoencoder
 
 
 @dataclass

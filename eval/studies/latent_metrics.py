@@ -1,6 +1,7 @@
 """How well a set of latent vectors reflects class labels: clustering and linear separability.
 
-- ``kmeans``: Lloyd's algorithm with k-means++ seeding and restarts (lowest inertia wins).
+- ``kmeans``: Lloyd's algorithm (:mod:`dqcodec.models.lloyd`) with k-means++ seeding and
+  restarts (lowest inertia wins).
 - ``clustering_accuracy``: accuracy of cluster ids under the best one-to-one mapping of
   clusters to classes (Hungarian matching on the contingency table).
 - ``normalized_mutual_information``: I(U; V) / ((H(U) + H(V)) / 2), the arithmetic-mean
@@ -17,23 +18,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-
-def _squared_distances(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """(N, D) points, (K, D) centres -> (N, K) squared Euclidean distances."""
-    return (points.pow(2).sum(1, keepdim=True) - 2 * points @ centres.T + centres.pow(2).sum(1)).clamp_min(0)
-
-
-def _kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """k initial centres (k, D): each next centre drawn with probability proportional to D(x)^2."""
-    first = torch.randint(len(points), (1,), generator=generator)
-    centres = points[first]
-    closest = _squared_distances(points, centres)[:, 0]
-    for _ in range(1, k):
-        weights = closest if closest.sum() > 0 else torch.ones_like(closest)
-        pick = torch.multinomial(weights, 1, generator=generator)
-        centres = torch.cat([centres, points[pick]])
-        closest = torch.minimum(closest, _squared_distances(points, points[pick])[:, 0])
-    return centres
+from dqcodec.models.lloyd import kmeans_plus_plus, lloyd, nearest_codes
 
 
 def kmeans(points: torch.Tensor, k: int, generator: torch.Generator, restarts: int = 10, iterations: int = 100) -> torch.Tensor:
@@ -43,30 +28,24 @@ def kmeans(points: torch.Tensor, k: int, generator: torch.Generator, restarts: i
         points: (N, D) vectors, N >= k.
         k: number of clusters.
         generator: seeds the k-means++ draws (same generator state, same result).
-        restarts: independent k-means++ starts; the run with the lowest inertia
-            (sum of squared distances to the assigned centres) is returned.
-        iterations: at most this many Lloyd steps per run (stops early when assignments settle).
-    A centre that loses all its points keeps its position.
+        restarts: independent k-means++ starts (:func:`~dqcodec.models.lloyd.kmeans_plus_plus`);
+            the run with the lowest inertia (sum of squared distances to the nearest centre)
+            is returned.
+        iterations: at most this many Lloyd steps per run (:func:`~dqcodec.models.lloyd.lloyd`;
+            it stops early when the assignment settles). A centre that loses all its points
+            keeps its position.
+    Each point's cluster is its nearest centre of the winning run; distances are in float64.
     """
     if len(points) < k:
         raise ValueError(f"k-means needs at least k = {k} points, got {len(points)}")
     points = points.double()
     best_inertia, best_assignment = float("inf"), None
     for _ in range(restarts):
-        centres = _kmeans_plus_plus(points, k, generator)
-        assignment = None
-        for _ in range(iterations):
-            new_assignment = _squared_distances(points, centres).argmin(1)
-            if assignment is not None and torch.equal(new_assignment, assignment):
-                break
-            assignment = new_assignment
-            counts = torch.bincount(assignment, minlength=k)
-            sums = torch.zeros_like(centres).index_add_(0, assignment, points)
-            filled = counts > 0
-            centres[filled] = sums[filled] / counts[filled, None]
-        inertia = _squared_distances(points, centres).gather(1, assignment[:, None]).sum().item()
+        centres = lloyd(points, kmeans_plus_plus(points, k, generator), iterations).centres
+        assignment, squared_error = nearest_codes(points[None], centres[None])
+        inertia = float(squared_error.sum())
         if inertia < best_inertia:
-            best_inertia, best_assignment = inertia, assignment
+            best_inertia, best_assignment = inertia, assignment[0]
     return best_assignment
 
 

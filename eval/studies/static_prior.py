@@ -3,8 +3,9 @@
 Fostiropoulos, "Depthwise Discrete Representation Learning" (2020) fits quantizers directly to
 a fixed distribution, with no encoder or decoder network: N_G Gaussian blobs (the latent
 factors), means uniform in [-1, 1]^D, every coordinate with std sigma = 0.01
-(:func:`dqcodec.train.static_prior.make_blobs`). Two parts, every number a mean ± sample std
-over seeds (a seed draws the blob means, the points and the codebook initialisation):
+(:func:`dqcodec.eval.studies.static_prior_fit.make_blobs`). Two parts, every number a mean ±
+sample std over seeds (a seed draws the blob means, the points and the codebook
+initialisation):
 
 (a) VQ loss against D for K in {10, 20, ..., 100}: :class:`VectorQuantizer` with its
     projection frozen to the identity, so it quantizes the points themselves, next to a
@@ -17,15 +18,21 @@ over seeds (a seed draws the blob means, the points and the codebook initialisat
     channel slices (:class:`ProductQuantizer`), which separates what the split gives from
     what the learned projections add. VQ gets no decoder: for one codebook, the
     data-space k-means optimum that its EMA codebook converges to is already the best any
-    affine decoder of the codewords could reach.
+    affine decoder of the codewords could reach. Two more baselines, at the same L and K:
+    coupled DQ, the DQ paper's VQ baseline (:class:`CoupledDepthwiseQuantizer`: the L
+    codebooks all quantize one shared learned D/L-dim projection, with the same kind of
+    decoder as DVQ), and SVQ, the DVQ paper's spatial split (:class:`SpatialQuantizer`: the
+    point laid out as L positions of D/L channels, every position quantized by one shared
+    codebook, as VQ-VAE quantizes the positions of a feature map).
 
 The loss ("VQ loss") is the hard quantization MSE per coordinate in data space,
 mean ||x - x_hat||^2 / D over all points, measured after fitting. Every fit is full-batch
-(:func:`dqcodec.train.static_prior.fit_quantizer`): EMA codebooks with decay 0.9 (a static
-prior has no moving encoder to follow), codebooks initialised on K random points, and Adam on
-DVQ's projections and decoder. Converged means the lowest MSE so far fell by less than 1e-4
-(relative) over the last 10 passes (DVQ, whose Adam steps are noisy: 1e-3 over 100 passes),
-within at most 1000 passes; passes and the converged fraction are recorded.
+(:func:`dqcodec.eval.studies.static_prior_fit.fit_quantizer`): EMA codebooks with decay 0.9 (a
+static prior has no moving encoder to follow), codebooks initialised on K random points, and
+Adam on the projections and decoders of DVQ and coupled DQ. Converged means the lowest MSE so
+far fell by less than 1e-4 (relative) over the last 10 passes (DVQ and coupled DQ, whose Adam
+steps are noisy: 1e-3 over 100 passes), within at most 1000 passes; passes and the converged
+fraction are recorded.
 
 Writes ``summary.json``, ``summary.md``, ``vq_loss_vs_dim.png``, ``dvq_vs_vq.png`` and
 ``convergence.png`` (the MSE against passes of seed 0's fits in part (b)).
@@ -42,9 +49,8 @@ from torch import nn
 from tqdm import tqdm
 
 from dqcodec.codec.errors import DQCodecError
-from dqcodec.eval.studies import pyplot, save_figure, write_summary
-from dqcodec.models.quantizers import DepthwiseQuantizer, ProductQuantizer, VectorQuantizer
-from dqcodec.train.static_prior import (
+from dqcodec.eval.studies.report import frame_panel, mean_std, pyplot, save_figure, write_summary
+from dqcodec.eval.studies.static_prior_fit import (
     FitConfig,
     FitResult,
     fit_quantizer,
@@ -53,9 +59,21 @@ from dqcodec.train.static_prior import (
     reconstruction_mse,
     set_identity_projection,
 )
+from dqcodec.models.quantizers import (
+    CoupledDepthwiseQuantizer,
+    DepthwiseQuantizer,
+    ProductQuantizer,
+    SpatialQuantizer,
+    VectorQuantizer,
+)
 
 PAPER = "Fostiropoulos, Depthwise Discrete Representation Learning, arXiv:2004.05462 (2020)"
-METHODS = ("vq", "vq+", "dvq", "pq")
+METHODS = ("vq", "vq+", "dvq", "pq", "coupled", "svq")
+STYLES = {  # method -> (colour, marker) in the plots
+    "vq": ("#1f77b4", "o"), "vq+": ("#2ca02c", "s"), "dvq": ("#d62728", "D"), "pq": ("#ff7f0e", "^"),
+    "coupled": ("#9467bd", "v"), "svq": ("#8c564b", "P"),
+}
+LOSS_LABEL = "VQ loss (MSE per coordinate)"
 
 
 @dataclass
@@ -67,14 +85,14 @@ class StudyConfig:
     dims: tuple[int, ...] = (2, 4, 8, 16, 32, 64)  # D in part (a)
     codebook_sizes: tuple[int, ...] = tuple(range(10, 101, 10))  # K in part (a)
     compare_dims: tuple[int, ...] = (8, 16, 32, 64)  # D in part (b)
-    num_codebooks: int = 4  # L, DVQ's (and PQ's) codebooks
+    num_codebooks: int = 4  # L, the codebooks of DVQ, PQ and coupled DQ, and SVQ's positions
     small_size: int = 10  # K_VQ = K_DVQ
     large_size: int = 60  # K_VQ+
     points_per_factor: int = 5
     sigma: float = 0.01
     decay: float = 0.9
-    # EMA-only fits (VQ, PQ) descend smoothly: a short window suffices. DVQ's Adam steps are
-    # noisy and its projections keep improving slowly, so it gets a longer window.
+    # EMA-only fits (VQ, PQ, SVQ) descend smoothly: a short window suffices. The Adam steps of
+    # DVQ and coupled DQ are noisy and their projections keep improving slowly: a longer window.
     fit: FitConfig = field(default_factory=lambda: FitConfig(max_passes=1000, check_every=10, patience=10, tolerance=1e-4))
     gradient_fit: FitConfig = field(
         default_factory=lambda: FitConfig(max_passes=1000, check_every=10, patience=100, tolerance=1e-3, learning_rate=1e-2)
@@ -111,23 +129,48 @@ def _config(args: argparse.Namespace) -> StudyConfig:
     return replace(base, seeds=seeds, threads=args.threads)
 
 
+def spatial_layout(points: torch.Tensor, positions: int) -> torch.Tensor:
+    """(N, D, 1, 1) points -> (N, D/L, L, 1): position l holds coordinates [l*D/L, (l+1)*D/L).
+
+    A permutation of the coordinates, so the MSE per coordinate is the same in either layout.
+    """
+    count, dim = points.shape[:2]
+    return points.view(count, positions, dim // positions).transpose(1, 2)[..., None]
+
+
+def _identity_decoder(dim: int) -> nn.Sequential:
+    """A learned linear decoder R^D -> R^D of (N, D, 1, 1) points that starts as the identity.
+
+    A linear layer rather than the equivalent 1x1 convolution: on N x D x 1 x 1 tensors it
+    is several times faster, and the decoder's passes are most of a gradient fit's time.
+    """
+    linear = nn.Linear(dim, dim)
+    with torch.no_grad():
+        linear.weight.copy_(torch.eye(dim))
+        linear.bias.zero_()
+    return nn.Sequential(nn.Flatten(), linear, nn.Unflatten(1, (dim, 1, 1)))
+
+
 def _fit(method: str, points: torch.Tensor, size: int, config: StudyConfig, seed: int) -> FitResult:
     """Fit one quantizer of ``method`` with ``size`` codes per codebook to points (N, D, 1, 1)."""
     torch.manual_seed(seed)  # dead-code re-initialisation draws from the global generator
-    dim = points.shape[1]
+    dim, parts = points.shape[1], config.num_codebooks
     decoder = None
     if method in ("vq", "vq+"):
         quantizer = VectorQuantizer(dim, size, dim, decay=config.decay)
         set_identity_projection(quantizer, trainable=False)
     elif method == "pq":
-        quantizer = ProductQuantizer(dim, config.num_codebooks, size, decay=config.decay)
+        quantizer = ProductQuantizer(dim, parts, size, decay=config.decay)
+    elif method == "svq":
+        quantizer = SpatialQuantizer(dim // parts, 1, size, patch_size=1, decay=config.decay)
+        points = spatial_layout(points, parts)
     else:
-        quantizer = DepthwiseQuantizer(dim, config.num_codebooks, size, dim // config.num_codebooks, decay=config.decay)
+        if method == "dvq":
+            quantizer = DepthwiseQuantizer(dim, parts, size, dim // parts, decay=config.decay)
+        else:
+            quantizer = CoupledDepthwiseQuantizer(dim, parts, size, dim // parts, decay=config.decay)
         set_identity_projection(quantizer, trainable=True)
-        decoder = nn.Conv2d(dim, dim, kernel_size=1)
-        with torch.no_grad():
-            decoder.weight.copy_(torch.eye(dim)[:, :, None, None])
-            decoder.bias.zero_()
+        decoder = _identity_decoder(dim)
     init_codebooks_from_data(quantizer, points, torch.Generator().manual_seed(seed))
     return fit_quantizer(quantizer, points, config.fit if decoder is None else config.gradient_fit, decoder)
 
@@ -147,12 +190,6 @@ def random_codebook_mse(points: torch.Tensor, size: int, seed: int) -> float:
     return reconstruction_mse(quantizer.eval(), points)
 
 
-def _mean_std(values: list[float]) -> dict:
-    array = np.asarray(values, dtype=np.float64)
-    std = float(array.std(ddof=1)) if len(array) > 1 else 0.0
-    return {"mean": float(array.mean()), "std": std}
-
-
 def _method_size(method: str, config: StudyConfig) -> int:
     return config.large_size if method == "vq+" else config.small_size
 
@@ -163,6 +200,8 @@ def _method_label(method: str, config: StudyConfig) -> str:
         "vq+": f"VQ+ (K={config.large_size})",
         "dvq": f"DVQ (L={config.num_codebooks}, K={config.small_size})",
         "pq": f"PQ (L={config.num_codebooks}, K={config.small_size}, fixed slices)",
+        "coupled": f"coupled DQ (L={config.num_codebooks} on one projection, K={config.small_size})",
+        "svq": f"SVQ ({config.num_codebooks} positions, one K={config.small_size} codebook)",
     }[method]
 
 
@@ -186,7 +225,7 @@ def _jobs(config: StudyConfig) -> list[tuple[int, int, str, int, int]]:
             jobs.update((factors, dim, "vq", size, seed) for dim in config.dims for size in config.codebook_sizes)
             for dim in config.compare_dims:
                 jobs.update((factors, dim, "vq", _method_size(m, config), seed) for m in ("vq", "vq+"))
-                jobs.update((factors, dim, m, config.small_size, seed) for m in ("dvq", "pq"))
+                jobs.update((factors, dim, m, config.small_size, seed) for m in ("dvq", "pq", "coupled", "svq"))
     # Largest problems first, so that the progress bar's estimate is an upper bound early on.
     return sorted(jobs, key=lambda job: (-job[0], -job[1], job[2], job[3], job[4]))
 
@@ -214,7 +253,7 @@ def _claims(vq_table: list[dict], compare_table: list[dict], config: StudyConfig
             + ", ".join(f"D={d}: {ratio:.2f}" for d, ratio in ratios.items()),
         })
         compare = {(r["dim"], r["method"]): r["mse"]["mean"] for r in compare_table if r["factors"] == factors}
-        for rival in ("vq", "vq+"):
+        for rival in ("vq", "vq+", "coupled", "svq"):
             wins = [d for d in config.compare_dims if compare[(d, "dvq")] < compare[(d, rival)]]
             claims.append({
                 "claim": f"(b) N_G={factors}: DVQ below {_method_label(rival, config)}",
@@ -236,8 +275,8 @@ def _markdown(config: StudyConfig, vq_table, compare_table, claims, convergence,
         f"{PAPER}. Data: N_G blobs, means uniform in [-1, 1]^D, sigma = {config.sigma}, "
         f"{config.points_per_factor} points per blob. Loss = hard quantization MSE per coordinate in data space. "
         f"Mean ± sample std over {config.seeds} seeds; {config.threads} torch thread(s), {wall_seconds:.0f} s wall.",
-        f"Fits: full-batch EMA codebooks (decay {config.decay}), codes initialised on random points; DVQ's projections and "
-        f"decoder by Adam (lr {config.gradient_fit.learning_rate:g}). Converged: {convergence['rule']}. "
+        f"Fits: full-batch EMA codebooks (decay {config.decay}), codes initialised on random points; the projections and "
+        f"decoders of DVQ and coupled DQ by Adam (lr {config.gradient_fit.learning_rate:g}). Converged: {convergence['rule']}. "
         f"{convergence['converged']}/{convergence['fits']} fits converged; passes median {convergence['passes_median']:.0f}, "
         f"max {convergence['passes_max']}.",
         "",
@@ -254,10 +293,15 @@ def _markdown(config: StudyConfig, vq_table, compare_table, claims, convergence,
                 f"{_cell(cells[d]['mse'])} / {cells[d]['random']['mean']:.3f}" for d in config.dims) + " |")
     lines += [
         "",
-        f"## (b) DVQ vs VQ at equal K vs VQ+ (K = {config.small_size} << K+ = {config.large_size} < N_G)",
+        f"## (b) DVQ vs VQ, coupled DQ and SVQ at equal K, and vs VQ+ (K = {config.small_size} << K+ = "
+        f"{config.large_size} < N_G)",
         "",
         "DVQ: DepthwiseQuantizer, L learned projections to D/L dims + learned linear decoder. "
-        "PQ: the same L codebooks on fixed channel slices (ProductQuantizer).",
+        "PQ: the same L codebooks on fixed channel slices (ProductQuantizer). "
+        "Coupled DQ (the DQ paper's VQ baseline): the L codebooks all on one learned D/L-dim projection "
+        "(CoupledDepthwiseQuantizer) + learned linear decoder. "
+        "SVQ (the DVQ paper's spatial split): the point as L positions of D/L channels, one shared codebook "
+        "(SpatialQuantizer, 1x1 patches). All but VQ+ send L indices of log2 K bits per point.",
         "",
         "| N_G | D | " + " | ".join(_method_label(m, config) for m in METHODS) + " |",
         "|---|---|" + "---|" * len(METHODS),
@@ -269,6 +313,12 @@ def _markdown(config: StudyConfig, vq_table, compare_table, claims, convergence,
     lines += ["", "## Claims", "", "| claim | held here | evidence |", "|---|---|---|"]
     lines += [f"| {c['claim']} | {'yes' if c['held'] else 'no'} | {c['evidence']} |" for c in claims]
     return "\n".join(lines)
+
+
+def _dimension_ticks(axis, dims: tuple[int, ...]) -> None:
+    """A log2 x axis with a tick at each D."""
+    axis.set_xscale("log", base=2)
+    axis.set_xticks(list(dims), [str(d) for d in dims])
 
 
 def _plot_vq_loss(vq_table: list[dict], config: StudyConfig, path: Path) -> None:
@@ -284,13 +334,8 @@ def _plot_vq_loss(vq_table: list[dict], config: StudyConfig, path: Path) -> None
                           color=colour, marker="o", markersize=3, capsize=2, label=f"K={size}")
             axis.plot(dims, [r["random"]["mean"] for r in rows], color=colour, linestyle=":", linewidth=1)
         axis.plot([], [], color="grey", linestyle=":", label="random codebook (dotted)")
-        axis.set_xscale("log", base=2)
-        axis.set_xticks(list(config.dims), [str(d) for d in config.dims])
-        axis.set_xlabel("dimension D")
-        axis.set_ylabel("VQ loss (MSE per coordinate)")
-        axis.set_title(f"(a) trained VQ vs random codebook, N_G = {factors}")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7, ncol=2)
+        _dimension_ticks(axis, config.dims)
+        frame_panel(axis, "dimension D", LOSS_LABEL, f"(a) trained VQ vs random codebook, N_G = {factors}", 7, ncol=2)
     save_figure(figure, path)
 
 
@@ -298,20 +343,14 @@ def _plot_compare(compare_table: list[dict], config: StudyConfig, path: Path) ->
     plt = pyplot()
 
     figure, axes = plt.subplots(1, len(config.factor_counts), figsize=(6 * len(config.factor_counts), 4.5), squeeze=False)
-    styles = {"vq": ("#1f77b4", "o"), "vq+": ("#2ca02c", "s"), "dvq": ("#d62728", "D"), "pq": ("#ff7f0e", "^")}
     for axis, factors in zip(axes[0], config.factor_counts):
         for method in METHODS:
             rows = [r for r in compare_table if r["factors"] == factors and r["method"] == method]
-            colour, marker = styles[method]
+            colour, marker = STYLES[method]
             axis.errorbar([r["dim"] for r in rows], [r["mse"]["mean"] for r in rows], yerr=[r["mse"]["std"] for r in rows],
                           color=colour, marker=marker, capsize=3, label=_method_label(method, config))
-        axis.set_xscale("log", base=2)
-        axis.set_xticks(list(config.compare_dims), [str(d) for d in config.compare_dims])
-        axis.set_xlabel("dimension D")
-        axis.set_ylabel("VQ loss (MSE per coordinate)")
-        axis.set_title(f"(b) DVQ vs VQ, N_G = {factors}")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        _dimension_ticks(axis, config.compare_dims)
+        frame_panel(axis, "dimension D", LOSS_LABEL, f"(b) DVQ vs VQ, coupled DQ and SVQ, N_G = {factors}")
     save_figure(figure, path)
 
 
@@ -319,18 +358,13 @@ def _plot_convergence(histories: dict, config: StudyConfig, path: Path) -> None:
     plt = pyplot()
 
     figure, axes = plt.subplots(1, len(config.factor_counts), figsize=(6 * len(config.factor_counts), 4.2), squeeze=False)
-    colours = {"vq": "#1f77b4", "vq+": "#2ca02c", "dvq": "#d62728", "pq": "#ff7f0e"}
     dim = max(config.compare_dims)
     for axis, factors in zip(axes[0], config.factor_counts):
         for method in METHODS:
             history = histories[(factors, dim, method)]
             passes = np.arange(1, len(history) + 1) * config.fit.check_every
-            axis.plot(passes, history, color=colours[method], label=_method_label(method, config))
-        axis.set_xlabel("full-batch passes")
-        axis.set_ylabel("VQ loss (MSE per coordinate)")
-        axis.set_title(f"fits of seed 0 until converged, N_G = {factors}, D = {dim}")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+            axis.plot(passes, history, color=STYLES[method][0], label=_method_label(method, config))
+        frame_panel(axis, "full-batch passes", LOSS_LABEL, f"fits of seed 0 until converged, N_G = {factors}, D = {dim}")
     save_figure(figure, path)
 
 
@@ -354,9 +388,9 @@ def run(args: argparse.Namespace) -> int:
                 fits = [results[(factors, dim, "vq", size, s)] for s in seeds]
                 vq_table.append({
                     "factors": factors, "dim": dim, "codebook_size": size,
-                    "mse": _mean_std([f.mse for f in fits]),
-                    "random": _mean_std([random_codebook_mse(data[(factors, dim, s)], size, s) for s in seeds]),
-                    "passes": _mean_std([f.passes for f in fits]),
+                    "mse": mean_std([f.mse for f in fits]),
+                    "random": mean_std([random_codebook_mse(data[(factors, dim, s)], size, s) for s in seeds]),
+                    "passes": mean_std([f.passes for f in fits]),
                     "converged": sum(f.converged for f in fits),
                 })
     compare_table = []
@@ -369,10 +403,10 @@ def run(args: argparse.Namespace) -> int:
                 histories[(factors, dim, method)] = fits[0].history
                 compare_table.append({
                     "factors": factors, "dim": dim, "method": method, "label": _method_label(method, config),
-                    "codebooks": 1 if method in ("vq", "vq+") else config.num_codebooks,
+                    "codebooks": 1 if method in ("vq", "vq+", "svq") else config.num_codebooks,
                     "codebook_size": _method_size(method, config),
-                    "mse": _mean_std([f.mse for f in fits]),
-                    "passes": _mean_std([f.passes for f in fits]),
+                    "mse": mean_std([f.mse for f in fits]),
+                    "passes": mean_std([f.passes for f in fits]),
                     "converged": sum(f.converged for f in fits),
                     "per_seed": [f.mse for f in fits],
                 })
@@ -380,7 +414,7 @@ def run(args: argparse.Namespace) -> int:
     convergence = {
         "rule": "the lowest hard MSE so far (measured every "
         f"{config.fit.check_every} passes) fell by less than {config.fit.tolerance:g} (relative) over the last "
-        f"{config.fit.patience} passes (DVQ: {config.gradient_fit.tolerance:g} over {config.gradient_fit.patience}); "
+        f"{config.fit.patience} passes (DVQ and coupled DQ: {config.gradient_fit.tolerance:g} over {config.gradient_fit.patience}); "
         f"at most {config.fit.max_passes} passes",
         "fits": len(results),
         "converged": sum(f.converged for f in results.values()),

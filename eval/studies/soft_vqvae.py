@@ -4,7 +4,7 @@ A miniature of the clustering / classification study of Wu & Flierl, "Vector
 Quantization-Based Regularization for Autoencoders" (AAAI 2020). Identical MLP autoencoders
 with three bottlenecks — none (AE), VQ-VAE (:class:`VectorQuantizer`, EMA codebook) and soft
 VQ-VAE (:class:`BayesianSoftQuantizer`) — are trained on a labelled synthetic set of shape
-images (:mod:`dqcodec.train.toy_shapes`; the label is never used in training). For every
+images (:mod:`dqcodec.eval.studies.toy_shapes`; the label is never used in training). For every
 seed and bottleneck, on the held-out images:
 
 - k-means (k = number of classes) clustering accuracy (Hungarian matching) and NMI of
@@ -34,17 +34,17 @@ import torch
 from tqdm import tqdm
 
 from dqcodec.codec.errors import DQCodecError
-from dqcodec.eval.latent_metrics import (
+from dqcodec.eval.studies.autoencoder_training import AutoencoderTrainConfig, train_autoencoder
+from dqcodec.eval.studies.latent_metrics import (
     clustering_accuracy,
     kmeans,
     linear_probe_accuracy,
     normalized_mutual_information,
     principal_components,
 )
-from dqcodec.eval.studies import pyplot, save_figure, write_summary
-from dqcodec.models.toy_autoencoder import BOTTLENECKS, ToyAutoencoder
-from dqcodec.train.autoencoder import AutoencoderTrainConfig, train_autoencoder
-from dqcodec.train.toy_shapes import SHAPES, make_shapes
+from dqcodec.eval.studies.report import mean_std, pyplot, save_figure, write_summary
+from dqcodec.eval.studies.toy_autoencoder import BOTTLENECKS, ToyAutoencoder
+from dqcodec.eval.studies.toy_shapes import SHAPES, make_shapes
 
 LABELS = {"ae": "AE", "vqvae": "VQ-VAE", "soft-vqvae": "soft VQ-VAE"}
 # metric key -> column title; the z_hat metrics exist for the VQ bottlenecks only.
@@ -146,12 +146,6 @@ def _evaluate(
         metrics["nmi_quantized"] = normalized_mutual_information(labels, codes)
         metrics["perplexity"] = float(out.perplexity)
     return metrics, test_latent
-
-
-def _mean_std(values: list[float]) -> dict[str, float]:
-    """Mean and sample standard deviation (ddof = 1; 0 for a single value)."""
-    array = np.asarray(values, dtype=np.float64)
-    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0}
 
 
 def _claim(per_seed: dict[str, dict[str, list[float]]]) -> dict:
@@ -281,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
             first_latents[bottleneck] = test_latent
     wall_seconds = time.perf_counter() - start
 
-    stats = {b: {name: _mean_std(values) for name, values in per_seed[b].items()} for b in BOTTLENECKS}
+    stats = {b: {name: mean_std(values) for name, values in per_seed[b].items()} for b in BOTTLENECKS}
     claim = _claim(per_seed)
     summary = {
         "study": "soft-vqvae",
