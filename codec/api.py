@@ -17,6 +17,7 @@ from PIL import Image
 from dqcodec.codec.container import Header, pack, unpack
 from dqcodec.codec.errors import DQCodecError
 from dqcodec.codec.imageio import load_image, to_pil
+from dqcodec.codec.limits import check_pixels
 from dqcodec.codec.rangecoder import RangeDecoder, RangeEncoder
 from dqcodec.models import registry
 from dqcodec.models.interface import CodecModel, CompressedLevels, IndexLevel, LevelSpec, estimated_bits
@@ -60,13 +61,17 @@ def _looks_like_checkpoint(model: str) -> bool:
     return path.suffix in (".json", ".safetensors") or Path(f"{path}.json").is_file()
 
 
-def encode_with_notes(image, quality: int | None = None, model: str | None = None) -> tuple[bytes, list[str]]:
+def encode_with_notes(
+    image, quality: int | None = None, model: str | None = None, max_pixels: int | None = None
+) -> tuple[bytes, list[str]]:
     """Compress an image; returns (the .dqc bytes, one-line notes about input conversions).
 
     image: a path, encoded image bytes, a PIL image, or a (H, W, 3) / (H, W) uint8 array.
+    max_pixels: the pixel limit (default: ``$DQCODEC_MAX_PIXELS`` or
+        :data:`~dqcodec.codec.limits.DEFAULT_MAX_PIXELS`), checked before the pixels are read.
     """
     key = resolve_model_name(quality, model)
-    loaded = load_image(image)
+    loaded = load_image(image, max_pixels)
     net, info, fingerprint = registry.load_model(key)
     multiple = net.padding_multiple
     height, width, _ = loaded.pixels.shape
@@ -87,22 +92,27 @@ def encode_with_notes(image, quality: int | None = None, model: str | None = Non
     return pack(header, streams), loaded.notes
 
 
-def encode(image, quality: int | None = None, model: str | None = None) -> bytes:
+def encode(image, quality: int | None = None, model: str | None = None, max_pixels: int | None = None) -> bytes:
     """Compress an image to .dqc bytes (see :func:`encode_with_notes` for the inputs)."""
-    return encode_with_notes(image, quality=quality, model=model)[0]
+    return encode_with_notes(image, quality=quality, model=model, max_pixels=max_pixels)[0]
 
 
-def decode(data: bytes) -> Image.Image:
-    """Decompress .dqc bytes to a PIL image ("RGB", or "L" for grayscale originals), 8-bit."""
-    header, net, levels = _read(data)
+def decode(data: bytes, max_pixels: int | None = None) -> Image.Image:
+    """Decompress .dqc bytes to a PIL image ("RGB", or "L" for grayscale originals), 8-bit.
+
+    max_pixels: the pixel limit (as for :func:`encode_with_notes`), checked right after the
+    header is parsed.
+    """
+    header, net, levels = _read(data, max_pixels)
     image = net.decompress(levels)[0, :, : header.height, : header.width]
     pixels = (image * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
     return to_pil(np.ascontiguousarray(pixels), header.channels)
 
 
-def inspect(data: bytes) -> dict:
-    """What a .dqc file holds, with its real size next to the model's -log2 p estimate."""
-    header, net, levels = _read(data)
+def inspect(data: bytes, max_pixels: int | None = None) -> dict:
+    """What a .dqc file holds, with its real size next to the model's -log2 p estimate (which
+    decodes the indices, hence ``max_pixels`` as for :func:`decode`)."""
+    header, net, levels = _read(data, max_pixels)
     info = registry.find_model(header.model, header.fingerprint)[1]
     estimated = estimated_bits(net.levels(header.padded_height, header.padded_width), levels)
     real_bits = 8 * len(data)
@@ -122,11 +132,12 @@ def inspect(data: bytes) -> dict:
     }
 
 
-def _read(data: bytes) -> tuple[Header, CodecModel, CompressedLevels]:
-    """Parse, find the model by name and fingerprint, range-decode every level."""
+def _read(data: bytes, max_pixels: int | None) -> tuple[Header, CodecModel, CompressedLevels]:
+    """Parse, check the pixel limit, find the model by name and fingerprint, range-decode every level."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DQCodecError(f"expected .dqc bytes, got {type(data).__name__}")
     header, streams = unpack(bytes(data))
+    check_pixels(header.width, header.height, ".dqc file", max_pixels)
     try:
         net, _, _ = registry.find_model(header.model, header.fingerprint)
     except KeyError as error:
@@ -164,4 +175,5 @@ def _decode_level(spec: LevelSpec, stream: bytes, coarser: CompressedLevels) -> 
     side = _side(coarser)
     for step in spec.entropy.coding_steps(indices.shape):
         step.place(indices, decoder.decode(spec.entropy.tables(indices, step, side)))
+    decoder.finish()
     return IndexLevel(spec.name, indices)

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from dqcodec.codec.errors import DQCodecError
+from dqcodec.codec.errors import DQCodecError, output_error
 
 # name -> (module, function stem, summary)
 COMMANDS = {
@@ -18,6 +18,7 @@ COMMANDS = {
     "decode": ("dqcodec.codec.commands", "decode", "decompress a .dqc file to PNG (or the format OUT names)"),
     "info": ("dqcodec.codec.commands", "info", "show what a .dqc file holds: model, size, bpp, bits"),
     "models": ("dqcodec.codec.commands", "models", "list the shipped models with their Kodak bpp / PSNR"),
+    "fuzz": ("dqcodec.codec.fuzz", "fuzz", "feed mutated .dqc files to decode and info; count what happens"),
     "train": ("dqcodec.train.commands", "train", "train a codec checkpoint of any architecture (--arch, resumable) and export it"),
     "train-shvq": ("dqcodec.train.commands", "train_shvq", "alias of 'train --arch shvq'"),
     "eval": ("dqcodec.eval.commands", "eval", "rate-distortion sweep of codecs on an image folder"),
@@ -53,7 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     module_name, stem, _ = COMMANDS[args.command]
     try:
         module = importlib.import_module(module_name)
-        return int(getattr(module, f"run_{stem}")(args) or 0)
+        status = int(getattr(module, f"run_{stem}")(args) or 0)
+        try:
+            sys.stdout.flush()  # here, not at exit, so that a failed write is reported as one line
+        except OSError as error:
+            raise output_error(error) from None
+        return status
+    except BrokenPipeError as error:  # any command printing to a reader that stopped early
+        print(f"dqcodec: error: {output_error(error)}", file=sys.stderr)
+        return 2
     except DQCodecError as error:
         print(f"dqcodec: error: {error}", file=sys.stderr)
         return 2

@@ -13,8 +13,10 @@ import os
 import sys
 from pathlib import Path
 
-from dqcodec.codec.errors import DQCodecError
+from dqcodec.codec.container import unpack
+from dqcodec.codec.errors import DQCodecError, output_error
 from dqcodec.codec.imageio import check_output_path, output_format, read_bytes, save_image, write_bytes_atomic
+from dqcodec.codec.limits import DEFAULT_MAX_PIXELS, ENVIRONMENT_VARIABLE, check_pixels
 
 STDIO = "-"  # as IN: read standard input; as OUT: write standard output
 
@@ -22,6 +24,24 @@ _QUALITY_HELP = (
     "quality level, an integer from 1 (fewest bits) up; see 'dqcodec models' (default: the default model)"
 )
 _MODEL_HELP = "a shipped model by name, e.g. dq-q3; see 'dqcodec models'"
+_MAX_PIXELS_HELP = (
+    f"refuse images of more than N pixels, a guard against decompression bombs "
+    f"(default: ${ENVIRONMENT_VARIABLE}, else {DEFAULT_MAX_PIXELS:,})"
+)
+
+
+def _positive_integer(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _add_max_pixels_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-pixels", type=_positive_integer, metavar="N", help=_MAX_PIXELS_HELP)
 
 
 def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +53,8 @@ def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Compress images to .dqc files. IN is an image file (PNG, JPEG, TIFF, WebP, BMP, PPM,\n"
         "HEIC, ...). Grayscale stays grayscale; alpha is composited on white and 16-bit input\n"
-        "is reduced to 8 bits, each with a note on stderr. An existing OUT is replaced."
+        "is reduced to 8 bits, each with a note on stderr. An existing OUT is replaced; with\n"
+        "-o DIR, an output that would replace one of the inputs is refused before anything is written."
     )
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
@@ -58,12 +79,13 @@ def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
     choice = parser.add_mutually_exclusive_group()
     choice.add_argument("-q", "--quality", type=int, metavar="Q", help=_QUALITY_HELP)
     choice.add_argument("-m", "--model", metavar="NAME", help=_MODEL_HELP)
+    _add_max_pixels_argument(parser)
 
 
 def run_encode(args: argparse.Namespace) -> int:
     """Encode one image to OUT, or many into ``--output-dir``; returns the exit status."""
     if args.output_dir is not None:
-        return _encode_many(args.paths, Path(args.output_dir), args.quality, args.model)
+        return _encode_many(args.paths, Path(args.output_dir), args.quality, args.model, args.max_pixels)
     if len(args.paths) != 2:
         raise DQCodecError(
             "encode takes IN OUT (or several inputs with -o DIR), "
@@ -74,7 +96,7 @@ def run_encode(args: argparse.Namespace) -> int:
     from dqcodec.codec import api
 
     image = _read_stdin() if source == STDIO else source
-    data, notes = api.encode_with_notes(image, quality=args.quality, model=args.model)
+    data, notes = api.encode_with_notes(image, quality=args.quality, model=args.model, max_pixels=args.max_pixels)
     for note in notes:
         print(f"dqcodec: note: {note}", file=sys.stderr)
     if target == STDIO:
@@ -84,8 +106,14 @@ def run_encode(args: argparse.Namespace) -> int:
     return 0
 
 
-def _encode_many(sources: list[str], folder: Path, quality: int | None, model: str | None) -> int:
-    """Encode each source to ``folder/<stem>.dqc``, going on past bad files; 2 if any failed."""
+def _encode_many(
+    sources: list[str], folder: Path, quality: int | None, model: str | None, max_pixels: int | None
+) -> int:
+    """Encode each source to ``folder/<stem>.dqc``, going on past bad files; 2 if any failed.
+
+    Refused before anything is written: two sources with one target, and a target that is one
+    of the sources (``pic.dqc`` that is in fact a PNG, encoded into its own folder).
+    """
     if STDIO in sources:
         raise DQCodecError("'-' (stdin) cannot be used with -o DIR; name the input files")
     targets: dict[Path, str] = {}
@@ -94,6 +122,10 @@ def _encode_many(sources: list[str], folder: Path, quality: int | None, model: s
         if target in targets:
             raise DQCodecError(f"{targets[target]} and {source} would both be written to {target}")
         targets[target] = source
+    for target in targets:
+        for source in sources:
+            if _same_file(source, target):
+                raise DQCodecError(f"{source} would be overwritten by its output {target}; choose another -o DIR")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -107,7 +139,7 @@ def _encode_many(sources: list[str], folder: Path, quality: int | None, model: s
     failures = 0
     for target, source in tqdm(targets.items(), desc="encoding", unit="image", disable=None):
         try:
-            data, notes = api.encode_with_notes(source, quality=quality, model=model)
+            data, notes = api.encode_with_notes(source, quality=quality, model=model, max_pixels=max_pixels)
             write_bytes_atomic(target, data)
         except DQCodecError as error:
             failures += 1
@@ -137,6 +169,7 @@ def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("input", metavar="IN", help="the .dqc file ('-' reads stdin)")
     parser.add_argument("output", metavar="OUT", help="the image to write ('-' writes PNG to stdout)")
+    _add_max_pixels_argument(parser)
 
 
 def run_decode(args: argparse.Namespace) -> int:
@@ -145,9 +178,10 @@ def run_decode(args: argparse.Namespace) -> int:
         output_format(args.output)  # an unknown extension fails before any decoding
     _check_target(args.input, args.output)
     data = _read_input(args.input)
+    _check_header(data, args.max_pixels)
     from dqcodec.codec import api
 
-    image = api.decode(data)
+    image = api.decode(data, max_pixels=args.max_pixels)
     if args.output == STDIO:
         png = io.BytesIO()
         image.save(png, format="PNG")
@@ -163,16 +197,18 @@ def add_info_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = "examples:\n  dqcodec info photo.dqc\n  dqcodec info photo.dqc --json"
     parser.add_argument("file", metavar="FILE", help="the .dqc file ('-' reads stdin)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    _add_max_pixels_argument(parser)
 
 
 def run_info(args: argparse.Namespace) -> int:
     """Print what FILE holds: model, image size, bytes, bpp, real vs estimated bits."""
     data = _read_input(args.file)
+    _check_header(data, args.max_pixels)
     from dqcodec.codec import api
 
-    facts = api.inspect(data)
+    facts = api.inspect(data, max_pixels=args.max_pixels)
     if args.json:
-        print(json.dumps(facts, indent=2))
+        _print(json.dumps(facts, indent=2))
         return 0
     kind = "grayscale" if facts["channels"] == 1 else "RGB"
     rows = [
@@ -186,8 +222,7 @@ def run_info(args: argparse.Namespace) -> int:
             f"({facts['overhead_percent']:+.2f} % header and coder overhead)",
         ),
     ]
-    for label, value in rows:
-        print(f"{label:<6} {value}")
+    _print("\n".join(f"{label:<6} {value}" for label, value in rows))
     return 0
 
 
@@ -207,7 +242,7 @@ def run_models(args: argparse.Namespace) -> int:
 
     models = list_models()
     if args.json:
-        print(json.dumps(models, indent=2))
+        _print(json.dumps(models, indent=2))
         return 0
     columns = [
         ("name", "name", "{}"),
@@ -222,8 +257,7 @@ def run_models(args: argparse.Namespace) -> int:
     for model in models:
         cells.append(["-" if model.get(key) is None else form.format(model[key]) for _, key, form in columns])
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    for row in cells:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    _print("\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells))
     return 0
 
 
@@ -240,6 +274,20 @@ def _check_target(source: str, target: str) -> None:
         raise DQCodecError(f"{target} is the input file; choose another output name")
 
 
+def _same_file(first, second) -> bool:
+    """Whether two paths name one file (hard and symbolic links included) or would."""
+    if os.path.exists(first) and os.path.exists(second):
+        return os.path.samefile(first, second)
+    return Path(first).resolve() == Path(second).resolve()
+
+
+def _check_header(data: bytes, max_pixels: int | None) -> None:
+    """Refuse a damaged .dqc file or one over the pixel limit before the codec (and with it
+    torch, seconds to import) is loaded; the API checks the same again."""
+    header, _ = unpack(data)
+    check_pixels(header.width, header.height, ".dqc file", max_pixels)
+
+
 def _read_input(path: str) -> bytes:
     return _read_stdin() if path == STDIO else read_bytes(path)
 
@@ -250,9 +298,17 @@ def _read_stdin() -> bytes:
     return sys.stdin.buffer.read()
 
 
+def _print(text: str) -> None:
+    """Print ``text`` and a newline to stdout, as :func:`_write_stdout` writes."""
+    _write_stdout(f"{text}\n".encode(getattr(sys.stdout, "encoding", None) or "utf-8", errors="replace"))
+
+
 def _write_stdout(data: bytes) -> None:
+    """Write ``data`` to stdout; a reader that stopped early (``| head``) or a full device
+    (``> /dev/full``) becomes one ``DQCodecError``."""
     remaining = memoryview(data)
     try:
+        sys.stdout.flush()  # whatever was printed before goes first
         # On a pipe whose reader has gone, write() can return a short count instead of raising;
         # loop so the loss shows up as BrokenPipeError.
         while remaining:
@@ -261,8 +317,5 @@ def _write_stdout(data: bytes) -> None:
                 raise BrokenPipeError
             remaining = remaining[written:]
         sys.stdout.buffer.flush()
-    except BrokenPipeError:
-        # The reader stopped early (e.g. `| head -c 100`). Point stdout at /dev/null so that
-        # Python's flush at exit does not raise a second time with a traceback.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise DQCodecError("the output pipe closed before all data was written") from None
+    except OSError as error:
+        raise output_error(error) from None

@@ -23,6 +23,7 @@ from PIL import Image, ImageOps
 
 from dqcodec.codec.container import MAX_PIXELS, MAX_SIDE
 from dqcodec.codec.errors import DQCodecError
+from dqcodec.codec.limits import check_pixels
 
 # Pillow format and save options for each output extension.
 _SAVE_FORMATS = {
@@ -59,26 +60,28 @@ class LoadedImage:
     notes: list[str] = field(default_factory=list)  # one line per lossy conversion
 
 
-def load_image(source) -> LoadedImage:
+def load_image(source, max_pixels: int | None = None) -> LoadedImage:
     """Load ``source`` as an (H, W, 3) uint8 RGB array, applying EXIF orientation.
 
     ``source`` is a path (str or ``os.PathLike``), the bytes of an encoded image file, a
     ``PIL.Image.Image``, or a uint8 numpy array shaped (H, W), (H, W, 3) or (H, W, 4).
     Grayscale stays grayscale (``channels == 1``); alpha is composited on white; 16-bit
     samples are rounded to 8 bits; other colour spaces become RGB; each lossy step adds a note.
+    ``max_pixels``: the pixel limit (see :mod:`dqcodec.codec.limits`), checked from the file's
+    header before its pixels are read.
     Raises ``DQCodecError`` for a missing, unreadable, corrupt, empty or too large image.
     """
     if isinstance(source, (str, os.PathLike)):
-        return _load_encoded(source, str(source))
+        return _load_encoded(source, str(source), max_pixels)
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise DQCodecError("input image is empty (0 bytes)")
-        return _load_encoded(io.BytesIO(source), "input image")
+        return _load_encoded(io.BytesIO(source), "input image", max_pixels)
     if isinstance(source, Image.Image):
         with _pillow_errors("input image"):
-            return _convert(source, "input image")
+            return _convert(source, "input image", max_pixels)
     if isinstance(source, np.ndarray):
-        return _convert(_array_to_pil(source), "input array")
+        return _convert(_array_to_pil(source, max_pixels), "input array", max_pixels)
     raise DQCodecError(
         f"cannot read an image from a {type(source).__name__}; "
         "pass a path, the bytes of an image file, a PIL image or a uint8 numpy array"
@@ -183,14 +186,14 @@ def _enable_heif() -> None:
     pillow_heif.register_heif_opener()
 
 
-def _load_encoded(file, name: str) -> LoadedImage:
+def _load_encoded(file, name: str, max_pixels: int | None) -> LoadedImage:
     _enable_heif()
     with _pillow_errors(name), warnings.catch_warnings():
         # Pillow warns about images above its own pixel limit; _check_size rejects them with
         # our limit (which is lower) right after the header is read, so the warning adds nothing.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(file) as image:
-            return _convert(image, name)
+            return _convert(image, name, max_pixels)
 
 
 @contextlib.contextmanager
@@ -212,9 +215,9 @@ def _pillow_errors(name: str):
         raise DQCodecError(f"{name}: corrupt or truncated image ({_one_line(error)})") from error
 
 
-def _convert(image: Image.Image, name: str) -> LoadedImage:
+def _convert(image: Image.Image, name: str, max_pixels: int | None) -> LoadedImage:
     """Check the size from the header, then decode, orient and convert ``image``."""
-    _check_size(*image.size, name)
+    _check_size(*image.size, name, max_pixels)
     frames = getattr(image, "n_frames", 1)
     sixteen_bit = _has_16_bit_samples(image)  # before load(), which empties image.tile
     image.load()
@@ -275,16 +278,16 @@ def _has_16_bit_samples(image: Image.Image) -> bool:
     return False
 
 
-def _array_to_pil(array: np.ndarray) -> Image.Image:
+def _array_to_pil(array: np.ndarray, max_pixels: int | None) -> Image.Image:
     if array.dtype != np.uint8:
         raise DQCodecError(f"input array must be uint8 (0..255), got {array.dtype}")
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
         raise DQCodecError(f"input array must be shaped (H, W), (H, W, 3) or (H, W, 4), got {array.shape}")
-    _check_size(array.shape[1], array.shape[0], "input array")
+    _check_size(array.shape[1], array.shape[0], "input array", max_pixels)
     return Image.fromarray(np.ascontiguousarray(array))
 
 
-def _check_size(width: int, height: int, name: str) -> None:
+def _check_size(width: int, height: int, name: str, max_pixels: int | None) -> None:
     if width < 1 or height < 1:
         raise DQCodecError(f"{name}: image has no pixels ({width}x{height})")
     if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
@@ -292,6 +295,7 @@ def _check_size(width: int, height: int, name: str) -> None:
             f"{name}: image is {width}x{height} pixels; dqcodec handles at most "
             f"{MAX_SIDE} pixels a side and {MAX_PIXELS} pixels in all"
         )
+    check_pixels(width, height, name, max_pixels)
 
 
 def _file_problem(name: str, error: OSError) -> str:

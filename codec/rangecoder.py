@@ -3,6 +3,12 @@
 Only integer tables cross this bridge (DESIGN.md, "exactness first"): the float64
 probabilities handed to constriction are computed here, from integers, by the same
 operations on both sides, so encoder and decoder quantize identical numbers.
+
+constriction's decoder never fails at the end of its data: it shifts in zero words and goes on
+producing symbols. So the decoder here re-encodes what it decodes (same symbols, same tables)
+and compares: a stream is accepted only if it is exactly the stream that the encoder writes for
+those symbols. That refuses a stream that runs out before the image is decoded (as soon as it
+does, not at the end) and one with data left over after its last symbol.
 """
 
 import constriction
@@ -42,19 +48,51 @@ class RangeEncoder:
 
 
 class RangeDecoder:
-    """Reads symbols back in the order they were encoded, given the same tables."""
+    """Reads symbols back in the order they were encoded, given the same tables, and checks
+    that they use the stream up exactly (:meth:`finish`)."""
+
+    # Symbols decoded between two checks that the stream has not run out: bounds the work a
+    # stream that ends early can cause after its end.
+    CHUNK = 1 << 16
 
     def __init__(self, stream: bytes):
         if len(stream) % 4:
             raise DQCodecError("corrupted .dqc file (stream length is not a multiple of 4 bytes)")
-        self._coder = constriction.stream.queue.RangeDecoder(np.frombuffer(stream, dtype="<u4").astype(np.uint32))
+        self._words = np.frombuffer(stream, dtype="<u4").astype(np.uint32)
+        self._coder = constriction.stream.queue.RangeDecoder(self._words)
+        self._mirror = constriction.stream.queue.RangeEncoder()
 
     def decode(self, frequencies: np.ndarray) -> np.ndarray:
-        """(N, K) integer tables -> (N,) int64 symbols."""
+        """(N, K) integer tables -> (N,) int64 symbols.
+
+        Raises ``DQCodecError`` as soon as the decoder has read past the end of the stream
+        (beyond the last word, which the coder may leave implicit).
+        """
         if len(frequencies) == 0 or frequencies.shape[1] == 1:
             return np.zeros(len(frequencies), dtype=np.int64)
-        try:
-            return self._coder.decode(_MODEL, _probabilities(frequencies)).astype(np.int64)
-        except Exception as error:  # constriction reports a damaged stream as a plain exception
-            raise DQCodecError(f"corrupted .dqc stream ({error})") from error
+        chunks = []
+        for start in range(0, len(frequencies), self.CHUNK):
+            probabilities = _probabilities(frequencies[start : start + self.CHUNK])
+            try:
+                symbols = self._coder.decode(_MODEL, probabilities)
+            except Exception as error:  # constriction reports a damaged stream as a plain exception
+                raise DQCodecError(f"corrupted .dqc stream ({error})") from error
+            self._mirror.encode(symbols, _MODEL, probabilities)
+            # The decoder has read 2 words more than the encoder has written for the same
+            # symbols (its 64-bit state); a whole stream has 1 or 2 words more than that.
+            if self._mirror.pos()[0] >= len(self._words):
+                raise DQCodecError("corrupted .dqc stream (it ends before the image is decoded)")
+            chunks.append(symbols)
+        return np.concatenate(chunks).astype(np.int64)
 
+    def finish(self) -> None:
+        """Raise ``DQCodecError`` unless the stream is exactly what was decoded from it."""
+        written = self._mirror.get_compressed()
+        if len(written) > len(self._words):
+            raise DQCodecError("corrupted .dqc stream (it ends before the image is decoded)")
+        if len(written) < len(self._words):
+            raise DQCodecError(
+                f"corrupted .dqc stream ({4 * (len(self._words) - len(written))} bytes left after the image)"
+            )
+        if not np.array_equal(written, self._words):
+            raise DQCodecError("corrupted .dqc stream (its last words do not match the decoded data)")

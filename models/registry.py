@@ -217,7 +217,8 @@ def find_model(name: str, fingerprint: bytes) -> tuple[nn.Module, dict, bytes]:
     Raises KeyError with a one-line reason when there is none (naming the release that shipped
     those weights, when ``history.json`` knows it).
     """
-    candidates = [WEIGHTS_DIR / name, *sorted(RELEASES_DIR.glob(f"*/{name}")), *_CHECKPOINTS.get(name, [])]
+    releases = sorted(path.with_suffix("") for path in RELEASES_DIR.glob(f"*/{name}.json"))
+    candidates = [WEIGHTS_DIR / name, *releases, *_CHECKPOINTS.get(name, [])]
     for stem in candidates:
         if Path(f"{stem}.json").is_file() and _fingerprint_of(str(stem)) == fingerprint:
             return _load_for_coding(str(stem))

@@ -36,15 +36,15 @@ def fake_api_module() -> types.ModuleType:
     """A lossless stand-in for dqcodec.codec.api: the pixels are the only stream."""
     module = types.ModuleType("dqcodec.codec.api")
 
-    def encode_with_notes(image, quality=None, model=None):
+    def encode_with_notes(image, quality=None, model=None, max_pixels=None):
         if model not in (None, FAKE_MODEL):
             raise DQCodecError(f"unknown model '{model}'")
-        loaded = load_image(image)
+        loaded = load_image(image, max_pixels)
         height, width, _ = loaded.pixels.shape
         header = Header(FAKE_MODEL, FAKE_FINGERPRINT, width, height, loaded.channels, loaded.bit_depth, 1)
         return pack(header, [loaded.pixels.tobytes()]), loaded.notes
 
-    def decode(data):
+    def decode(data, max_pixels=None):
         header, streams = unpack(data)
         if header.model != FAKE_MODEL:
             raise DQCodecError(f"unknown model '{header.model}'")
@@ -55,7 +55,7 @@ def fake_api_module() -> types.ModuleType:
         pixels = np.frombuffer(streams[0], np.uint8).reshape(header.height, header.width, 3)
         return to_pil(pixels, header.channels)
 
-    def inspect(data):
+    def inspect(data, max_pixels=None):
         header, _ = unpack(data)
         decode(data)
         return {
@@ -74,7 +74,9 @@ def fake_api_module() -> types.ModuleType:
         }
 
     module.encode_with_notes = encode_with_notes
-    module.encode = lambda image, quality=None, model=None: encode_with_notes(image, quality, model)[0]
+    module.encode = lambda image, quality=None, model=None, max_pixels=None: encode_with_notes(
+        image, quality, model, max_pixels
+    )[0]
     module.decode = decode
     module.inspect = inspect
     return module

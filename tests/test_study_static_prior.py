@@ -39,8 +39,8 @@ def one_thread():
 
 def test_blobs_have_the_stated_law_and_are_reproducible():
     points = make_blobs(num_factors=7, dim=3, points_per_factor=50, sigma=0.01, seed=3)
-    assert points.shape == (350, 3, 1, 1)
-    blobs = points[:, :, 0, 0].view(7, 50, 3)
+    assert points.shape == (1, 3, 350, 1)
+    blobs = points[0, :, :, 0].T.reshape(7, 50, 3)
     means = blobs.mean(dim=1)
     assert means.abs().max() <= 1.0 + 0.01
     assert abs(blobs.std(dim=1).mean().item() - 0.01) < 0.002
@@ -82,10 +82,10 @@ def test_mean_std_is_the_sample_standard_deviation():
 
 
 def test_svq_sees_the_point_as_positions_of_contiguous_coordinates():
-    points = torch.arange(2 * 8, dtype=torch.float32).view(2, 8, 1, 1)
-    laid_out = study.spatial_layout(points, 4)  # (N, D/L, L, 1)
-    assert laid_out.shape == (2, 2, 4, 1)
-    assert torch.equal(laid_out[1, :, 3, 0], points[1, 6:8, 0, 0])
+    points = torch.arange(2 * 8, dtype=torch.float32).view(2, 8).T[None, :, :, None]  # (1, D, N, 1)
+    laid_out = study.spatial_layout(points, 4)  # (1, D/L, N, L)
+    assert laid_out.shape == (1, 2, 2, 4)
+    assert torch.equal(laid_out[0, :, 1, 3], points[0, 6:8, 1, 0])
 
 
 def test_the_command_writes_the_summary_tables_and_plots(tmp_path, monkeypatch):

@@ -133,8 +133,7 @@ def run_train(args: argparse.Namespace) -> int:
     net = train(net, recipe, options, loop, fresh=loop.init_from is None)
     if args.export:
         history = {"init_from": {"model": start_info["name"], "training": start_info.get("training", {})}} if start_info else {}
-        summary = ", ".join(f"{key}={value}" for key, value in dataclasses.asdict(net.config).items())
-        export_and_measure(args, f"{recipe.architecture} ({summary})", started,
+        export_and_measure(args, recipe.summarize(net.config), started,
                            lambda stem, info: export(net, recipe, options, loop, stem, info), history)
     return 0
 

@@ -9,7 +9,7 @@ same command resume bit for bit on the same device.
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -123,8 +123,13 @@ def export(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, stem: Path
     recipe.finish(net, options, files)
     data = loop.data.name if loop.data.is_absolute() else str(loop.data)
     settings = {k: v for k, v in asdict(loop).items() if k not in ("out", "data", "init_from")}
-    training = {"data": f"{data} ({len(files)} images)", "recipe": recipe.describe(net, options, loop.steps),
-                **asdict(options), **settings, **info.get("training", {})}
+    if loop.init_from is None:
+        described, used_options = recipe.describe(net, options, loop.steps), asdict(options)
+    else:
+        described = f"started from the model in init_from; {loop.steps} Adam steps; tables refitted"
+        used_options = {f.name: getattr(options, f.name) for f in fields(options) if not f.metadata.get("init_only")}
+    training = {"data": f"{data} ({len(files)} images)", "recipe": described,
+                **used_options, **settings, **info.get("training", {})}
     save_model(net, stem, {**info, "training": training})
 
 

@@ -11,7 +11,7 @@ its command-line options from that dataclass, the architecture's config and
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -31,6 +31,10 @@ def _nothing(*_args) -> None:
     return None
 
 
+def _config_summary(config) -> str:
+    return ", ".join(f"{item.name}={getattr(config, item.name)}" for item in fields(config))
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How to train one architecture with :func:`dqcodec.train.loop.train`.
@@ -38,7 +42,9 @@ class Recipe:
     initialise(net, options, files, generator, log): set a fresh network's weights from the data.
     before_step(net, options, step, total_steps): called before every optimisation step.
     finish(net, options, files): prepare the trained network for export (integer tables).
-    describe(net, options, steps) -> str: the recipe, one paragraph, for the model's JSON.
+    describe(net, options, steps) -> str: the recipe of a fresh start, one paragraph, for the
+        model's JSON (a run that starts from a model says so instead, see ``loop.export``).
+    summarize(config) -> str: one line for ``dqcodec models``.
     loop_defaults: LoopConfig fields whose default differs for this architecture.
     """
 
@@ -49,6 +55,7 @@ class Recipe:
     describe: Callable
     estimate: str  # what CodecOutput.bits is, for the log
     before_step: Callable = _nothing
+    summarize: Callable = _config_summary
     loop_defaults: dict = field(default_factory=dict)
     mutable: tuple[str, ...] = ("rate_lambda",)  # config fields --init-from may change (net.set_<field>)
 
@@ -150,6 +157,7 @@ RECIPES: dict[str, Recipe] = {
         finish=_fit_tables,
         describe=_describe_dq,
         estimate="marginal-rate ECVQ estimate",
+        summarize=lambda c: f"DQ block codec, M={c.num_codebooks} K={c.codebook_size} D={c.code_dim}, lambda={c.rate_lambda}",
         loop_defaults={"steps": 0, "crop": 128},
     ),
     "shvq": Recipe(
@@ -160,6 +168,7 @@ RECIPES: dict[str, Recipe] = {
         describe=_describe_shvq,
         estimate="pooled soft-entropy estimate",
         before_step=_anneal_shvq,
+        summarize=lambda c: f"SHVQ block codec, L={c.num_centres} shared centres, 1x1 patches, lambda={c.rate_lambda}",
         loop_defaults={"steps": 1000, "crop": 64},
     ),
 }

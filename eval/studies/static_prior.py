@@ -130,29 +130,26 @@ def _config(args: argparse.Namespace) -> StudyConfig:
 
 
 def spatial_layout(points: torch.Tensor, positions: int) -> torch.Tensor:
-    """(N, D, 1, 1) points -> (N, D/L, L, 1): position l holds coordinates [l*D/L, (l+1)*D/L).
+    """(1, D, N, 1) points -> (1, D/L, N, L): point n's position l holds its coordinates
+    [l*D/L, (l+1)*D/L).
 
-    A permutation of the coordinates, so the MSE per coordinate is the same in either layout.
+    A permutation of the scalars, so the MSE per coordinate is the same in either layout.
     """
-    count, dim = points.shape[:2]
-    return points.view(count, positions, dim // positions).transpose(1, 2)[..., None]
+    _, dim, count, _ = points.shape
+    return points.view(positions, dim // positions, count).permute(1, 2, 0)[None]
 
 
-def _identity_decoder(dim: int) -> nn.Sequential:
-    """A learned linear decoder R^D -> R^D of (N, D, 1, 1) points that starts as the identity.
-
-    A linear layer rather than the equivalent 1x1 convolution: on N x D x 1 x 1 tensors it
-    is several times faster, and the decoder's passes are most of a gradient fit's time.
-    """
-    linear = nn.Linear(dim, dim)
+def _identity_decoder(dim: int) -> nn.Conv2d:
+    """A learned linear decoder R^D -> R^D (a 1x1 convolution) that starts as the identity."""
+    decoder = nn.Conv2d(dim, dim, kernel_size=1)
     with torch.no_grad():
-        linear.weight.copy_(torch.eye(dim))
-        linear.bias.zero_()
-    return nn.Sequential(nn.Flatten(), linear, nn.Unflatten(1, (dim, 1, 1)))
+        decoder.weight.copy_(torch.eye(dim)[:, :, None, None])
+        decoder.bias.zero_()
+    return decoder
 
 
 def _fit(method: str, points: torch.Tensor, size: int, config: StudyConfig, seed: int) -> FitResult:
-    """Fit one quantizer of ``method`` with ``size`` codes per codebook to points (N, D, 1, 1)."""
+    """Fit one quantizer of ``method`` with ``size`` codes per codebook to points (1, D, N, 1)."""
     torch.manual_seed(seed)  # dead-code re-initialisation draws from the global generator
     dim, parts = points.shape[1], config.num_codebooks
     decoder = None
@@ -178,7 +175,7 @@ def _fit(method: str, points: torch.Tensor, size: int, config: StudyConfig, seed
 def random_codebook_mse(points: torch.Tensor, size: int, seed: int) -> float:
     """MSE per coordinate of an untrained VQ whose K codes are uniform in [-1, 1]^D.
 
-    points: (N, D, 1, 1). The codes follow the law of the blob means, so this is what a
+    points: (1, D, N, 1). The codes follow the law of the blob means, so this is what a
     codebook of guessed latent factors gives without looking at the data.
     """
     dim = points.shape[1]

@@ -2,9 +2,11 @@
 
 The DVQ paper's toy study has no encoder: the "latents" are drawn from a fixed distribution,
 N_G tight Gaussian blobs (the latent factors) in D dimensions, and a quantizer is fitted to
-them directly. Points are laid out as (N, D, 1, 1) feature tensors, so every quantizer of
-:mod:`dqcodec.models.quantizers` takes them as they are (one vector per 1 x 1 "image"); the
-fits below also take any other layout of the same points, (N, C, H, W) with C*H*W = D.
+them directly. The N points are laid out as one (1, D, N, 1) feature map, a point per pixel,
+so every quantizer of :mod:`dqcodec.models.quantizers` takes them as they are, and the 1x1
+convolutions of the projections and decoders run as one matrix product over the N positions
+(N images of 1 x 1 pixels would be about three times slower). The fits below also take any
+other layout of the same scalars, (B, C, H, W).
 
 Fitting is full-batch: each pass is one forward of the quantizer in training mode (nearest-code
 assignment, then the EMA codebook update) and, where the quantizer's projections or a decoder
@@ -31,12 +33,12 @@ def make_blobs(num_factors: int, dim: int, points_per_factor: int, sigma: float,
         sigma: standard deviation of every coordinate around its blob mean (data units).
         seed: seed of the torch generator that draws means and noise.
     Returns:
-        (N_G * points_per_factor, D, 1, 1) float32 points, blob after blob.
+        (1, D, N, 1) float32, the N = N_G * points_per_factor points blob after blob.
     """
     generator = torch.Generator().manual_seed(seed)
     means = torch.rand(num_factors, dim, generator=generator) * 2 - 1
     noise = torch.randn(num_factors, points_per_factor, dim, generator=generator) * sigma
-    return (means[:, None, :] + noise).reshape(-1, dim, 1, 1)
+    return (means[:, None, :] + noise).reshape(-1, dim).T[None, :, :, None].contiguous()
 
 
 @torch.no_grad()
@@ -61,7 +63,7 @@ def set_identity_projection(quantizer: CodebookQuantizer, trainable: bool) -> No
 def init_codebooks_from_data(quantizer: CodebookQuantizer, points: torch.Tensor, generator: torch.Generator) -> None:
     """Set each codebook to K distinct random vectors of its own (projected) slice of the data.
 
-    points: (N, C, H, W), cut by the quantizer into N*H'*W' >= K vectors per codebook. EMA
+    points: (B, C, H, W), cut by the quantizer into B*H'*W' >= K vectors per codebook. EMA
     counts restart at a uniform share per code.
     """
     slices = quantizer.project(points)  # (N, M, D', H', W')
@@ -74,7 +76,7 @@ def init_codebooks_from_data(quantizer: CodebookQuantizer, points: torch.Tensor,
 def reconstruction_mse(quantizer: CodebookQuantizer, points: torch.Tensor, decoder: nn.Module | None = None) -> float:
     """Mean squared error per coordinate (data units^2) of hard quantization, then ``decoder``.
 
-    points: (N, C, H, W). Without a decoder the quantizer's output must be in data space
+    points: (B, C, H, W). Without a decoder the quantizer's output must be in data space
     (identity projection, or a quantizer without projections).
     """
     decoded = quantizer.dequantize(quantizer.quantize(points))
@@ -112,7 +114,7 @@ def fit_quantizer(
     config: FitConfig,
     decoder: nn.Module | None = None,
 ) -> FitResult:
-    """Fit ``quantizer`` (and ``decoder``, if given) to ``points`` (N, C, H, W) by full-batch passes.
+    """Fit ``quantizer`` (and ``decoder``, if given) to ``points`` (B, C, H, W) by full-batch passes.
 
     Codebooks move by their EMA update inside the forward pass. Trainable parameters (a
     projection left trainable, the decoder) take one Adam step per pass on
