@@ -71,7 +71,12 @@ class SHVQCodecNet(BlockCodec):
             reconstruction=self.synthesis(quantized.quantized),
             bits=quantized.bits,
             quantizer_loss=torch.zeros((), device=image.device),
-            statistics={"sigma": float(self.quantizer.sigma), "perplexity": quantized.perplexity.mean().item()},
+            statistics={
+                "sigma": float(self.quantizer.sigma),
+                "perplexity": quantized.perplexity.mean().item(),
+                # How far the annealing has come: 0 once the soft assignment is one-hot.
+                "soft_hard_gap": (quantized.soft - quantized.quantized).abs().mean().item(),
+            },
         )
 
     def code_slices(self, image: torch.Tensor) -> torch.Tensor:
