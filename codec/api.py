@@ -8,6 +8,7 @@ container. Decoding mirrors it exactly. Only the codec-model interface
 (:mod:`dqcodec.models.interface`) is used here, whatever the architecture.
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from PIL import Image
 
 from dqcodec.codec.container import Header, pack, unpack
 from dqcodec.codec.errors import DQCodecError
-from dqcodec.codec.imageio import load_image, to_pil
+from dqcodec.codec.imageio import load_image, read_bytes, to_pil
 from dqcodec.codec.limits import check_pixels
 from dqcodec.codec.rangecoder import RangeDecoder, RangeEncoder
 from dqcodec.models import registry
@@ -97,12 +98,16 @@ def encode(image, quality: int | None = None, model: str | None = None, max_pixe
     return encode_with_notes(image, quality=quality, model=model, max_pixels=max_pixels)[0]
 
 
-def decode(data: bytes, max_pixels: int | None = None) -> Image.Image:
-    """Decompress .dqc bytes to a PIL image ("RGB", or "L" for grayscale originals), 8-bit.
+def decode(data: bytes | str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
+    """Decompress a .dqc file to a PIL image ("RGB", or "L" for grayscale originals), 8-bit.
 
+    data: the .dqc bytes (bytes, bytearray or memoryview), or the path of a .dqc file (str or
+        ``os.PathLike``; a file that cannot be read is a one-line ``DQCodecError``).
     max_pixels: the pixel limit (as for :func:`encode_with_notes`), checked right after the
-    header is parsed.
+        header is parsed.
     """
+    if isinstance(data, (str, os.PathLike)):
+        data = read_bytes(data)
     header, net, levels = _read(data, max_pixels)
     image = net.decompress(levels)[0, :, : header.height, : header.width]
     pixels = (image * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()

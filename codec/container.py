@@ -17,6 +17,8 @@ Layout (little-endian)::
 
 ``unpack`` checks the layout (lengths add up to the file size), then the checksum, then every
 header field, before anything sized by the header exists; each failure is one ``DQCodecError``.
+``read_header`` checks the header fields alone, from the first bytes of a file (what an image
+viewer needs to show the size without reading the streams).
 """
 
 import re
@@ -40,6 +42,9 @@ _PREFIX = struct.Struct("<4sBB")  # magic, version, name_len
 _GEOMETRY = struct.Struct(f"<{FINGERPRINT_LENGTH}sIIBBBB")  # fingerprint .. n_streams
 _LENGTH = struct.Struct("<I")
 _CRC = struct.Struct("<I")
+# The most bytes a header can take up to and including n_streams (name_len is a u8): what
+# ``read_header`` needs at most.
+MAX_HEADER_SIZE = _PREFIX.size + 255 + _GEOMETRY.size
 
 
 @dataclass(frozen=True)
@@ -106,25 +111,12 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
     one-line reason for anything that is not a complete, intact ``.dqc`` file this version reads.
     """
     data = bytes(data)
-    if not data:
-        raise DQCodecError("empty input (0 bytes): not a .dqc file")
-    if data[: len(MAGIC)] != MAGIC:
-        raise DQCodecError("not a .dqc file (wrong magic bytes)")
-    if len(data) < _PREFIX.size:
-        raise _truncated(len(data))
-    _, version, name_length = _PREFIX.unpack_from(data, 0)
-    if version != VERSION:
-        raise DQCodecError(f"unsupported .dqc version {version} (this dqcodec reads {VERSION})")
+    geometry_offset, geometry = _read_fixed_fields(data)
+    n_streams = geometry[-1]
 
     # Layout first: every length the header states must add up to the size of the file, so a cut
     # or padded file is named as such rather than as a checksum failure.
-    geometry_offset = _PREFIX.size + name_length
     lengths_offset = geometry_offset + _GEOMETRY.size
-    if len(data) < lengths_offset:
-        raise _truncated(len(data))
-    fingerprint, width, height, channels, bit_depth, padding, n_streams = _GEOMETRY.unpack_from(
-        data, geometry_offset
-    )
     payload_offset = lengths_offset + n_streams * _LENGTH.size
     if len(data) < payload_offset:
         raise _truncated(len(data))
@@ -142,7 +134,50 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
         raise DQCodecError("corrupted .dqc file (checksum mismatch)")
 
     # The checksum only proves the bytes are as written; a crafted file can still claim anything.
-    name_bytes = data[_PREFIX.size : geometry_offset]
+    header = _checked_header(data[_PREFIX.size : geometry_offset], geometry)
+    streams = []
+    offset = payload_offset
+    for length in lengths:
+        streams.append(data[offset : offset + length])
+        offset += length
+    return header, streams
+
+
+def read_header(data: bytes) -> Header:
+    """Parse and check the header of a ``.dqc`` file from its first bytes, without its streams.
+
+    ``data``: the start of the file (bytes, bytearray or memoryview) up to n_streams at least;
+    the first :data:`MAX_HEADER_SIZE` bytes always suffice, and the whole file does too. Checks
+    the magic, the version and every header field as :func:`unpack` does; the stream lengths,
+    the file size and the checksum need the whole file and are left to :func:`unpack`. Raises
+    ``DQCodecError`` with a one-line reason.
+    """
+    data = bytes(data[:MAX_HEADER_SIZE])
+    geometry_offset, geometry = _read_fixed_fields(data)
+    return _checked_header(data[_PREFIX.size : geometry_offset], geometry)
+
+
+def _read_fixed_fields(data: bytes) -> tuple[int, tuple]:
+    """Check magic and version; return the offset of the fingerprint and the unpacked fields
+    from fingerprint to n_streams. Raises ``DQCodecError`` for a foreign, cut or newer file."""
+    if not data:
+        raise DQCodecError("empty input (0 bytes): not a .dqc file")
+    if data[: len(MAGIC)] != MAGIC:
+        raise DQCodecError("not a .dqc file (wrong magic bytes)")
+    if len(data) < _PREFIX.size:
+        raise _truncated(len(data))
+    _, version, name_length = _PREFIX.unpack_from(data, 0)
+    if version != VERSION:
+        raise DQCodecError(f"unsupported .dqc version {version} (this dqcodec reads {VERSION})")
+    geometry_offset = _PREFIX.size + name_length
+    if len(data) < geometry_offset + _GEOMETRY.size:
+        raise _truncated(len(data))
+    return geometry_offset, _GEOMETRY.unpack_from(data, geometry_offset)
+
+
+def _checked_header(name_bytes: bytes, geometry: tuple) -> Header:
+    """The header made of the raw model name and the fixed fields, every field checked."""
+    fingerprint, width, height, channels, bit_depth, padding, n_streams = geometry
     if not _NAME_PATTERN.fullmatch(name_bytes):
         raise DQCodecError("invalid .dqc header: the model name is not 1-64 characters of [a-z0-9._-]")
     _check_stream_count(n_streams)
@@ -156,12 +191,7 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
         padding=padding,
     )
     _check_header(header)
-    streams = []
-    offset = payload_offset
-    for length in lengths:
-        streams.append(data[offset : offset + length])
-        offset += length
-    return header, streams
+    return header
 
 
 def _check_header(header: Header) -> None:

@@ -2,12 +2,17 @@
 
     >>> import dqcodec
     >>> data = dqcodec.encode("photo.png", quality=3)   # .dqc bytes
-    >>> image = dqcodec.decode(data)                    # PIL.Image
+    >>> image = dqcodec.decode(data)                    # PIL.Image; a path to a .dqc file works too
+    >>> from PIL import Image
+    >>> Image.open("photo.dqc").size                    # importing dqcodec registers a Pillow plugin
 """
 
 from dqcodec.codec.errors import DQCodecError
+from dqcodec.codec.pillow_plugin import register_pillow_plugin
 
-__all__ = ["encode", "decode", "DQCodecError"]
+__all__ = ["encode", "decode", "register_pillow_plugin", "DQCodecError"]
+
+register_pillow_plugin()
 
 
 def __getattr__(name: str):

@@ -6,7 +6,17 @@ import zlib
 
 import pytest
 
-from dqcodec.codec.container import MAGIC, MAX_PIXELS, MAX_SIDE, VERSION, Header, pack, unpack
+from dqcodec.codec.container import (
+    MAGIC,
+    MAX_HEADER_SIZE,
+    MAX_PIXELS,
+    MAX_SIDE,
+    VERSION,
+    Header,
+    pack,
+    read_header,
+    unpack,
+)
 from dqcodec.codec.errors import DQCodecError
 
 HEADER = Header(
@@ -199,3 +209,27 @@ def test_stream_length_beyond_the_data_with_a_valid_checksum():
 
 def test_stream_lengths_short_of_the_data_with_a_valid_checksum():
     assert_rejected(build(streams=(b"abc",), tail=b"extra"), "unexpected bytes")
+
+
+def test_read_header_needs_only_the_header():
+    data = pack(HEADER, STREAMS)
+    through_n_streams = 4 + 2 + len(HEADER.model) + 16 + 4 + 4 + 4
+    for prefix in (data, data[:MAX_HEADER_SIZE], data[:through_n_streams], bytearray(data), memoryview(data)):
+        assert read_header(prefix) == HEADER
+    with pytest.raises(DQCodecError, match="truncated"):
+        read_header(data[: through_n_streams - 1])
+    for foreign in (b"", b"\x89PNG\r\n\x1a\n", MAGIC):
+        with pytest.raises(DQCodecError):
+            read_header(foreign)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"version": 2}, {"width": 0}, {"width": MAX_SIDE, "height": MAX_SIDE}, {"channels": 2}, {"bit_depth": 12},
+     {"padding": 0}, {"model": b"Bad Name"}, {"model": b"\xff" * 255}, {"streams": ()}, {"streams": (b"x",) * 33}],
+)
+def test_read_header_rejects_what_unpack_rejects(fields):
+    data = build(**fields)
+    with pytest.raises(DQCodecError) as caught:
+        read_header(data)
+    assert str(caught.value) == assert_rejected(data)
