@@ -108,7 +108,7 @@ def decode(data: bytes | str | os.PathLike, max_pixels: int | None = None) -> Im
     """
     if isinstance(data, (str, os.PathLike)):
         data = read_bytes(data)
-    header, net, levels = _read(data, max_pixels)
+    header, net, _, levels = _read(data, max_pixels)
     image = net.decompress(levels)[0, :, : header.height, : header.width]
     pixels = (image * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
     return to_pil(np.ascontiguousarray(pixels), header.channels)
@@ -117,8 +117,7 @@ def decode(data: bytes | str | os.PathLike, max_pixels: int | None = None) -> Im
 def inspect(data: bytes, max_pixels: int | None = None) -> dict:
     """What a .dqc file holds, with its real size next to the model's -log2 p estimate (which
     decodes the indices, hence ``max_pixels`` as for :func:`decode`)."""
-    header, net, levels = _read(data, max_pixels)
-    info = registry.find_model(header.model, header.fingerprint)[1]
+    header, net, info, levels = _read(data, max_pixels)
     estimated = estimated_bits(net.levels(header.padded_height, header.padded_width), levels)
     real_bits = 8 * len(data)
     return {
@@ -137,14 +136,15 @@ def inspect(data: bytes, max_pixels: int | None = None) -> dict:
     }
 
 
-def _read(data: bytes, max_pixels: int | None) -> tuple[Header, CodecModel, CompressedLevels]:
-    """Parse, check the pixel limit, find the model by name and fingerprint, range-decode every level."""
+def _read(data: bytes, max_pixels: int | None) -> tuple[Header, CodecModel, dict, CompressedLevels]:
+    """Parse, check the pixel limit, find the model by name and fingerprint, range-decode every
+    level: -> (header, model, the model's JSON info, levels)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DQCodecError(f"expected .dqc bytes, got {type(data).__name__}")
     header, streams = unpack(bytes(data))
     check_pixels(header.width, header.height, ".dqc file", max_pixels)
     try:
-        net, _, _ = registry.find_model(header.model, header.fingerprint)
+        net, info, _ = registry.find_model(header.model, header.fingerprint)
     except KeyError as error:
         raise DQCodecError(error.args[0]) from None
     specs = net.levels(header.padded_height, header.padded_width)
@@ -153,7 +153,7 @@ def _read(data: bytes, max_pixels: int | None) -> tuple[Header, CodecModel, Comp
     levels: CompressedLevels = []
     for spec, stream in zip(specs, streams):
         levels.append(_decode_level(spec, stream, levels))
-    return header, net, levels
+    return header, net, info, levels
 
 
 def _dtype(net: CodecModel) -> torch.dtype:

@@ -30,10 +30,14 @@ def psnr(original: np.ndarray, decoded: np.ndarray) -> float:
         ``10 log10(255² / MSE)``; ``inf`` for identical images.
     """
     _check_pair(original, decoded)
-    mse = np.mean((original.astype(np.float64) - decoded.astype(np.float64)) ** 2)
+    return psnr_from_mse(float(np.mean((original.astype(np.float64) - decoded.astype(np.float64)) ** 2)))
+
+
+def psnr_from_mse(mse: float, peak: float = 255.0) -> float:
+    """``10 log10(peak² / mse)`` in dB (``inf`` for mse 0); peak 1 for values in [0, 1]."""
     if mse == 0:
         return math.inf
-    return float(10 * np.log10(255.0**2 / mse))
+    return float(10 * np.log10(peak**2 / mse))
 
 
 def ms_ssim(original: np.ndarray, decoded: np.ndarray) -> float:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from dqcodec.eval.metrics import psnr
+from dqcodec.eval.metrics import psnr, psnr_from_mse
 from dqcodec.models.registry import save_model
 from dqcodec.paths import kodak_dir
 from dqcodec.train.checkpoint import load_state, save_state
@@ -88,7 +88,7 @@ def train(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, fresh: bool
             done = step + 1
             pixels = batch.shape[0] * batch.shape[2] * batch.shape[3]
             record = {"step": done, "seconds": round(time.time() - started, 3), "loss": loss.item(),
-                      "psnr": 10 * np.log10(3 * pixels / max(sse.item(), 1e-12)),
+                      "psnr": psnr_from_mse(sse.item() / (3 * pixels), peak=1.0),
                       "bpp_estimate": out.bits.float().sum().item() / pixels, **out.statistics}
             if done % loop.checkpoint_every == 0 or done == loop.steps:
                 save_state(state_path, net, optimizer, done, generator)
