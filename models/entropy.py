@@ -83,34 +83,51 @@ class ContextIndexModel(nn.Module):
     Buffers (all integer, saved with the model):
         code_class: (M, K) activity class of every code.
         code_level: (M, K) first coordinate of every code in units of 1 / LEVEL_SCALE.
-        frequencies: (M, 2, 64, K) integer table for each codebook, phase and context.
+        frequencies: (M, 2, 64 * side_buckets, K) integer table for each codebook, phase and context.
         alphabet_sizes: (M,) number of codes in use per codebook (codes are sorted so that the
             used ones come first); tables are cut to that size, which keeps coding fast.
     """
 
-    def __init__(self, num_codebooks: int, codebook_size: int, num_predicted: int = 0):
+    def __init__(self, num_codebooks: int, codebook_size: int, num_predicted: int = 0, side_buckets: int = 1):
+        """``side_buckets``: how many classes a subclass derives from the coarser levels
+        (:meth:`side_contexts`); each multiplies the 64 contexts of a phase."""
         super().__init__()
         self.num_codebooks = num_codebooks
         self.codebook_size = codebook_size
         self.num_predicted = num_predicted
+        self.side_buckets = side_buckets
         self.register_buffer("code_class", torch.zeros(num_codebooks, codebook_size, dtype=torch.int32))
         self.register_buffer("code_level", torch.zeros(num_codebooks, codebook_size, dtype=torch.int32))
         self.register_buffer(
             "frequencies",
-            torch.ones(num_codebooks, NUM_PHASES, CONTEXTS_PER_PHASE, codebook_size, dtype=torch.int32),
+            torch.ones(num_codebooks, NUM_PHASES, CONTEXTS_PER_PHASE * side_buckets, codebook_size, dtype=torch.int32),
         )
         self.register_buffer("alphabet_sizes", torch.full((num_codebooks,), codebook_size, dtype=torch.int32))
 
-    def contexts(self, indices: np.ndarray, m: int, phase: int, mask: np.ndarray | None = None) -> np.ndarray:
-        """Context ids in [0, 64) for codebook m in the given phase: (B, H, W), or (B, N) for
-        the N positions of an (H, W) ``mask``.
+    def contexts(
+        self, indices: np.ndarray, m: int, phase: int, mask: np.ndarray | None = None, side: Side | None = None
+    ) -> np.ndarray:
+        """Context ids in [0, 64 * side_buckets) for codebook m in the given phase: (B, H, W),
+        or (B, N) for the N positions of an (H, W) ``mask``.
 
         indices: (B, M, H, W) integer array; only what is decoded before that step is read
         (codebooks < m, the rows above for predicted anchors, the anchors of codebook m in
-        phase 1), so a decoder can pass its partly decoded array.
+        phase 1), so a decoder can pass its partly decoded array. ``side``: the decoded
+        coarser levels, read by :meth:`side_contexts`.
         """
         if mask is None:
             mask = np.ones(indices.shape[2:], dtype=bool)
+        own = self._level_contexts(indices, m, phase, mask)
+        if self.side_buckets == 1:
+            return own
+        return own * self.side_buckets + self.side_contexts(side or {}, indices.shape)[:, mask]
+
+    def side_contexts(self, side: Side, shape: tuple[int, ...]) -> np.ndarray:
+        """(B, H, W) class in [0, side_buckets) of every position from the coarser levels."""
+        raise NotImplementedError
+
+    def _level_contexts(self, indices: np.ndarray, m: int, phase: int, mask: np.ndarray) -> np.ndarray:
+        """Context ids in [0, 64) from this level's decoded indices alone, (B, N)."""
         if m < self.num_predicted:
             return self._predicted_contexts(indices, m, phase, mask)
         code_class = self.code_class.numpy()
@@ -170,9 +187,9 @@ class ContextIndexModel(nn.Module):
     def tables(self, indices: np.ndarray, step: CodingStep, side: Side) -> np.ndarray:
         """(N, K_m) integer tables for the N positions of ``step`` (all images, row-major).
 
-        The contexts come from this level alone; ``side`` (coarser levels) is not read.
+        The contexts come from this level and, with ``side_buckets`` > 1, from ``side``.
         """
-        context = self.contexts(indices, step.codebook, step.phase, step.mask)  # (B, N per image)
+        context = self.contexts(indices, step.codebook, step.phase, step.mask, side)  # (B, N per image)
         size = int(self.alphabet_sizes[step.codebook])
         return self.frequencies[step.codebook, step.phase, :, :size].numpy()[context.reshape(-1)]
 
@@ -204,15 +221,15 @@ class ContextIndexModel(nn.Module):
     def fit(self, index_batches: Iterable[tuple[np.ndarray, Side]], prior_count: float = 0.05) -> None:
         """Count the tables over (indices (B, M, H, W), side) pairs of training data (after
         :meth:`set_codes`); ``prior_count`` is added to every cell, so unseen symbols stay codable."""
-        m_count, _, _, k_count = self.frequencies.shape
-        cells = CONTEXTS_PER_PHASE * k_count
+        m_count, _, context_count, k_count = self.frequencies.shape
+        cells = context_count * k_count
         counts = np.zeros((m_count, NUM_PHASES, cells))
-        for indices, _ in index_batches:
+        for indices, side in index_batches:
             for step in self.coding_steps(indices.shape):
-                context = self.contexts(indices, step.codebook, step.phase, step.mask).reshape(-1)
+                context = self.contexts(indices, step.codebook, step.phase, step.mask, side).reshape(-1)
                 symbols = step.symbols(indices)
                 counts[step.codebook, step.phase] += np.bincount(context * k_count + symbols, minlength=cells)
-        counts = counts.reshape(m_count, NUM_PHASES, CONTEXTS_PER_PHASE, k_count) + prior_count
+        counts = counts.reshape(m_count, NUM_PHASES, context_count, k_count) + prior_count
         self.frequencies.copy_(torch.from_numpy(quantize_table(counts)))
 
 

@@ -14,6 +14,7 @@ estimator) are in :mod:`dqcodec.models.soft_quantizers`.
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -189,6 +190,9 @@ class CodebookQuantizer(nn.Module):
         one_hot = F.one_hot(indices.permute(1, 0, 2, 3).reshape(m, -1), self.codebook_size).to(flat.dtype)
         counts = one_hot.sum(dim=1)  # (M, K)
         sums = torch.einsum("mnk,mnd->mkd", one_hot, flat)
+        if dist.is_available() and dist.is_initialized():  # data-parallel: the statistics of the whole batch
+            dist.all_reduce(counts)
+            dist.all_reduce(sums)
         self.ema_counts.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.ema_sums.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         total = self.ema_counts.sum(dim=1, keepdim=True)

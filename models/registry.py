@@ -28,6 +28,7 @@ from torch import nn
 
 from dqcodec.models.codec_net import CodecConfig, DQCodecNet
 from dqcodec.models.entropy import STORAGE_DTYPES, pack_tables, unpack_tables
+from dqcodec.models.hdq_codec import HDQConfig, HierarchicalDQCodec
 from dqcodec.models.shvq_codec import SHVQCodecConfig, SHVQCodecNet
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -71,6 +72,13 @@ ARCHITECTURES: dict[str, Architecture] = {
     "DQCodecNet": Architecture(DQCodecNet, CodecConfig, _context_tables("entropy"), ("entropy",)),
     "SHVQCodecNet": Architecture(
         SHVQCodecNet, SHVQCodecConfig, {**_context_tables("entropy"), "symbol_centre": np.uint16}, ("entropy",)
+    ),
+    "HierarchicalDQCodec": Architecture(
+        HierarchicalDQCodec,
+        HDQConfig,
+        {**_context_tables("coarse_entropy"), **_context_tables("fine_entropy"),
+         "fine_entropy.coarse_class": np.uint8, "fine_entropy.coarse_edges": np.int32},
+        ("coarse_entropy", "fine_entropy"),
     ),
 }
 

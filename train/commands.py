@@ -16,7 +16,7 @@ from pathlib import Path
 from dqcodec.codec.errors import DQCodecError
 
 # Settings that a resumed run may change; every other one must match the run folder's run.json.
-_RESUMABLE_CHANGES = {"steps", "validate_every", "checkpoint_every", "validation_images", "device", "threads"}
+_RESUMABLE_CHANGES = {"steps", "validate_every", "checkpoint_every", "validation_images", "device", "threads", "max_minutes"}
 
 
 def _sources(arch: str) -> dict[str, type]:

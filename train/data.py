@@ -14,9 +14,19 @@ def default_train_dir() -> Path:
     return bsds_dir()
 
 
+def is_held_out(path: Path) -> bool:
+    """True for images that training must never see: Kodak (the test set) and the validation
+    split of ``photos/`` (every tenth file by name: ``*-010.jpg``, ``*-020.jpg``, ...)."""
+    if "kodak" in (part.lower() for part in path.parts):
+        return True
+    number = path.stem.rsplit("-", 1)[-1]
+    return path.parent.name == "photos" and number.isdigit() and int(number) % 10 == 0
+
+
 def image_files(folder: Path) -> list[Path]:
-    """All image files under ``folder`` (recursively), sorted for reproducibility."""
-    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    """The training images under ``folder`` (recursively, held-out ones left out), sorted for
+    reproducibility; e.g. the data folder gives BSDS500 and the training split of the photos."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not is_held_out(p))
     if not files:
         raise FileNotFoundError(f"no images found under {folder}")
     return files

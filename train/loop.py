@@ -5,16 +5,26 @@ Objective: (SSE + lambda * bits) / pixels + quantizer loss, SSE over [0, 1] RGB 
 network's rate estimate (``CodecOutput``), lambda the architecture's ``rate_lambda``. Every step
 appends one JSON line to ``OUT/log.jsonl``; ``OUT/state.*`` (weights, Adam, step, RNGs) lets the
 same command resume bit for bit on the same device.
+
+Data-parallel training: started by ``torchrun --nproc-per-node N``, every process draws the same
+global batch and trains on its share of it; DistributedDataParallel averages the gradients, the
+quantizers sum their codebook statistics over the processes (``quantizers.CodebookQuantizer``),
+and the buffers of process 0 are broadcast before every forward pass, so N processes follow one
+process with the whole batch. Process 0 alone logs, validates, saves and exports. CUDA runs use
+bfloat16 autocast and channels-last tensors.
 """
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from dqcodec.eval.metrics import psnr, psnr_from_mse
@@ -42,6 +52,7 @@ class LoopConfig:
     seed: int = option(0, "seed of the weights, crops and flips")
     device: str = option("cpu", "where to train (cuda: bfloat16 autocast)", choices=("cpu", "cuda"))
     threads: int = option(2, "torch CPU threads")
+    max_minutes: float = option(0.0, "stop (saving the state) after this many minutes of training; 0: no limit")
 
 
 def rd_loss(out, batch: torch.Tensor, rate_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,10 +64,11 @@ def rd_loss(out, batch: torch.Tensor, rate_lambda: float) -> tuple[torch.Tensor,
 
 def train(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, fresh: bool, log=print) -> nn.Module:
     """Train ``net`` (fresh: initialised by the recipe first) for ``loop.steps`` in total, resuming
-    from ``loop.out/state.*`` when it exists; returns the trained network (in train mode)."""
+    from ``loop.out/state.*`` when it exists; returns the trained network (in train mode, on the CPU)."""
+    rank, world = _distributed_rank()
     torch.manual_seed(loop.seed)
     generator = torch.Generator().manual_seed(loop.seed)
-    device = torch.device(loop.device)
+    device = torch.device("cuda", rank % torch.cuda.device_count()) if loop.device == "cuda" else torch.device("cpu")
     files = image_files(loop.data)
     loop.out.mkdir(parents=True, exist_ok=True)
     state_path = loop.out / "state"
@@ -68,36 +80,71 @@ def train(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, fresh: bool
         if fresh:
             recipe.initialise(net, options, files, generator, log)
         step = 0
-        save_state(state_path, net, optimizer, step, generator)
-    net.to(device).train()
+        if rank == 0:
+            save_state(state_path, net, optimizer, step, generator)
+    memory_format = torch.channels_last if device.type == "cuda" else torch.preserve_format
+    net.to(device, memory_format=memory_format).train()
     _move_optimizer(optimizer, device)
+    model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
     crops = RandomCrops(files, loop.crop, loop.batch_size, generator) if step < loop.steps else None
-    validation = sorted(kodak_dir().glob("*.png"))[: loop.validation_images]
+    validation = sorted(kodak_dir().glob("*.png"))[: loop.validation_images] if rank == 0 else []
     rate_lambda = net.config.rate_lambda
     started = time.time()
-    with open(loop.out / "log.jsonl", "a") as log_file:
-        for step in tqdm(range(step, loop.steps), initial=step, total=loop.steps, desc="training", unit="step"):
-            recipe.before_step(net, options, step, loop.steps)
-            batch = crops.batch().to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                out = net(batch)
-            loss, sse = rd_loss(out, batch, rate_lambda)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            done = step + 1
-            pixels = batch.shape[0] * batch.shape[2] * batch.shape[3]
-            record = {"step": done, "seconds": round(time.time() - started, 3), "loss": loss.item(),
-                      "psnr": psnr_from_mse(sse.item() / (3 * pixels), peak=1.0),
-                      "bpp_estimate": out.bits.float().sum().item() / pixels, **out.statistics}
-            if done % loop.checkpoint_every == 0 or done == loop.steps:
-                save_state(state_path, net, optimizer, done, generator)
-            if validation and (done % loop.validate_every == 0 or done == loop.steps):
-                record["validation"] = validate(net, validation)
-                log(f"step {done}: Kodak[:{len(validation)}] PSNR {record['validation']['psnr']:.2f} dB, "
-                    f"~{record['validation']['bpp_estimate']:.3f} bpp ({recipe.estimate})")
-            log_file.write(json.dumps(record) + "\n")
+    log_file = open(loop.out / "log.jsonl", "a") if rank == 0 else None
+    progress = tqdm(range(step, loop.steps), initial=step, total=loop.steps, desc="training", unit="step", disable=rank > 0)
+    for step in progress:
+        recipe.before_step(net, options, step, loop.steps)
+        batch = crops.batch().chunk(world)[rank].to(device, memory_format=memory_format)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = model(batch)
+        loss, sse = rd_loss(out, batch, rate_lambda)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        done = step + 1
+        out_of_time = loop.max_minutes > 0 and _agreed(time.time() - started > 60 * loop.max_minutes, device, world)
+        if rank > 0:
+            if out_of_time:
+                break
+            continue
+        pixels = batch.shape[0] * batch.shape[2] * batch.shape[3]
+        record = {"step": done, "seconds": round(time.time() - started, 3), "loss": loss.item(),
+                  "psnr": psnr_from_mse(sse.item() / (3 * pixels), peak=1.0),
+                  "bpp_estimate": out.bits.float().sum().item() / pixels, **out.statistics}
+        if done % loop.checkpoint_every == 0 or done == loop.steps or out_of_time:
+            save_state(state_path, net, optimizer, done, generator)
+        if validation and (done % loop.validate_every == 0 or done == loop.steps or out_of_time):
+            record["validation"] = validate(net, validation)
+            log(f"step {done}: Kodak[:{len(validation)}] PSNR {record['validation']['psnr']:.2f} dB, "
+                f"~{record['validation']['bpp_estimate']:.3f} bpp ({recipe.estimate})")
+        log_file.write(json.dumps(record) + "\n")
+        log_file.flush()
+        if out_of_time:
+            log(f"stopped after {loop.max_minutes} minutes at step {done} (state saved)")
+            break
+    progress.close()
+    if log_file is not None:
+        log_file.close()
     return net.cpu()
+
+
+def _distributed_rank() -> tuple[int, int]:
+    """(rank, world size); joins the process group when started by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
+def _agreed(flag: bool, device: torch.device, world: int) -> bool:
+    """``flag`` of process 0 on every process (they must stop at the same step)."""
+    if world == 1:
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
 
 
 @torch.no_grad()

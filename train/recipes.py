@@ -18,8 +18,17 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from dqcodec.train.data import load_rgb, to_tensor
-from dqcodec.train.initialize import block_pca, ecvq_codebooks, fit_entropy_tables, sample_slices, set_block_transform
+from dqcodec.models.lloyd import kmeans_plus_plus
+from dqcodec.train.data import RandomCrops, load_rgb, to_tensor
+from dqcodec.train.initialize import (
+    block_pca,
+    ecvq_codebooks,
+    fit_entropy_tables,
+    fitting_images,
+    load_fitting_image,
+    sample_slices,
+    set_block_transform,
+)
 
 
 def option(default, help: str, init_only: bool = False, flag: str | None = None, choices: tuple | None = None):
@@ -60,6 +69,25 @@ class Recipe:
     mutable: tuple[str, ...] = ("rate_lambda",)  # config fields --init-from may change (net.set_<field>)
 
 
+# --- what the block codecs (DQ, SHVQ) share -----------------------------------------------------
+
+SYNTHETIC_SHARE = 0.1
+SYNTHETIC_SHARE_HELP = (
+    "mix saturation-boosted copies of this share of the training photos, and about as many synthetic images "
+    "(flat colours, saturated gradients, text, screenshots), into the images that fit the transform, codebooks "
+    "and context tables (0: photographs only)"
+)
+GUARD_ERROR = 3.0
+GUARD_ERROR_HELP = "spacing of the guard codes that keep flat colours reproducible, in 8-bit code values of pixel error"
+
+
+def _fitting_note(options) -> str:
+    if options.synthetic_share <= 0:
+        return "photographs only"
+    return (f"fitted on the photographs plus saturation-boosted (x2) copies of {options.synthetic_share:.0%} of them "
+            "and synthetic content (flat colours, gradients, text, screenshots)")
+
+
 # --- DQ block codec ---------------------------------------------------------------------------
 
 
@@ -69,20 +97,25 @@ class DQOptions:
 
     init_samples: int = option(60_000, "latent blocks sampled for the ECVQ initialisation", init_only=True)
     ecvq_iterations: int = option(15, "entropy-constrained Lloyd iterations", init_only=True)
+    synthetic_share: float = option(SYNTHETIC_SHARE, SYNTHETIC_SHARE_HELP)
+    guard_error: float = option(GUARD_ERROR, GUARD_ERROR_HELP)
 
 
 def _initialise_dq(net: nn.Module, options: DQOptions, files: list[Path], generator: torch.Generator, log) -> None:
-    mean, axes = block_pca(files, net.config.block)
+    images = fitting_images(files, options.synthetic_share)
+    mean, axes = block_pca(images, net.config.block)
     set_block_transform(net, mean, axes)
-    slices = sample_slices(net, files, options.init_samples, generator)
+    slices = sample_slices(net, images, options.init_samples, generator)
     ecvq_codebooks(net, slices, options.ecvq_iterations, generator)
-    log("initialised: block PCA, ECVQ codebooks")
+    log("initialised: block PCA with flat colours apart, ECVQ codebooks, guard codes")
 
 
 def _describe_dq(net: nn.Module, options: DQOptions, steps: int) -> str:
     return (
-        f"block PCA; {options.ecvq_iterations} entropy-constrained Lloyd iterations on {options.init_samples} "
-        f"blocks; {steps} Adam steps; context tables counted over the training images in 2 rounds"
+        f"block PCA with flat colours on 3 axes of their own; {options.ecvq_iterations} entropy-constrained Lloyd "
+        f"iterations on {options.init_samples} blocks; {steps} Adam steps; guard codes for flat colours "
+        f"({options.guard_error} code values apart); context tables counted over the training images in 2 rounds; "
+        f"{_fitting_note(options)}"
     )
 
 
@@ -98,6 +131,8 @@ class SHVQOptions:
     kmeans_iterations: int = option(10, "k-means iterations from the uniform grid", init_only=True)
     sigma_start: float = option(2.0, "soft assignment hardness at the first step (latents in units of the step)")
     sigma_end: float = option(200.0, "hardness at the last step (geometric schedule)")
+    synthetic_share: float = option(SYNTHETIC_SHARE, SYNTHETIC_SHARE_HELP)
+    guard_error: float = option(GUARD_ERROR, GUARD_ERROR_HELP)
 
 
 def shvq_step_size(rate_lambda: float) -> float:
@@ -110,7 +145,8 @@ def shvq_step_size(rate_lambda: float) -> float:
 def _initialise_shvq(net: nn.Module, options: SHVQOptions, files: list[Path], generator: torch.Generator, log) -> None:
     """Stage 1 (block PCA) and the start of stage 2 (step Delta, centres by k-means from a grid)."""
     config = net.config
-    mean, axes = block_pca(files, config.block)
+    images = fitting_images(files, options.synthetic_share)
+    mean, axes = block_pca(images, config.block)
     delta = shvq_step_size(config.rate_lambda)
     channels = config.channels
     net.analysis.linear.weight.copy_((axes.T / delta).reshape(channels, channels, 1, 1))
@@ -118,14 +154,14 @@ def _initialise_shvq(net: nn.Module, options: SHVQOptions, files: list[Path], ge
     net.synthesis.linear.weight.copy_((axes * delta).reshape(channels, channels, 1, 1))
     net.synthesis.linear.bias.copy_(mean)
     latents = []
-    per_image = options.kmeans_blocks // len(files) + 1
-    for path in tqdm(files, desc="sampling latents", unit="img", leave=False):
-        blocks = net.analysis(to_tensor(load_rgb(path, config.block)))[0].flatten(1)  # (C, N)
+    per_image = options.kmeans_blocks // len(images) + 1
+    for image in tqdm(images, desc="sampling latents", unit="img", leave=False):
+        blocks = net.analysis(to_tensor(load_fitting_image(image, config.block)))[0].flatten(1)  # (C, N)
         latents.append(blocks[:, torch.randperm(blocks.shape[1], generator=generator)[:per_image]])
     latents = torch.cat(latents, dim=1)[None, :, :, None]  # (1, C, N, 1)
     grid = torch.arange(config.num_centres, dtype=torch.float32)[:, None] - config.num_centres // 2
     net.quantizer.init_centres_kmeans(latents, options.kmeans_iterations, start=grid)
-    log(f"initialised: block PCA, step {delta:.4f}, k-means centres")
+    log(f"initialised: block PCA with flat colours apart, step {delta:.4f}, k-means centres")
 
 
 def _anneal_shvq(net: nn.Module, options: SHVQOptions, step: int, total_steps: int) -> None:
@@ -136,16 +172,104 @@ def _anneal_shvq(net: nn.Module, options: SHVQOptions, step: int, total_steps: i
 
 def _describe_shvq(net: nn.Module, options: SHVQOptions, steps: int) -> str:
     return (
-        f"stage 1: block PCA (closed-form optimum of the unquantized linear autoencoder); stage 2: step "
+        "stage 1: block PCA with flat colours on 3 axes of their own (closed-form optimum of the unquantized linear "
+        f"autoencoder under that constraint); stage 2: step "
         f"{shvq_step_size(net.config.rate_lambda):.4f}, {net.config.num_centres} shared centres by "
         f"{options.kmeans_iterations} k-means iterations from a uniform grid, {steps} Adam steps on "
-        f"(SSE + lambda * soft entropy) with sigma {options.sigma_start} -> {options.sigma_end}; context tables "
-        "counted over the training images in 2 rounds"
+        f"(SSE + lambda * soft entropy) with sigma {options.sigma_start} -> {options.sigma_end}; synthesis anchored "
+        f"on flat colours, guard codes ({options.guard_error} code values apart), context tables counted over the "
+        f"training images in 2 rounds; {_fitting_note(options)}"
     )
 
 
 def _fit_tables(net: nn.Module, options, files: list[Path]) -> None:
-    fit_entropy_tables(net, files)
+    fit_entropy_tables(net, fitting_images(files, options.synthetic_share), guard_error=options.guard_error)
+
+
+# --- hierarchical DQ codec ---------------------------------------------------------------------
+
+
+@dataclass
+class HDQOptions:
+    """Start, gain tracking and table fit of the hierarchical DQ codec (``--arch hdq``)."""
+
+    init_crops: int = option(64, "training crops whose latents seed the codebooks (k-means++)", init_only=True)
+    gain_every: int = option(25, "steps between measurements of the synthesis gains (lambda in latent units)")
+    rate_warmup: int = option(
+        1000, "steps of plain VQ (lambda 0 in the assignment), followed by as many over which lambda ramps up", init_only=True
+    )
+    table_crops: int = option(192, "training crops the context tables are counted over at export")
+    table_crop: int = option(256, "size of those crops in pixels")
+
+
+GAIN_KEPT = 0.9  # share of the old synthesis gains kept when they are re-measured
+
+
+def _crops(files: list[Path], count: int, size: int, seed: int) -> torch.Tensor:
+    """(count, 3, size, size) random crops of ``files`` (reproducible for a seed)."""
+    generator = torch.Generator().manual_seed(seed)
+    return RandomCrops(files, size, count, generator).batch()
+
+
+@torch.no_grad()
+def _initialise_hdq(net: nn.Module, options: HDQOptions, files: list[Path], generator: torch.Generator, log) -> None:
+    """Codebooks by k-means++ seeding on the latents of the initial network, then the first gain measurement."""
+    crops = _crops(files, options.init_crops, 128, int(torch.randint(0, 2**31, (1,), generator=generator)))
+    latent = net.analysis(crops)
+    for quantizer, features in ((net.fine_quantizer, latent), (net.coarse_quantizer, net.coarse_analysis(latent))):
+        slices = quantizer.project(features)  # (B, M, D, h, w)
+        vectors = slices.permute(1, 0, 3, 4, 2).reshape(quantizer.num_codebooks, -1, quantizer.code_dim)
+        codebooks = torch.stack([kmeans_plus_plus(points, quantizer.codebook_size, generator) for points in vectors])
+        quantizer.load_codebooks(codebooks, torch.full_like(quantizer.ema_counts, 1.0 / quantizer.codebook_size))
+    net.eval()  # no codebook update on this pass
+    net.gain_update = 0.0
+    net(crops[: min(8, len(crops))])
+    fine, coarse = net.synthesis_gains.tolist()
+    log(f"initialised: k-means++ codebooks on {len(crops)} crops; synthesis gains {fine:.3g} (fine), {coarse:.3g} (coarse)")
+
+
+def _before_hdq_step(net: nn.Module, options: HDQOptions, step: int, total_steps: int) -> None:
+    """Re-measure the synthesis gains every ``gain_every`` steps. The assignment's lambda is 0 for
+    ``rate_warmup`` steps (a random synthesis has a tiny gain, so lambda in latent units would be
+    huge and collapse every codebook to one code), then ramps up linearly over as many steps."""
+    net.gain_update = GAIN_KEPT if step % options.gain_every == 0 else None
+    warmup = options.rate_warmup
+    net.rate_scale = min(1.0, max(0.0, step / warmup - 1.0)) if warmup > 0 else 1.0
+
+
+@torch.no_grad()
+def _fit_hdq_tables(net: nn.Module, options: HDQOptions, files: list[Path]) -> None:
+    """Sort both levels' codes by usage (dropping unused ones), then count the context tables
+    over training crops in 2 rounds: the quantizers' own indices, then the indices that
+    ``net.compress`` chooses under the first round's tables."""
+    crops = _crops(files, options.table_crops, options.table_crop, seed=0).split(8)
+    quantizers = {"coarse": net.coarse_quantizer, "fine": net.fine_quantizer}
+    usage = {name: torch.zeros_like(q.ema_counts) for name, q in quantizers.items()}
+    for batch in tqdm(crops, desc="code usage", unit="batch", leave=False):
+        for level in net.nearest_indices(batch):
+            indices = torch.from_numpy(level.indices).transpose(0, 1).reshape(len(usage[level.name]), -1)
+            usage[level.name].scatter_add_(1, indices, torch.ones_like(indices, dtype=usage[level.name].dtype))
+    for name, quantizer in quantizers.items():
+        quantizer.prune(usage[name])
+        usage[name] = usage[name].sort(dim=1, descending=True).values
+    net.coarse_entropy.set_codes(net.coarse_quantizer.codebooks, usage["coarse"])
+    net.fine_entropy.set_codes(net.fine_quantizer.codebooks, usage["fine"])
+    net.fine_entropy.set_coarse_codes(net.coarse_quantizer.codebooks, usage["coarse"])
+    for round_index in range(2):
+        levels = [net.nearest_indices(batch) if round_index == 0 else net.compress(batch)
+                  for batch in tqdm(crops, desc=f"context tables {round_index + 1}/2", unit="batch", leave=False)]
+        net.coarse_entropy.fit((coarse.indices, {}) for coarse, _ in levels)
+        net.fine_entropy.fit((fine.indices, {"coarse": coarse.indices}) for coarse, fine in levels)
+
+
+def _describe_hdq(net: nn.Module, options: HDQOptions, steps: int) -> str:
+    return (
+        f"random initial transforms, codebooks by k-means++ on {options.init_crops} crops; {steps} Adam steps on "
+        f"(SSE + lambda * marginal bits) with straight-through EMA codebooks and ECVQ assignment (lambda in latent "
+        f"units from synthesis gains measured every {options.gain_every} steps; 0 for {options.rate_warmup} steps, then "
+        f"ramped up over as many); context tables counted over "
+        f"{options.table_crops} crops of {options.table_crop} px in 2 rounds"
+    )
 
 
 # --arch NAME -> recipe. A new architecture adds its recipe here (or with register_recipe).
@@ -170,6 +294,19 @@ RECIPES: dict[str, Recipe] = {
         before_step=_anneal_shvq,
         summarize=lambda c: f"SHVQ block codec, L={c.num_centres} shared centres, 1x1 patches, lambda={c.rate_lambda}",
         loop_defaults={"steps": 1000, "crop": 64},
+    ),
+    "hdq": Recipe(
+        architecture="HierarchicalDQCodec",
+        options=HDQOptions,
+        initialise=_initialise_hdq,
+        finish=_fit_hdq_tables,
+        describe=_describe_hdq,
+        estimate="marginal-rate ECVQ estimate of both levels",
+        before_step=_before_hdq_step,
+        summarize=lambda c: (f"hierarchical DQ codec, fine M={c.num_codebooks} K={c.codebook_size} D={c.code_dim} "
+                             f"(stride 16), coarse M={c.coarse_codebooks} K={c.coarse_codebook_size} (stride 64), "
+                             f"lambda={c.rate_lambda}"),
+        loop_defaults={"steps": 2000, "crop": 128, "learning_rate": 2e-4},
     ),
 }
 

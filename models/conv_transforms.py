@@ -1,0 +1,77 @@
+"""Convolutional analysis and synthesis transforms of the hierarchical DQ codec.
+
+The fine level follows Ballé et al.'s factorized-prior transforms (four 5x5 stride-2
+convolutions with GDN, total stride 16; the synthesis mirrors them with IGDN and transposed
+convolutions). The coarse level reads the fine latent and adds a factor 4 of stride (64 in
+all); its decoded values come back up through ``CoarseSynthesis`` and join the fine level's
+quantized features at the synthesis input, the top-down path of the DQ paper's DQ-AE.
+All shapes are (B, channels, H, W).
+"""
+
+import torch
+from compressai.layers import GDN
+from compressai.models.utils import conv, deconv
+from torch import nn
+
+
+class ConvAnalysis(nn.Module):
+    """(B, 3, H, W) image in [0, 1] -> (B, C, H/16, W/16) fine latent."""
+
+    def __init__(self, channels: int, latent_channels: int):
+        super().__init__()
+        self.layers = nn.Sequential(
+            conv(3, channels), GDN(channels),
+            conv(channels, channels), GDN(channels),
+            conv(channels, channels), GDN(channels),
+            conv(channels, latent_channels),
+        )
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.layers(image)
+
+
+class ConvSynthesis(nn.Module):
+    """(B, F + N, h, w) fine quantized features and up-sampled coarse features -> (B, 3, 16h, 16w)."""
+
+    def __init__(self, in_channels: int, channels: int):
+        super().__init__()
+        self.layers = nn.Sequential(
+            conv(in_channels, channels, kernel_size=3, stride=1), GDN(channels, inverse=True),
+            deconv(channels, channels), GDN(channels, inverse=True),
+            deconv(channels, channels), GDN(channels, inverse=True),
+            deconv(channels, channels), GDN(channels, inverse=True),
+            deconv(channels, 3),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layers(features)
+
+
+class CoarseAnalysis(nn.Module):
+    """(B, C, h, w) fine latent -> (B, C_c, h/4, w/4) coarse latent."""
+
+    def __init__(self, latent_channels: int, channels: int, coarse_channels: int):
+        super().__init__()
+        self.layers = nn.Sequential(
+            conv(latent_channels, channels, kernel_size=3, stride=1), nn.LeakyReLU(0.1),
+            conv(channels, channels), nn.LeakyReLU(0.1),
+            conv(channels, coarse_channels),
+        )
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.layers(latent)
+
+
+class CoarseSynthesis(nn.Module):
+    """(B, F_c, h/4, w/4) coarse quantized features -> (B, N, h, w) features for the synthesis."""
+
+    def __init__(self, in_channels: int, channels: int):
+        super().__init__()
+        self.layers = nn.Sequential(
+            deconv(in_channels, channels), nn.LeakyReLU(0.1),
+            deconv(channels, channels), nn.LeakyReLU(0.1),
+            conv(channels, channels, kernel_size=3, stride=1),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layers(features)

@@ -1,0 +1,190 @@
+"""The hierarchical DQ codec (``hdq``): convolutional transforms, two levels of depthwise-quantized
+indices, and an exact entropy model in which the fine level reads the coarse one.
+
+Encoder: image (B, 3, H, W) -> fine latent y (stride 16, :class:`ConvAnalysis`) -> fine indices
+(M codebooks of K codes, each on its own D-dim 1x1 projection of y); y -> coarse latent (stride
+64, :class:`CoarseAnalysis`) -> coarse indices (M_c codebooks). Decoder: the coarse codewords go
+up through :class:`CoarseSynthesis` and join the fine codewords at the input of
+:class:`ConvSynthesis` (DQ-AE's top-down path). Coding order is coarse then fine; the fine
+level's tables are chosen by its own decoded neighbours and earlier codebooks and by the coarse
+level (:class:`~dqcodec.models.hierarchical_entropy.CoarseConditionedIndexModel`).
+
+Rate-distortion trade-off: ``rate_lambda`` is in pixel units (squared error of [0, 1] RGB values
+per bit). The quantizers' entropy-constrained assignment works in latent units, so it uses
+``rate_lambda / gain``, where ``gain`` is the synthesis' squared gain per latent dimension
+(pixel squared error caused by a unit squared error of a codeword), measured by finite
+differences on the training batches and stored with the model (buffer ``synthesis_gains``).
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from dqcodec.models.conv_transforms import CoarseAnalysis, CoarseSynthesis, ConvAnalysis, ConvSynthesis
+from dqcodec.models.entropy import ContextIndexModel, choose_indices
+from dqcodec.models.hierarchical_entropy import CoarseConditionedIndexModel
+from dqcodec.models.interface import RATE_LAMBDA_HELP, CodecOutput, CompressedLevels, IndexLevel, LevelSpec
+from dqcodec.models.quantizers import DepthwiseQuantizer
+
+COARSE, FINE = "coarse", "fine"
+FINE_STRIDE, COARSE_FACTOR = 16, 4
+GAIN_PROBE = 1e-2  # finite-difference step, relative to the codewords' RMS
+
+
+@dataclass
+class HDQConfig:
+    """Architecture of one hierarchical DQ codec model (stored in the model's JSON)."""
+
+    channels: int = field(default=96, metadata={"help": "channels N of the convolutional transforms"})
+    latent_channels: int = field(default=160, metadata={"help": "channels C of the stride-16 latent"})
+    num_codebooks: int = field(default=48, metadata={"help": "fine level: number of codebooks M"})
+    codebook_size: int = field(default=128, metadata={"help": "fine level: codes per codebook K"})
+    code_dim: int = field(default=4, metadata={"help": "fine level: dimension D of each codebook's projection"})
+    coarse_channels: int = field(default=64, metadata={"help": "channels of the stride-64 coarse latent"})
+    coarse_codebooks: int = field(default=8, metadata={"help": "coarse level: number of codebooks"})
+    coarse_codebook_size: int = field(default=64, metadata={"help": "coarse level: codes per codebook"})
+    coarse_code_dim: int = field(default=4, metadata={"help": "coarse level: dimension of each projection"})
+    coarse_buckets: int = field(default=3, metadata={"help": "fine tables per context, chosen by coarse activity"})
+    rate_lambda: float = field(default=0.01, metadata={"help": RATE_LAMBDA_HELP, "flag": "--lambda"})
+
+
+class HierarchicalDQCodec(nn.Module):
+    """Two-level depthwise-quantized convolutional codec; images (B, 3, H, W) in [0, 1]."""
+
+    def __init__(self, config: HDQConfig):
+        super().__init__()
+        self.config = config
+        self.analysis = ConvAnalysis(config.channels, config.latent_channels)
+        self.coarse_analysis = CoarseAnalysis(config.latent_channels, config.channels, config.coarse_channels)
+        self.fine_quantizer = DepthwiseQuantizer(
+            config.latent_channels, config.num_codebooks, config.codebook_size, config.code_dim
+        )
+        self.coarse_quantizer = DepthwiseQuantizer(
+            config.coarse_channels, config.coarse_codebooks, config.coarse_codebook_size, config.coarse_code_dim
+        )
+        self.coarse_synthesis = CoarseSynthesis(self.coarse_quantizer.out_channels, config.channels)
+        self.synthesis = ConvSynthesis(self.fine_quantizer.out_channels + config.channels, config.channels)
+        self.coarse_entropy = ContextIndexModel(config.coarse_codebooks, config.coarse_codebook_size)
+        self.fine_entropy = CoarseConditionedIndexModel(
+            config.num_codebooks, config.codebook_size, COARSE, config.coarse_codebooks,
+            config.coarse_codebook_size, COARSE_FACTOR, config.coarse_buckets,
+        )
+        # (fine, coarse) pixel squared error per squared error of one latent dimension.
+        self.register_buffer("synthesis_gains", torch.ones(2))
+        # Set by the training recipe before a pass that re-measures the gains (that pass resets
+        # it): the weight kept by the old gains (0: replace them); None: no measurement.
+        self.gain_update: float | None = None
+        # Share of rate_lambda that the assignment uses; the recipe ramps it up from 0 at the start
+        # of training so that the codebooks spread over the data before the rate term prunes them.
+        self.rate_scale = 1.0
+        self._set_assignment_lambdas()
+
+    @property
+    def padding_multiple(self) -> int:
+        return FINE_STRIDE * COARSE_FACTOR
+
+    def levels(self, height: int, width: int) -> list[LevelSpec]:
+        """Coarse (M_c, H/64, W/64) then fine (M, H/16, W/16) indices."""
+        fine, coarse = height // FINE_STRIDE, width // FINE_STRIDE
+        return [
+            LevelSpec(COARSE, (self.config.coarse_codebooks, fine // COARSE_FACTOR, coarse // COARSE_FACTOR), self.coarse_entropy),
+            LevelSpec(FINE, (self.config.num_codebooks, fine, coarse), self.fine_entropy),
+        ]
+
+    def rate_lambdas(self) -> tuple[float, float]:
+        """(fine, coarse) rate_lambda in latent units: squared latent error per bit."""
+        gains = self.synthesis_gains.clamp_min(1e-12).tolist()
+        return self.config.rate_lambda / gains[0], self.config.rate_lambda / gains[1]
+
+    def _set_assignment_lambdas(self) -> None:
+        fine, coarse = self.rate_lambdas()
+        self.fine_quantizer.rate_lambda, self.coarse_quantizer.rate_lambda = self.rate_scale * fine, self.rate_scale * coarse
+
+    def set_rate_lambda(self, rate_lambda: float) -> None:
+        """Change the rate-distortion trade-off (``--init-from`` with another ``--lambda``)."""
+        self.config.rate_lambda = rate_lambda
+        self._set_assignment_lambdas()
+
+    def reconstruct(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        """(B, M*D, h, w) fine and (B, M_c*D_c, h/4, w/4) coarse codewords -> (B, 3, 16h, 16w) image."""
+        return self.synthesis(torch.cat([fine, self.coarse_synthesis(coarse)], dim=1))
+
+    def forward(self, image: torch.Tensor) -> CodecOutput:
+        self._set_assignment_lambdas()
+        latent = self.analysis(image)
+        dtype = self.fine_quantizer.codebooks.dtype
+        with torch.autocast(image.device.type, enabled=False):  # codebook search and EMA in full precision
+            fine = self.fine_quantizer(latent.to(dtype))
+            coarse = self.coarse_quantizer(self.coarse_analysis(latent).to(dtype))
+        reconstruction = self.reconstruct(fine.quantized, coarse.quantized)
+        if self.gain_update is not None:
+            self._measure_synthesis_gains(fine.quantized.detach(), coarse.quantized.detach(), reconstruction.detach())
+        return CodecOutput(
+            reconstruction=reconstruction,
+            bits=fine.bits + coarse.bits,
+            quantizer_loss=fine.loss + coarse.loss,
+            statistics={
+                "perplexity": fine.perplexity.mean().item(),
+                "coarse_perplexity": coarse.perplexity.mean().item(),
+                "coarse_bpp_estimate": coarse.bits.sum().item() / (image.shape[0] * image.shape[2] * image.shape[3]),
+                "fine_gain": self.synthesis_gains[0].item(),
+                "coarse_gain": self.synthesis_gains[1].item(),
+            },
+        )
+
+    @torch.no_grad()
+    def _measure_synthesis_gains(self, fine: torch.Tensor, coarse: torch.Tensor, reference: torch.Tensor) -> None:
+        """Finite-difference estimate of E ||J v||^2 / dim for random +-1 directions v, per level."""
+        gains = []
+        for level in (0, 1):
+            codes = (fine, coarse)[level]
+            step = GAIN_PROBE * codes.float().pow(2).mean().sqrt().clamp_min(1e-6)
+            direction = torch.randint(0, 2, codes.shape, device=codes.device).to(codes.dtype) * 2 - 1
+            probe = codes + step * direction
+            moved = self.reconstruct(probe, coarse) if level == 0 else self.reconstruct(fine, probe)
+            gains.append((moved.float() - reference.float()).pow(2).sum() / (step**2 * codes.numel()))
+        kept, self.gain_update = self.gain_update, None
+        self.synthesis_gains.copy_(kept * self.synthesis_gains + (1 - kept) * torch.stack(gains))
+        self._set_assignment_lambdas()
+
+    @torch.no_grad()
+    def nearest_indices(self, image: torch.Tensor) -> CompressedLevels:
+        """The quantizers' own choice (marginal-rate ECVQ, no context tables), coarse then fine."""
+        self._set_assignment_lambdas()
+        latent = self.analysis(image)
+        coarse = self.coarse_quantizer.quantize(self.coarse_analysis(latent))
+        fine = self.fine_quantizer.quantize(latent)
+        return [IndexLevel(COARSE, coarse.numpy()), IndexLevel(FINE, fine.numpy())]
+
+    @torch.no_grad()
+    def compress(self, image: torch.Tensor) -> CompressedLevels:
+        """(B, 3, H, W) image in [0, 1], H and W multiples of 64 -> coarse and fine indices.
+
+        Each index minimises latent distortion + lambda * (-log2 p) under the real context tables
+        in coding order (:func:`~dqcodec.models.entropy.choose_indices`); the fine level's tables
+        read the coarse indices chosen first.
+        """
+        fine_lambda, coarse_lambda = self.rate_lambdas()
+        latent = self.analysis(image)
+        coarse_slices = self.coarse_quantizer.project(self.coarse_analysis(latent)).double().numpy()
+        coarse = choose_indices(coarse_slices, self._codewords(self.coarse_quantizer), self.coarse_entropy, coarse_lambda)
+        fine_slices = self.fine_quantizer.project(latent).double().numpy()
+        fine = choose_indices(
+            fine_slices, self._codewords(self.fine_quantizer), self.fine_entropy, fine_lambda, side={COARSE: coarse}
+        )
+        return [IndexLevel(COARSE, coarse), IndexLevel(FINE, fine)]
+
+    @torch.no_grad()
+    def decompress(self, levels: CompressedLevels) -> torch.Tensor:
+        """Coarse and fine indices -> (B, 3, H, W) image clamped to [0, 1], in the network's dtype."""
+        coarse, fine = (self._quantizer(level.name).dequantize(torch.from_numpy(level.indices)) for level in levels)
+        return self.reconstruct(fine, coarse).clamp(0, 1)
+
+    def _quantizer(self, name: str) -> DepthwiseQuantizer:
+        return {COARSE: self.coarse_quantizer, FINE: self.fine_quantizer}[name]
+
+    @staticmethod
+    def _codewords(quantizer: DepthwiseQuantizer) -> np.ndarray:
+        return quantizer.codebooks.detach().double().numpy()
