@@ -21,11 +21,13 @@ COMMANDS = {
     "fuzz": ("dqcodec.codec.fuzz", "fuzz", "feed mutated .dqc files to decode and info; count what happens"),
     "train": ("dqcodec.train.commands", "train", "train a codec checkpoint of any architecture (--arch, resumable) and export it"),
     "train-shvq": ("dqcodec.train.commands", "train_shvq", "alias of 'train --arch shvq'"),
+    "plot-training": ("dqcodec.train.training_log", "plot_training", "plot a training run's loss, bpp and PSNR against steps and wall time"),
     "eval": ("dqcodec.eval.commands", "eval", "rate-distortion sweep of codecs on an image folder"),
     "bdrate": ("dqcodec.eval.commands", "bdrate", "Bjontegaard delta rate of RD curves against an anchor"),
     "plot": ("dqcodec.eval.commands", "plot", "plot RD curves (PSNR and MS-SSIM vs bpp)"),
     "compare": ("dqcodec.eval.commands", "compare", "side-by-side crops of ours, JPEG and HEVC at matched bpp"),
     "bench": ("dqcodec.eval.commands", "bench", "encode/decode speed on Kodak next to compressai's hyperprior"),
+    "content": ("dqcodec.eval.commands", "content", "flat colours, saturated photos and synthetic images through each model"),
     "study": ("dqcodec.eval.studies.commands", "study", "reproduce a paper's study (static-prior, channel-density, soft-vqvae)"),
 }
 

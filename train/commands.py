@@ -124,6 +124,7 @@ def run_train(args: argparse.Namespace) -> int:
         net, start_info = load_start_model(loop.init_from, ARCHITECTURES[recipe.architecture].network)
         _apply_init_from(net, recipe, sources, config_given, given)
     else:
+        torch.manual_seed(loop.seed)  # the initial weights of a fresh network follow --seed
         net, start_info = ARCHITECTURES[recipe.architecture].network(sources["config"](**config_given)), None
     if net.config.rate_lambda <= 0:
         raise DQCodecError("--lambda must be positive")

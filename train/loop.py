@@ -33,6 +33,7 @@ from dqcodec.paths import kodak_dir
 from dqcodec.train.checkpoint import load_state, save_state
 from dqcodec.train.data import RandomCrops, image_files, load_rgb, to_tensor
 from dqcodec.train.recipes import Recipe, option
+from dqcodec.train.training_log import read_log, throughput
 
 
 @dataclass
@@ -175,8 +176,10 @@ def export(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, stem: Path
     else:
         described = f"started from the model in init_from; {loop.steps} Adam steps; tables refitted"
         used_options = {f.name: getattr(options, f.name) for f in fields(options) if not f.metadata.get("init_only")}
+    speed = throughput(read_log(loop.out), loop.batch_size * loop.crop**2) if (loop.out / "log.jsonl").exists() else {}
     training = {"data": f"{data} ({len(files)} images)", "recipe": described,
-                **used_options, **settings, **info.get("training", {})}
+                **used_options, **settings, **info.get("training", {}),
+                "throughput": {**speed, "device": loop.device, "threads": loop.threads, "processes": _distributed_rank()[1]}}
     save_model(net, stem, {**info, "training": training})
 
 

@@ -199,7 +199,7 @@ class HDQOptions:
         1000, "steps of plain VQ (lambda 0 in the assignment), followed by as many over which lambda ramps up", init_only=True
     )
     table_crops: int = option(192, "training crops the context tables are counted over at export")
-    table_crop: int = option(256, "size of those crops in pixels")
+    fit_crop: int = option(256, "size in pixels of the crops that seed the codebooks and count the tables")
 
 
 GAIN_KEPT = 0.9  # share of the old synthesis gains kept when they are re-measured
@@ -214,7 +214,7 @@ def _crops(files: list[Path], count: int, size: int, seed: int) -> torch.Tensor:
 @torch.no_grad()
 def _initialise_hdq(net: nn.Module, options: HDQOptions, files: list[Path], generator: torch.Generator, log) -> None:
     """Codebooks by k-means++ seeding on the latents of the initial network, then the first gain measurement."""
-    crops = _crops(files, options.init_crops, 128, int(torch.randint(0, 2**31, (1,), generator=generator)))
+    crops = _crops(files, options.init_crops, options.fit_crop, int(torch.randint(0, 2**31, (1,), generator=generator)))
     latent = net.analysis(crops)
     for quantizer, features in ((net.fine_quantizer, latent), (net.coarse_quantizer, net.coarse_analysis(latent))):
         slices = quantizer.project(features)  # (B, M, D, h, w)
@@ -242,7 +242,7 @@ def _fit_hdq_tables(net: nn.Module, options: HDQOptions, files: list[Path]) -> N
     """Sort both levels' codes by usage (dropping unused ones), then count the context tables
     over training crops in 2 rounds: the quantizers' own indices, then the indices that
     ``net.compress`` chooses under the first round's tables."""
-    crops = _crops(files, options.table_crops, options.table_crop, seed=0).split(8)
+    crops = _crops(files, options.table_crops, options.fit_crop, seed=0).split(8)
     quantizers = {"coarse": net.coarse_quantizer, "fine": net.fine_quantizer}
     usage = {name: torch.zeros_like(q.ema_counts) for name, q in quantizers.items()}
     for batch in tqdm(crops, desc="code usage", unit="batch", leave=False):
@@ -268,7 +268,7 @@ def _describe_hdq(net: nn.Module, options: HDQOptions, steps: int) -> str:
         f"(SSE + lambda * marginal bits) with straight-through EMA codebooks and ECVQ assignment (lambda in latent "
         f"units from synthesis gains measured every {options.gain_every} steps; 0 for {options.rate_warmup} steps, then "
         f"ramped up over as many); context tables counted over "
-        f"{options.table_crops} crops of {options.table_crop} px in 2 rounds"
+        f"{options.table_crops} crops of {options.fit_crop} px in 2 rounds"
     )
 
 

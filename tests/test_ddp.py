@@ -1,0 +1,31 @@
+"""Data-parallel training: ``torchrun`` with 2 processes (gloo, CPU) follows one process with the whole batch."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+from safetensors.numpy import load_file
+
+from test_hdq import tiny_run
+
+
+def test_two_processes_agree_with_one(tmp_path, training_images):
+    # The assignment's lambda stays 0 for these steps (--rate-warmup), so the synthesis gains, which
+    # each process measures on its own share, do not steer the codes.
+    def run(out, processes):
+        args = tiny_run(out, training_images, 3, "--rate-warmup", "100", "--gain-every", "100")
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+                   "-m", "dqcodec.codec.cli", *args]
+        environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return load_file(out / "state.safetensors")
+
+    one, two = run(tmp_path / "one", 1), run(tmp_path / "two", 2)
+    weights = [key for key in one if key.startswith("model.") and "synthesis_gains" not in key]
+    assert len(weights) > 20
+    for key in weights:
+        assert np.allclose(one[key], two[key], rtol=1e-4, atol=1e-6), key
+    log = (tmp_path / "two" / "log.jsonl").read_text().splitlines()
+    assert len(log) == 3  # only process 0 writes the log

@@ -1,0 +1,176 @@
+"""The hierarchical DQ codec (``--arch hdq``): a tiny configuration trains, exports and codes exactly."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dqcodec
+from dqcodec.codec.cli import main
+from dqcodec.codec.container import unpack
+from dqcodec.models import registry
+from dqcodec.models.entropy import TABLE_PRECISION
+from dqcodec.models.hdq_codec import HDQConfig, HierarchicalDQCodec
+from dqcodec.models.interface import estimated_bits
+
+TINY = ["--channels", "12", "--latent-channels", "16", "--num-codebooks", "4", "--codebook-size", "16",
+        "--code-dim", "2", "--coarse-channels", "8", "--coarse-codebooks", "2", "--coarse-codebook-size", "8",
+        "--coarse-code-dim", "2"]
+
+
+def tiny_run(out, data, steps: int, *extra: str) -> list[str]:
+    # An untrained synthesis has a tiny gain, so lambda in latent units is large: a small lambda
+    # keeps several codes of every codebook in use.
+    return ["train", "--arch", "hdq", "--out", str(out), "--data", str(data), "--lambda", "1e-9", *TINY,
+            "--init-crops", "8", "--table-crops", "8", "--fit-crop", "64", "--batch-size", "2", "--crop", "64",
+            "--threads", "1", "--validation-images", "0", "--rate-warmup", "2", "--gain-every", "2",
+            "--steps", str(steps), *extra]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """An exported tiny hdq model (stem path) trained for 6 steps on synthetic images."""
+    root = tmp_path_factory.mktemp("hdq")
+    data = root / "images"
+    data.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        rows, cols = np.mgrid[0:96, 0:112]
+        base = 128 + 90 * np.sin((cols + 9 * i) / 7.0)[..., None] * np.cos(rows / 11.0)[..., None]
+        Image.fromarray(np.clip(base + rng.normal(0, 10, (96, 112, 3)), 0, 255).astype(np.uint8)).save(data / f"{i}.png")
+    export = ["--export", "hdq-tiny", "--family", "hdq-test", "--quality", "1", "--weights-dir", str(root / "w"),
+              "--measure-images", "1"]
+    assert main(tiny_run(root / "run", data, 6, *export)) == 0
+    return root / "w" / "hdq-tiny", data
+
+
+def test_training_logs_exports_and_describes_the_model(tiny_model):
+    stem, _ = tiny_model
+    info = json.loads(stem.with_suffix(".json").read_text())
+    assert info["architecture"] == "HierarchicalDQCodec" and info["training"]["steps"] == 6
+    assert info["training"]["throughput"]["steps_per_second"] > 0
+    assert info["kodak"]["images"] == 1 and info["kodak"]["bpp"] > 0
+    log = [json.loads(line) for line in (stem.parent.parent / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert {"fine_gain", "coarse_gain", "perplexity", "coarse_perplexity"} <= set(log[-1])
+
+
+def test_round_trip_is_exact_and_two_streams_match_the_estimate(tiny_model):
+    stem, data = tiny_model
+    pixels = np.asarray(Image.open(data / "0.png"))
+    encoded = dqcodec.encode(pixels, model=f"{stem}.json")
+    header, streams = unpack(encoded)
+    assert len(streams) == 2  # coarse, then fine
+    net, _, _ = registry.load_model(registry.register_checkpoint(stem.with_suffix(".json")))
+    padded = np.pad(pixels, ((0, 128 - 96), (0, 128 - 112), (0, 0)), mode="edge")
+    image = torch.from_numpy(padded).permute(2, 0, 1)[None].double() / 255
+    levels = net.compress(image)
+    expected = (net.decompress(levels)[0, :, :96, :112].permute(1, 2, 0) * 255).round().byte().numpy()
+    assert np.array_equal(np.asarray(dqcodec.decode(encoded)), expected)
+    estimate = estimated_bits(net.levels(128, 128), levels)
+    payload_bits = 8 * sum(len(s) for s in streams)
+    assert payload_bits <= 1.01 * estimate + 2 * 32  # each stream ends on a 32-bit word
+
+
+def test_decoding_does_not_depend_on_threads_batch_or_process(tiny_model, tmp_path):
+    stem, data = tiny_model
+    images = [np.asarray(Image.open(data / f"{i}.png")) for i in range(2)]
+    files = [dqcodec.encode(image, model=f"{stem}.json") for image in images]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = [np.asarray(dqcodec.decode(f)) for f in files]
+        torch.set_num_threads(2)
+        two = [np.asarray(dqcodec.decode(f)) for f in files]
+    finally:
+        torch.set_num_threads(threads)
+    assert all(np.array_equal(a, b) for a, b in zip(one, two, strict=True))
+    (tmp_path / "a.dqc").write_bytes(files[0])
+    script = (f"import numpy as np, pathlib, dqcodec; from dqcodec.models import registry; "
+              f"registry.register_checkpoint(pathlib.Path({str(stem) + '.json'!r})); "
+              f"np.save({str(tmp_path / 'a.npy')!r}, np.asarray(dqcodec.decode({str(tmp_path / 'a.dqc')!r})))")
+    subprocess.run([sys.executable, "-c", script], check=True)
+    assert np.array_equal(np.load(tmp_path / "a.npy"), one[0])
+    # Batch of two images -> the same indices as each image alone.
+    net, _, _ = registry.load_model(registry.register_checkpoint(stem.with_suffix(".json")))
+    batch = torch.from_numpy(np.stack([np.pad(im, ((0, 32), (0, 16), (0, 0)), mode="edge") for im in images]))
+    batch = batch.permute(0, 3, 1, 2).double() / 255
+    together = net.compress(batch)
+    alone = [net.compress(batch[i : i + 1]) for i in range(2)]
+    for level, name in enumerate(("coarse", "fine")):
+        assert together[level].name == name
+        assert np.array_equal(together[level].indices, np.concatenate([a[level].indices for a in alone]))
+
+
+def test_fine_tables_read_the_coarse_level_and_are_valid_integers(tiny_model):
+    stem, data = tiny_model
+    net, _, _ = registry.load_model(registry.register_checkpoint(stem.with_suffix(".json")))
+    entropy = net.fine_entropy
+    assert entropy.frequencies.dtype == torch.int32 and int(entropy.frequencies.min()) >= 1
+    assert int(entropy.frequencies.sum(dim=-1).max()) <= TABLE_PRECISION
+    image = torch.from_numpy(np.asarray(Image.open(data / "1.png"))[:64, :64].copy()).permute(2, 0, 1)[None].double() / 255
+    coarse, fine = net.compress(image)
+    side = {"coarse": coarse.indices}
+    buckets = entropy.side_contexts(side, fine.indices.shape)
+    assert buckets.shape == (1, 4, 4) and buckets.max() < entropy.side_buckets
+    busiest = np.full_like(coarse.indices, entropy.coarse_class.shape[1] - 1)
+    quiet = np.zeros_like(coarse.indices)
+    assert entropy.side_contexts({"coarse": busiest}, fine.indices.shape).max() >= \
+        entropy.side_contexts({"coarse": quiet}, fine.indices.shape).max()
+    assert int(entropy.alphabet_sizes.min()) > 1  # a small lambda: every codebook codes several symbols
+    assert entropy.bits(fine.indices, side) > 0
+
+
+def test_the_integer_tables_are_the_counted_probabilities_within_their_quantization():
+    """Discrete conditioning's float twin is the counted distribution; the stored integer
+    table of every context differs from it by at most K / 2**16 per symbol."""
+    torch.manual_seed(0)
+    net = HierarchicalDQCodec(HDQConfig(channels=8, latent_channels=8, num_codebooks=2, codebook_size=8, code_dim=2,
+                                        coarse_channels=4, coarse_codebooks=1, coarse_codebook_size=4, coarse_code_dim=2))
+    rng = np.random.default_rng(0)
+    coarse = rng.integers(0, 4, size=(3, 1, 2, 2))
+    fine = rng.integers(0, 8, size=(3, 2, 8, 8))
+    usage = torch.ones(2, 8)
+    net.fine_entropy.set_codes(net.fine_quantizer.codebooks, usage)
+    net.fine_entropy.set_coarse_codes(net.coarse_quantizer.codebooks, torch.ones(1, 4))
+    net.fine_entropy.fit([(fine, {"coarse": coarse})], prior_count=0.05)
+    counts = np.zeros(tuple(net.fine_entropy.frequencies.shape))
+    for step in net.fine_entropy.coding_steps(fine.shape):
+        contexts = net.fine_entropy.contexts(fine, step.codebook, step.phase, step.mask, {"coarse": coarse}).reshape(-1)
+        np.add.at(counts[step.codebook, step.phase], (contexts, step.symbols(fine)), 1)
+    probabilities = (counts + 0.05) / (counts + 0.05).sum(-1, keepdims=True)
+    table = net.fine_entropy.frequencies.numpy().astype(float)
+    assert np.abs(table / TABLE_PRECISION - probabilities).max() <= 8 / TABLE_PRECISION
+
+
+def test_a_resumed_hdq_run_continues_bit_for_bit(tmp_path, training_images):
+    from safetensors.numpy import load_file
+
+    assert main(tiny_run(tmp_path / "straight", training_images, 4, "--checkpoint-every", "1")) == 0
+    assert main(tiny_run(tmp_path / "resumed", training_images, 2, "--checkpoint-every", "1")) == 0
+    assert main(tiny_run(tmp_path / "resumed", training_images, 4, "--checkpoint-every", "1")) == 0
+    straight = load_file(tmp_path / "straight" / "state.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "state.safetensors")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert np.array_equal(straight[key], resumed[key]), key
+
+
+def test_max_minutes_stops_and_saves(tmp_path, training_images, capsys):
+    assert main(tiny_run(tmp_path / "run", training_images, 1000, "--max-minutes", "0.001")) == 0
+    assert "stopped after 0.001 minutes" in capsys.readouterr().out
+    log = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["step"] == len(log) < 1000
+
+
+def test_plot_training_draws_the_log(tmp_path, training_images, capsys):
+    assert main(tiny_run(tmp_path / "run", training_images, 3)) == 0
+    assert main(["plot-training", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "training.png").stat().st_size > 1000
+    assert main(["plot-training", str(tmp_path / "missing")]) == 2
+    assert "cannot read the training log" in capsys.readouterr().err
