@@ -1,4 +1,4 @@
-"""The evaluation sub-commands of ``dqcodec``: eval, bdrate, plot, compare, bench.
+"""The evaluation sub-commands of ``dqcodec``: eval, bdrate, plot, compare, bench, content.
 
 Each has ``add_<name>_arguments(parser)`` and ``run_<name>(args) -> int`` (see
 :mod:`dqcodec.codec.cli`). Heavy libraries (torch, matplotlib, pillow-heif) are imported only
@@ -13,7 +13,7 @@ from pathlib import Path
 from dqcodec.codec.errors import DQCodecError
 from dqcodec.eval.results import RDCurve, load_curve
 from dqcodec.eval.runner import RDCodec
-from dqcodec.paths import kodak_dir
+from dqcodec.paths import data_dir, kodak_dir
 
 METRIC_TITLES = {"psnr": "PSNR-RGB", "ms-ssim": "MS-SSIM-RGB (dB)"}
 
@@ -294,9 +294,36 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, metavar="N", help="torch threads for both codecs (default: 2)")
     parser.add_argument("--model", default=None, help="dqcodec model name or checkpoint (default: the default model)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the timings as JSON here")
+    parser.add_argument(
+        "--large", type=_image_size, nargs="+", default=None, metavar="SIZE",
+        help="instead: time and peak memory of images of these sizes (megapixels at 3:2, or WxH; mosaics of "
+        "the --images), coded in tiles next to whole, each call in a fresh process, and the seams "
+        "(e.g. --large 1 6 24 8192x8192)",
+    )
+    parser.add_argument("--tile-size", type=int, default=None, metavar="N",
+                        help="with --large: the tile size of the tiled arm (default: the codec's)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="with --large: tiles coded at once (default: %(default)s)")
+
+
+def _image_size(text: str) -> str:
+    from dqcodec.eval.large import parse_size
+
+    try:
+        parse_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected megapixels (e.g. 24) or WxH (e.g. 8192x8192), got {text!r}") from None
+    return text
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if args.large is not None:
+        if args.workers < 1:
+            raise DQCodecError("--workers must be at least 1")
+        from dqcodec.eval.large import run_large_bench
+
+        return run_large_bench(args)
+
     import torch
 
     from dqcodec.eval.rd import load_images
@@ -322,4 +349,60 @@ def run_bench(args: argparse.Namespace) -> int:
         ]
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"threads": args.threads, "images": len(images), "codecs": codecs}, indent=2) + "\n")
+    return 0
+
+
+# ---------------------------------------------------------------- content
+
+
+def add_content_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--codec", action="append", default=None, metavar="NAME",
+        help="a dqcodec model family (all its levels), a model name or a checkpoint path (repeatable; "
+        "default: every shipped model)",
+    )
+    parser.add_argument(
+        "--photo", action="append", default=None, metavar="FILE[:FACTOR]",
+        help="a photograph of the data folder's photos/ with its saturation multiplied by FACTOR (default 1; "
+        "repeatable; default: budgie-010.jpg:2, budgie-010.jpg:4, unsplash-010.jpg)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("results/content"), metavar="DIR",
+                        help="folder for summary.json and summary.md (default: results/content)")
+    parser.add_argument("--stem", default="summary", help="file names in --out (default: summary)")
+    parser.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads (default: 1)")
+
+
+def _photo(spec: str):
+    from dqcodec.eval.content_report import SaturatedPhoto
+
+    name, _, factor = spec.partition(":")
+    try:
+        return SaturatedPhoto(name, float(factor) if factor else 1.0)
+    except ValueError:
+        raise DQCodecError(f"--photo {spec}: FACTOR must be a number") from None
+
+
+def run_content(args: argparse.Namespace) -> int:
+    import torch
+
+    from dqcodec.eval.content_report import DEFAULT_PHOTOS, measure, write_report
+    from dqcodec.eval.ours import list_models
+
+    if args.threads < 1:
+        raise DQCodecError("--threads must be at least 1")
+    torch.set_num_threads(args.threads)
+    models = []
+    for name in args.codec or [m["name"] for m in list_models()]:
+        codec = resolve_codec(name)
+        if codec.kind != "dqcodec":
+            raise DQCodecError(f"--codec {name}: not a dqcodec model, family or checkpoint")
+        models.extend(codec.points)
+    photos = [_photo(spec) for spec in args.photo] if args.photo else list(DEFAULT_PHOTOS)
+    for photo in photos:
+        path = data_dir() / "photos" / photo.name
+        if not path.is_file():
+            raise DQCodecError(f"photo not found: {path}")
+    report = measure(models, photos, log=lambda line: print(line, file=sys.stderr))
+    for path in write_report(report, args.out, args.stem):
+        print(path)
     return 0

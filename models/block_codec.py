@@ -6,7 +6,16 @@ it (codebook m: D values) to indices, codes those indices with a
 quantized features. Subclasses say how features become slices and codewords (``code_slices``,
 ``code_values``, ``dequantize``); this base turns that into the codec-model interface
 (:mod:`dqcodec.models.interface`): one level named ``"blocks"`` of shape (M, H/P, W/P).
+
+Any content, not only photographs: the base also keeps flat colours reproducible whatever the
+training data held. :meth:`BlockCodec.anchor_flat_colours` makes the synthesis invert the
+analysis exactly on flat blocks, and :meth:`BlockCodec.guard_codes` gives every codebook codes at
+the values that flat blocks of the RGB cube's corners and of greys produce (and codes spread over
+the range those values span), so a colour that the training images never showed, like pure
+green, is not clipped to the nearest colour they did show.
 """
+
+import itertools
 
 import numpy as np
 import torch
@@ -16,6 +25,16 @@ from dqcodec.models.entropy import ContextIndexModel, choose_indices
 from dqcodec.models.interface import CompressedLevels, IndexLevel, LevelSpec
 
 LEVEL_NAME = "blocks"
+# Flat colours that every block codec must reproduce: the 8 corners of the RGB cube and the greys
+# 32, 64, ..., 224 (8-bit levels).
+GUARD_LEVELS = (0, 32, 64, 96, 128, 160, 192, 224, 255)
+
+
+def guard_colours() -> np.ndarray:
+    """(15, 3) float64 colours in [0, 1]: the cube's 8 corners, then the 7 inner greys of ``GUARD_LEVELS``."""
+    corners = list(itertools.product((0, 255), repeat=3))
+    greys = [(level,) * 3 for level in GUARD_LEVELS[1:-1]]
+    return np.asarray(corners + greys, dtype=np.float64) / 255.0
 
 
 class BlockCodec(nn.Module):
@@ -25,6 +44,9 @@ class BlockCodec(nn.Module):
 
     config: object
     entropy: ContextIndexModel
+    # A block's pixels depend on its own indices alone: tiles that meet on block borders need
+    # no overlap (``dqcodec.codec`` makes tiles a multiple of ``padding_multiple``).
+    tile_overlap = 0
 
     @property
     def padding_multiple(self) -> int:
@@ -46,6 +68,86 @@ class BlockCodec(nn.Module):
     def dequantize(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, M, h, w) int64 indices -> (B, C, h, w) synthesis input, in the network's dtype."""
         raise NotImplementedError
+
+    def code_in_use(self) -> np.ndarray:
+        """(M, K) bool: the codes the quantizer may assign (in ``code_values`` order)."""
+        raise NotImplementedError
+
+    def place_guard_codes(self, exact: list[np.ndarray], spread: list[np.ndarray], gaps: np.ndarray) -> np.ndarray:
+        """Make codebook m hold the (G, D) values ``exact[m]`` and a code within ``gaps[m] / 2`` of
+        every (F, D) value of ``spread[m]`` as far as the architecture can; returns the (M, K) bool
+        mask of the codes that serve them (in ``code_values`` order), which must stay in use."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def flat_slices(self, colours: np.ndarray) -> np.ndarray:
+        """(G, 3) colours in [0, 1] -> (M, G, D) float64: what codebook m quantizes in a flat
+        P x P block of each colour."""
+        block, count = self.config.block, len(colours)
+        weight = self.analysis.linear.weight
+        image = torch.from_numpy(np.ascontiguousarray(colours.T)).to(weight)[None, :, None, :, None]
+        image = image.expand(1, 3, block, count, block).reshape(1, 3, block, count * block)
+        return self.code_slices(image)[0, :, :, 0, :].permute(0, 2, 1).double().cpu().numpy()
+
+    def synthesis_reach(self) -> np.ndarray:
+        """(M,) the largest change of any pixel value (in [0, 1] units) per unit change of one
+        value of codebook m's slice, through the linear synthesis."""
+        columns = self.synthesis.linear.weight.detach().double()[:, :, 0, 0].abs()  # (3 P^2, M * D)
+        return columns.amax(dim=0).view(self.entropy.num_codebooks, -1).amax(dim=1).cpu().numpy()
+
+    @torch.no_grad()
+    def guard_codes(self, pixel_error: float = 3 / 255) -> np.ndarray:
+        """Give every codebook the codes that flat colours need; returns the (M, K) bool mask of
+        those codes (in ``code_values`` order), which code pruning must keep.
+
+        Codebook m gets a code at exactly the value of each guard colour (:func:`guard_colours`:
+        the RGB cube's corners and greys), and, for D = 1, codes over the whole range those values
+        span (the range of that coefficient over every flat colour, since it is affine in the
+        colour) no further apart than ``2 * pixel_error`` pixel units through the synthesis, so
+        that any flat colour is off by about ``pixel_error`` per codebook at most. Computed from
+        the network's own weights, so it holds for a retrained or new transform as well.
+        """
+        exact = self.flat_slices(guard_colours())  # (M, G, D)
+        gaps = 2 * pixel_error / np.maximum(self.synthesis_reach(), 1e-12)
+        spread = []
+        for m, values in enumerate(exact):
+            if values.shape[1] != 1:
+                spread.append(np.zeros((0, values.shape[1])))
+                continue
+            low, high = values.min(), values.max()
+            count = int(np.ceil((high - low) / gaps[m])) + 1
+            spread.append(np.linspace(low, high, count)[:, None] if high > low else np.zeros((0, 1)))
+        return self.place_guard_codes(list(exact), spread, gaps)
+
+    @torch.no_grad()
+    def anchor_flat_colours(self) -> float:
+        """Make synthesis(analysis(flat block)) the flat block again, for every colour.
+
+        A rank-3 correction of the linear synthesis (and its bias): both transforms are affine, so
+        the reconstruction error of flat blocks is affine in the colour, E(c) = E1 c + E0, and so
+        are the slices of flat blocks, y(c) = Y1 c + y0; adding E1 Y1^+ to the weights and
+        E0 - E1 Y1^+ y0 to the bias removes it (Y1^+ Y1 = I). Other blocks move by E1 Y1^+ y: their
+        flat-colour content times the flat-colour error, nothing where the transforms were already
+        exact (the block PCA). Training moves analysis and synthesis apart (SHVQ's soft-to-hard
+        stage does); this undoes that on flat colours. Returns the largest error removed, in
+        [0, 1] pixel units. Needs the synthesis without a post-filter (raises ValueError otherwise).
+        """
+        if self.synthesis.postfilter is not None:
+            raise ValueError("a post-filter after the synthesis cannot be anchored on flat colours")
+        colours = guard_colours()[:8]
+        block = self.config.block
+        slices = torch.from_numpy(self.flat_slices(colours)).permute(1, 0, 2).reshape(len(colours), -1)  # (8, M*D)
+        linear = self.synthesis.linear
+        weight, bias = linear.weight.detach().double()[:, :, 0, 0], linear.bias.detach().double()
+        target = torch.from_numpy(colours).repeat_interleave(block * block, dim=1)  # (8, 3 P^2), pixel-unshuffle order
+        error = target - (slices @ weight.T + bias)
+        design = torch.cat([torch.from_numpy(colours), torch.ones(len(colours), 1, dtype=torch.float64)], dim=1)
+        slice_fit = torch.linalg.lstsq(design, slices).solution  # (4, M*D): rows Y1^T, y0
+        error_fit = torch.linalg.lstsq(design, error).solution  # (4, 3 P^2): rows E1^T, E0
+        correction = error_fit[:3].T @ torch.linalg.pinv(slice_fit[:3].T)  # (3 P^2, M*D)
+        linear.weight.add_((correction[:, :, None, None]).to(linear.weight))
+        linear.bias.add_((error_fit[3] - correction @ slice_fit[3]).to(linear.bias))
+        return float(error.abs().max())
 
     def rate_lambdas(self) -> np.ndarray:
         """(M,) ``config.rate_lambda`` (squared pixel error, values in [0, 1], summed over the

@@ -17,6 +17,12 @@ from dqcodec.models.interface import RATE_LAMBDA_HELP, CodecOutput
 from dqcodec.models.quantizers import DepthwiseQuantizer
 from dqcodec.models.transforms import BlockAnalysis, BlockSynthesis
 
+# A code whose count is below this share of its codebook's mean count is free for a guard code
+# (the dead-code rule of the quantizer, relative to a uniform share); a new guard code starts at
+# GUARD_SHARE of the mean count.
+FREE_SHARE = 1e-3
+GUARD_SHARE = 1e-2
+
 
 @dataclass
 class CodecConfig:
@@ -83,6 +89,65 @@ class DQCodecNet(BlockCodec):
     def nearest_indices(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, M, H/P, W/P): the quantizer's own choice (marginal-rate ECVQ), no tables."""
         return self.quantizer.quantize(self.analysis(image))
+
+    def code_in_use(self) -> np.ndarray:
+        """(M, K) bool: codes with more than a dead code's share of the usage counts (the codes
+        that the ECVQ initialisation or training left at a negligible count are free)."""
+        counts = self.quantizer.ema_counts
+        return (counts > FREE_SHARE * counts.mean(dim=1, keepdim=True)).cpu().numpy()
+
+    @torch.no_grad()
+    def place_guard_codes(self, exact: list[np.ndarray], spread: list[np.ndarray], gaps: np.ndarray) -> np.ndarray:
+        """Guard codes in the free slots of each codebook (see ``BlockCodec.guard_codes``).
+
+        An exact value moves the nearest code in use onto it when that one lies within a quarter
+        of the codebook's gap (and serves no other exact value), else it takes a free slot; a
+        spread value takes a free slot when no code lies within half the gap. New codes get a
+        small count (``GUARD_SHARE`` of a uniform share), so the training-time ECVQ rule seldom
+        picks them for photographs. A codebook without free slots keeps what it has (the values
+        it could not hold are counted in ``self.guard_shortfall``).
+        """
+        quantizer = self.quantizer
+        codebooks = quantizer.codebooks.detach().double().cpu().numpy().copy()
+        counts = quantizer.ema_counts.detach().double().cpu().numpy().copy()
+        in_use = self.code_in_use()
+        guard = np.zeros_like(in_use)
+        self.guard_shortfall = 0
+        for m in range(len(codebooks)):
+            codes, free = codebooks[m], list(np.flatnonzero(~in_use[m]))
+            new_count = GUARD_SHARE * counts[m].mean()
+
+            def nearest(value: np.ndarray) -> tuple[int, float]:
+                candidates = np.flatnonzero(in_use[m])
+                distances = np.linalg.norm(codes[candidates] - value, axis=1)
+                return (int(candidates[distances.argmin()]), float(distances.min())) if len(candidates) else (-1, np.inf)
+
+            def add(value: np.ndarray) -> None:
+                if not free:
+                    self.guard_shortfall += 1
+                    return
+                slot = free.pop(0)
+                codes[slot], counts[m, slot], in_use[m, slot], guard[m, slot] = value, new_count, True, True
+
+            exact_codes: dict[int, np.ndarray] = {}
+            for value in exact[m]:
+                slot, distance = nearest(value)
+                if distance <= 1e-9 * max(1.0, gaps[m]):
+                    guard[m, slot] = True
+                elif distance <= gaps[m] / 4 and slot not in exact_codes:
+                    codes[slot], guard[m, slot] = value, True
+                else:
+                    add(value)
+                    continue
+                exact_codes[slot] = value
+            for value in spread[m]:
+                slot, distance = nearest(value)
+                if distance <= gaps[m] / 2:
+                    guard[m, slot] = True
+                else:
+                    add(value)
+        quantizer.load_codebooks(torch.from_numpy(codebooks).to(quantizer.codebooks), torch.from_numpy(counts).to(quantizer.ema_counts))
+        return guard
 
     @torch.no_grad()
     def sort_codes(self, usage: torch.Tensor) -> None:

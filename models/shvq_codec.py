@@ -100,6 +100,24 @@ class SHVQCodecNet(BlockCodec):
         channels = torch.arange(self.config.channels)[None, :, None, None]
         return lookup[channels, centres]
 
+    def code_in_use(self) -> np.ndarray:
+        """(C, L) bool: every centre may be assigned (the hard assignment has no rate term)."""
+        return np.ones(tuple(self.symbol_centre.shape), dtype=bool)
+
+    def place_guard_codes(self, exact: list[np.ndarray], spread: list[np.ndarray], gaps: np.ndarray) -> np.ndarray:
+        """The symbols of the centres nearest to each guard value (see ``BlockCodec.guard_codes``).
+
+        The centres are shared by all channels and start on a uniform grid over +-L/2 steps, far
+        beyond the photographs' range, so they stay where they are: each channel only keeps the
+        nearest ones in its alphabet.
+        """
+        values = self.code_values()  # (C, L, 1)
+        guard = np.zeros(values.shape[:2], dtype=bool)
+        for m in range(len(values)):
+            targets = np.concatenate([exact[m], spread[m]])[:, 0]
+            guard[m, np.abs(values[m, :, 0][None] - targets[:, None]).argmin(axis=1)] = True
+        return guard
+
     @torch.no_grad()
     def sort_codes(self, usage: torch.Tensor) -> None:
         """Reorder each channel's symbols by ``usage`` (C, L) over the current symbols, most used first."""

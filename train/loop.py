@@ -176,7 +176,8 @@ def export(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, stem: Path
     else:
         described = f"started from the model in init_from; {loop.steps} Adam steps; tables refitted"
         used_options = {f.name: getattr(options, f.name) for f in fields(options) if not f.metadata.get("init_only")}
-    speed = throughput(read_log(loop.out), loop.batch_size * loop.crop**2) if (loop.out / "log.jsonl").exists() else {}
+    logged = (loop.out / "log.jsonl").exists() and (loop.out / "log.jsonl").stat().st_size > 0  # 0 steps: nothing logged
+    speed = throughput(read_log(loop.out), loop.batch_size * loop.crop**2) if logged else {}
     training = {"data": f"{data} ({len(files)} images)", "recipe": described,
                 **used_options, **settings, **info.get("training", {}),
                 "throughput": {**speed, "device": loop.device, "threads": loop.threads, "processes": _distributed_rank()[1]}}
