@@ -53,6 +53,8 @@ class Architecture:
         their values); float tensors are stored as float32.
     packed_tables: state-dict prefixes of :class:`~dqcodec.models.entropy.ContextIndexModel`s
         whose tables are stored cut to each codebook's alphabet.
+    half_precision: state-dict prefixes of float tensors stored as float16 (convolution weights,
+        where float16 costs nothing measurable and halves the file); the rest stays float32.
     """
 
     network: type[nn.Module]
@@ -60,6 +62,7 @@ class Architecture:
     integer_dtypes: Mapping[str, type] = field(default_factory=dict)
     packed_tables: tuple[str, ...] = ()
     fingerprint: Callable[[bytes, dict], bytes] = standard_fingerprint
+    half_precision: tuple[str, ...] = ()
 
 
 def _context_tables(prefix: str) -> dict[str, type]:
@@ -79,6 +82,8 @@ ARCHITECTURES: dict[str, Architecture] = {
         {**_context_tables("coarse_entropy"), **_context_tables("fine_entropy"),
          "fine_entropy.coarse_class": np.uint8, "fine_entropy.coarse_edges": np.int32},
         ("coarse_entropy", "fine_entropy"),
+        half_precision=("analysis.", "coarse_analysis.", "synthesis.", "coarse_synthesis.",
+                        "fine_quantizer.projection.", "coarse_quantizer.projection."),
     ),
 }
 
@@ -133,7 +138,8 @@ def save_model(model: nn.Module, stem: Path, info: dict) -> None:
     tensors = {}
     for key, tensor in model.state_dict().items():
         array = tensor.detach().cpu().numpy()
-        storage = architecture.integer_dtypes.get(key, np.float32 if array.dtype.kind == "f" else array.dtype)
+        floats = np.float16 if key.startswith(architecture.half_precision) else np.float32
+        storage = architecture.integer_dtypes.get(key, floats if array.dtype.kind == "f" else array.dtype)
         tensors[key] = array.astype(storage)
     for prefix in architecture.packed_tables:
         tensors[f"{prefix}.frequencies"] = pack_tables(tensors[f"{prefix}.frequencies"], tensors[f"{prefix}.alphabet_sizes"])

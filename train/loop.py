@@ -94,7 +94,7 @@ def train(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, fresh: bool
     log_file = open(loop.out / "log.jsonl", "a") if rank == 0 else None
     progress = tqdm(range(step, loop.steps), initial=step, total=loop.steps, desc="training", unit="step", disable=rank > 0)
     for step in progress:
-        recipe.before_step(net, options, step, loop.steps)
+        recipe.before_step(net, options, step, loop.steps, fresh)
         batch = crops.batch().chunk(world)[rank].to(device, memory_format=memory_format)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out = model(batch)

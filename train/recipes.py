@@ -49,7 +49,8 @@ class Recipe:
     """How to train one architecture with :func:`dqcodec.train.loop.train`.
 
     initialise(net, options, files, generator, log): set a fresh network's weights from the data.
-    before_step(net, options, step, total_steps): called before every optimisation step.
+    before_step(net, options, step, total_steps, fresh): called before every optimisation step;
+        ``fresh`` is False for a run that started from a model (``--init-from``).
     finish(net, options, files): prepare the trained network for export (integer tables).
     describe(net, options, steps) -> str: the recipe of a fresh start, one paragraph, for the
         model's JSON (a run that starts from a model says so instead, see ``loop.export``).
@@ -164,7 +165,7 @@ def _initialise_shvq(net: nn.Module, options: SHVQOptions, files: list[Path], ge
     log(f"initialised: block PCA with flat colours apart, step {delta:.4f}, k-means centres")
 
 
-def _anneal_shvq(net: nn.Module, options: SHVQOptions, step: int, total_steps: int) -> None:
+def _anneal_shvq(net: nn.Module, options: SHVQOptions, step: int, total_steps: int, fresh: bool) -> None:
     growth = (options.sigma_end / options.sigma_start) ** (1 / max(total_steps - 1, 1))
     net.quantizer.sigma_init, net.quantizer.sigma_growth = options.sigma_start, growth
     net.quantizer.anneal(step)
@@ -228,12 +229,13 @@ def _initialise_hdq(net: nn.Module, options: HDQOptions, files: list[Path], gene
     log(f"initialised: k-means++ codebooks on {len(crops)} crops; synthesis gains {fine:.3g} (fine), {coarse:.3g} (coarse)")
 
 
-def _before_hdq_step(net: nn.Module, options: HDQOptions, step: int, total_steps: int) -> None:
-    """Re-measure the synthesis gains every ``gain_every`` steps. The assignment's lambda is 0 for
-    ``rate_warmup`` steps (a random synthesis has a tiny gain, so lambda in latent units would be
-    huge and collapse every codebook to one code), then ramps up linearly over as many steps."""
+def _before_hdq_step(net: nn.Module, options: HDQOptions, step: int, total_steps: int, fresh: bool) -> None:
+    """Re-measure the synthesis gains every ``gain_every`` steps. In a run from scratch the
+    assignment's lambda is 0 for ``rate_warmup`` steps (a random synthesis has a tiny gain, so
+    lambda in latent units would be huge and collapse every codebook to one code), then ramps up
+    linearly over as many steps; a run from a trained model uses the whole lambda at once."""
     net.gain_update = GAIN_KEPT if step % options.gain_every == 0 else None
-    warmup = options.rate_warmup
+    warmup = options.rate_warmup if fresh else 0
     net.rate_scale = min(1.0, max(0.0, step / warmup - 1.0)) if warmup > 0 else 1.0
 
 
@@ -245,6 +247,7 @@ def _fit_hdq_tables(net: nn.Module, options: HDQOptions, files: list[Path]) -> N
     crops = _crops(files, options.table_crops, options.fit_crop, seed=0).split(8)
     quantizers = {"coarse": net.coarse_quantizer, "fine": net.fine_quantizer}
     usage = {name: torch.zeros_like(q.ema_counts) for name, q in quantizers.items()}
+    net.rate_scale = 1.0  # the whole lambda, as coding uses it
     for batch in tqdm(crops, desc="code usage", unit="batch", leave=False):
         for level in net.nearest_indices(batch):
             indices = torch.from_numpy(level.indices).transpose(0, 1).reshape(len(usage[level.name]), -1)
