@@ -1,10 +1,12 @@
 """Image <-> .dqc bytes: the Python face of dqcodec (``dqcodec.encode`` / ``dqcodec.decode``).
 
-Encoding: load and normalise the image, pad it to the model's padding multiple (edge
-replication), let the model choose its levels of code indices (coarse to fine), range-code each
-level into its own stream in the coding order and with the integer tables of the level's entropy
-model (which reads the coarser levels as side information), and wrap the streams in the .dqc
-container. Decoding mirrors it exactly. Only the codec-model interface
+Encoding: load and normalise the image, cut it into tiles (:mod:`dqcodec.codec.tiles`), and for
+each tile: pad it to the model's padding multiple (edge replication), let the model choose its
+levels of code indices (coarse to fine), range-code each level into its own stream in the coding
+order and with the integer tables of the level's entropy model (which reads the coarser levels
+as side information). The .dqc container wraps every tile's streams. Decoding mirrors it tile by
+tile and blends the tiles' overlaps (:mod:`dqcodec.codec.blend`), so memory holds one tile's
+work per worker besides the image itself. Only the codec-model interface
 (:mod:`dqcodec.models.interface`) is used here, whatever the architecture.
 """
 
@@ -15,11 +17,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dqcodec.codec.container import Header, pack, unpack
+from dqcodec.codec.blend import TileAssembler
+from dqcodec.codec.container import MAX_SIDE, Header, pack, unpack
 from dqcodec.codec.errors import DQCodecError
 from dqcodec.codec.imageio import load_image, read_bytes, to_pil
 from dqcodec.codec.limits import check_pixels
 from dqcodec.codec.rangecoder import RangeDecoder, RangeEncoder
+from dqcodec.codec.tiles import DEFAULT_TILE_SIZE, MIN_TILE_SIZE, Tile, Tiling, ordered_map
 from dqcodec.models import registry
 from dqcodec.models.interface import CodecModel, CompressedLevels, IndexLevel, LevelSpec, estimated_bits
 
@@ -63,22 +67,34 @@ def _looks_like_checkpoint(model: str) -> bool:
 
 
 def encode_with_notes(
-    image, quality: int | None = None, model: str | None = None, max_pixels: int | None = None
+    image,
+    quality: int | None = None,
+    model: str | None = None,
+    max_pixels: int | None = None,
+    tile_size: int | None = None,
+    workers: int = 1,
 ) -> tuple[bytes, list[str]]:
     """Compress an image; returns (the .dqc bytes, one-line notes about input conversions).
 
     image: a path, encoded image bytes, a PIL image, or a (H, W, 3) / (H, W) uint8 array.
     max_pixels: the pixel limit (default: ``$DQCODEC_MAX_PIXELS`` or
         :data:`~dqcodec.codec.limits.DEFAULT_MAX_PIXELS`), checked before the pixels are read.
+    tile_size: side of the square tiles the image is coded in, pixels (default
+        :data:`~dqcodec.codec.tiles.DEFAULT_TILE_SIZE`): a multiple of the model's padding
+        multiple from :data:`~dqcodec.codec.tiles.MIN_TILE_SIZE` up, or 0 to code the image
+        whole (memory then grows with the image). Images no larger than a tile are one tile.
+    workers: tiles coded at once, on threads; the file does not depend on it.
     """
     key = resolve_model_name(quality, model)
-    loaded = load_image(image, max_pixels)
+    _check_workers(workers)
+    tile_size = DEFAULT_TILE_SIZE if tile_size is None else tile_size
     net, info, fingerprint = registry.load_model(key)
     multiple = net.padding_multiple
+    _check_tile_size(tile_size, multiple)
+    loaded = load_image(image, max_pixels)
     height, width, _ = loaded.pixels.shape
-    padded = np.pad(loaded.pixels, ((0, -height % multiple), (0, -width % multiple), (0, 0)), mode="edge")
-    tensor = torch.from_numpy(np.ascontiguousarray(padded)).permute(2, 0, 1)[None].to(_dtype(net)) / 255.0
-    levels = net.compress(tensor)
+    if len(Tiling(width, height, tile_size)) == 1:
+        tile_size = 0  # one tile: the whole image, in a file earlier releases read too
     header = Header(
         model=info["name"],
         fingerprint=fingerprint,
@@ -87,39 +103,79 @@ def encode_with_notes(
         channels=loaded.channels,
         bit_depth=loaded.bit_depth,
         padding=multiple,
+        tile_size=tile_size,
+        overlap=min(tile_overlap(net), tile_size // 2),
     )
-    specs = net.levels(*padded.shape[:2])
-    streams = [_encode_level(spec, level, levels[:i]) for i, (spec, level) in enumerate(zip(specs, levels, strict=True))]
+
+    def encode_tile(tile: Tile) -> list[bytes]:
+        pixels = loaded.pixels[tile.top : tile.bottom, tile.left : tile.right]
+        padded = np.pad(pixels, ((0, -tile.height % multiple), (0, -tile.width % multiple), (0, 0)), mode="edge")
+        tensor = torch.from_numpy(padded).permute(2, 0, 1)[None].to(_dtype(net)) / 255.0
+        levels = net.compress(tensor)
+        specs = net.levels(*padded.shape[:2])
+        return [_encode_level(spec, level, levels[:i]) for i, (spec, level) in enumerate(zip(specs, levels, strict=True))]
+
+    streams = [stream for tile_streams in ordered_map(encode_tile, header.tiling.tiles(), workers) for stream in tile_streams]
     return pack(header, streams), loaded.notes
 
 
-def encode(image, quality: int | None = None, model: str | None = None, max_pixels: int | None = None) -> bytes:
+def encode(
+    image,
+    quality: int | None = None,
+    model: str | None = None,
+    max_pixels: int | None = None,
+    tile_size: int | None = None,
+    workers: int = 1,
+) -> bytes:
     """Compress an image to .dqc bytes (see :func:`encode_with_notes` for the inputs)."""
-    return encode_with_notes(image, quality=quality, model=model, max_pixels=max_pixels)[0]
+    return encode_with_notes(
+        image, quality=quality, model=model, max_pixels=max_pixels, tile_size=tile_size, workers=workers
+    )[0]
 
 
-def decode(data: bytes | str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
+def decode(data: bytes | str | os.PathLike, max_pixels: int | None = None, workers: int = 1) -> Image.Image:
     """Decompress a .dqc file to a PIL image ("RGB", or "L" for grayscale originals), 8-bit.
 
     data: the .dqc bytes (bytes, bytearray or memoryview), or the path of a .dqc file (str or
         ``os.PathLike``; a file that cannot be read is a one-line ``DQCodecError``).
     max_pixels: the pixel limit (as for :func:`encode_with_notes`), checked right after the
         header is parsed.
+    workers: tiles decoded at once, on threads; the pixels do not depend on it.
+
+    Tile by tile: memory holds the output image and a few tiles' work, not the image's indices.
     """
+    _check_workers(workers)
     if isinstance(data, (str, os.PathLike)):
         data = read_bytes(data)
-    header, net, _, levels = _read(data, max_pixels)
-    image = net.decompress(levels)[0, :, : header.height, : header.width]
-    pixels = (image * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return to_pil(np.ascontiguousarray(pixels), header.channels)
+    header, net, _, tile_streams = _read(data, max_pixels)
+    mode = "L" if header.channels == 1 else "RGB"
+    output = Image.new(mode, (header.width, header.height))
+
+    def paste(top: int, left: int, pixels: np.ndarray) -> None:
+        output.paste(to_pil(pixels, header.channels), (left, top))
+
+    def decode_tile(item: tuple[Tile, list[bytes]]) -> np.ndarray:
+        tile, streams = item
+        levels = _decode_levels(net, tile, streams)
+        image = net.decompress(levels)[0, :, : tile.height, : tile.width]
+        return image.permute(1, 2, 0).numpy()  # in the network's dtype, rounded as it always was
+
+    assembler = TileAssembler(header.tiling, paste)
+    for (tile, _), reconstruction in zip(tile_streams, ordered_map(decode_tile, tile_streams, workers)):
+        assembler.add(tile, reconstruction)
+    return output
 
 
 def inspect(data: bytes, max_pixels: int | None = None) -> dict:
     """What a .dqc file holds, with its real size next to the model's -log2 p estimate (which
     decodes the indices, hence ``max_pixels`` as for :func:`decode`)."""
-    header, net, info, levels = _read(data, max_pixels)
-    estimated = estimated_bits(net.levels(header.padded_height, header.padded_width), levels)
+    header, net, info, tile_streams = _read(data, max_pixels)
+    estimated = 0.0
+    for tile, streams in tile_streams:
+        levels = _decode_levels(net, tile, streams)
+        estimated += estimated_bits(net.levels(*_padded(tile, net.padding_multiple)), levels)
     real_bits = 8 * len(data)
+    tiling = header.tiling
     return {
         "model": header.model,
         "family": info["family"],
@@ -128,6 +184,9 @@ def inspect(data: bytes, max_pixels: int | None = None) -> dict:
         "height": header.height,
         "channels": header.channels,
         "bit_depth": header.bit_depth,
+        "tiles": len(tiling),
+        "tile_size": header.tile_size,
+        "tile_overlap": header.overlap,
         "bytes": len(data),
         "bpp": real_bits / (header.width * header.height),
         "real_bits": real_bits,
@@ -136,9 +195,16 @@ def inspect(data: bytes, max_pixels: int | None = None) -> dict:
     }
 
 
-def _read(data: bytes, max_pixels: int | None) -> tuple[Header, CodecModel, dict, CompressedLevels]:
-    """Parse, check the pixel limit, find the model by name and fingerprint, range-decode every
-    level: -> (header, model, the model's JSON info, levels)."""
+def tile_overlap(net: CodecModel) -> int:
+    """Pixels that neighbouring tiles share for ``net``: its ``tile_overlap`` attribute (0 for a
+    codec whose blocks depend on nothing outside them), else its padding multiple (a
+    convolutional codec's stride: about how far a tile border reaches into its reconstruction)."""
+    return int(getattr(net, "tile_overlap", net.padding_multiple))
+
+
+def _read(data: bytes, max_pixels: int | None) -> tuple[Header, CodecModel, dict, list[tuple[Tile, list[bytes]]]]:
+    """Parse, check the pixel limit, find the model by name and fingerprint, check the geometry:
+    -> (header, model, the model's JSON info, each tile with its streams in raster order)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DQCodecError(f"expected .dqc bytes, got {type(data).__name__}")
     header, streams = unpack(bytes(data))
@@ -147,13 +213,38 @@ def _read(data: bytes, max_pixels: int | None) -> tuple[Header, CodecModel, dict
         net, info, _ = registry.find_model(header.model, header.fingerprint)
     except KeyError as error:
         raise DQCodecError(error.args[0]) from None
-    specs = net.levels(header.padded_height, header.padded_width)
-    if header.padding != net.padding_multiple or len(streams) != len(specs):
+    tiles = list(header.tiling.tiles())
+    count = len(net.levels(*_padded(tiles[0], net.padding_multiple)))
+    if header.padding != net.padding_multiple or len(streams) != count * len(tiles):
         raise DQCodecError(f"file geometry does not match model {header.model!r}")
+    return header, net, info, [(tile, streams[i * count : (i + 1) * count]) for i, tile in enumerate(tiles)]
+
+
+def _decode_levels(net: CodecModel, tile: Tile, streams: list[bytes]) -> CompressedLevels:
+    """Range-decode one tile's levels, coarse to fine (each stream used up exactly)."""
     levels: CompressedLevels = []
-    for spec, stream in zip(specs, streams):
+    for spec, stream in zip(net.levels(*_padded(tile, net.padding_multiple)), streams, strict=True):
         levels.append(_decode_level(spec, stream, levels))
-    return header, net, info, levels
+    return levels
+
+
+def _padded(tile: Tile, multiple: int) -> tuple[int, int]:
+    """(height, width) of ``tile`` padded to ``multiple``: what the model codes."""
+    return -(-tile.height // multiple) * multiple, -(-tile.width // multiple) * multiple
+
+
+def _check_tile_size(tile_size: int, multiple: int) -> None:
+    valid = isinstance(tile_size, (int, np.integer)) and not isinstance(tile_size, bool)
+    if not valid or (tile_size != 0 and not (MIN_TILE_SIZE <= tile_size <= MAX_SIDE and tile_size % multiple == 0)):
+        raise DQCodecError(
+            f"tile size must be 0 (the whole image) or a multiple of {multiple} from {MIN_TILE_SIZE} "
+            f"to {MAX_SIDE} for this model, got {tile_size!r}"
+        )
+
+
+def _check_workers(workers: int) -> None:
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise DQCodecError(f"workers must be a positive integer, got {workers!r}")
 
 
 def _dtype(net: CodecModel) -> torch.dtype:

@@ -17,6 +17,7 @@ from dqcodec.codec.container import unpack
 from dqcodec.codec.errors import DQCodecError, output_error
 from dqcodec.codec.imageio import check_output_path, output_format, read_bytes, save_image, write_bytes_atomic
 from dqcodec.codec.limits import DEFAULT_MAX_PIXELS, ENVIRONMENT_VARIABLE, check_pixels
+from dqcodec.codec.tiles import DEFAULT_TILE_SIZE, MIN_TILE_SIZE
 
 STDIO = "-"  # as IN: read standard input; as OUT: write standard output
 
@@ -42,6 +43,16 @@ def _positive_integer(text: str) -> int:
 
 def _add_max_pixels_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=_positive_integer, metavar="N", help=_MAX_PIXELS_HELP)
+
+
+def _add_workers_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers",
+        type=_positive_integer,
+        default=1,
+        metavar="N",
+        help="code N tiles of a large image at once, on threads (default: %(default)s); the output does not depend on it",
+    )
 
 
 def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,12 +91,31 @@ def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
     choice.add_argument("-q", "--quality", type=int, metavar="Q", help=_QUALITY_HELP)
     choice.add_argument("-m", "--model", metavar="NAME", help=_MODEL_HELP)
     _add_max_pixels_argument(parser)
+    parser.add_argument(
+        "--tile-size",
+        type=_tile_size,
+        default=None,
+        metavar="N",
+        help=f"code the image in tiles of N x N pixels, so that memory is bounded by a tile (default: "
+        f"{DEFAULT_TILE_SIZE}; a multiple of the model's padding from {MIN_TILE_SIZE} up; 0 codes the image whole)",
+    )
+    _add_workers_argument(parser)
+
+
+def _tile_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of pixels, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a number of pixels, got {text!r}")
+    return value
 
 
 def run_encode(args: argparse.Namespace) -> int:
     """Encode one image to OUT, or many into ``--output-dir``; returns the exit status."""
     if args.output_dir is not None:
-        return _encode_many(args.paths, Path(args.output_dir), args.quality, args.model, args.max_pixels)
+        return _encode_many(args.paths, Path(args.output_dir), args.quality, args.model, args.max_pixels, _tiling(args))
     if len(args.paths) != 2:
         raise DQCodecError(
             "encode takes IN OUT (or several inputs with -o DIR), "
@@ -96,7 +126,9 @@ def run_encode(args: argparse.Namespace) -> int:
     from dqcodec.codec import api
 
     image = _read_stdin() if source == STDIO else source
-    data, notes = api.encode_with_notes(image, quality=args.quality, model=args.model, max_pixels=args.max_pixels)
+    data, notes = api.encode_with_notes(
+        image, quality=args.quality, model=args.model, max_pixels=args.max_pixels, **_tiling(args)
+    )
     for note in notes:
         print(f"dqcodec: note: {note}", file=sys.stderr)
     if target == STDIO:
@@ -106,8 +138,13 @@ def run_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tiling(args: argparse.Namespace) -> dict:
+    """The encoder's tiling options from the command line."""
+    return {"tile_size": args.tile_size, "workers": args.workers}
+
+
 def _encode_many(
-    sources: list[str], folder: Path, quality: int | None, model: str | None, max_pixels: int | None
+    sources: list[str], folder: Path, quality: int | None, model: str | None, max_pixels: int | None, tiling: dict
 ) -> int:
     """Encode each source to ``folder/<stem>.dqc``, going on past bad files; 2 if any failed.
 
@@ -139,7 +176,7 @@ def _encode_many(
     failures = 0
     for target, source in tqdm(targets.items(), desc="encoding", unit="image", disable=None):
         try:
-            data, notes = api.encode_with_notes(source, quality=quality, model=model, max_pixels=max_pixels)
+            data, notes = api.encode_with_notes(source, quality=quality, model=model, max_pixels=max_pixels, **tiling)
             write_bytes_atomic(target, data)
         except DQCodecError as error:
             failures += 1
@@ -170,6 +207,7 @@ def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="IN", help="the .dqc file ('-' reads stdin)")
     parser.add_argument("output", metavar="OUT", help="the image to write ('-' writes PNG to stdout)")
     _add_max_pixels_argument(parser)
+    _add_workers_argument(parser)
 
 
 def run_decode(args: argparse.Namespace) -> int:
@@ -181,7 +219,7 @@ def run_decode(args: argparse.Namespace) -> int:
     _check_header(data, args.max_pixels)
     from dqcodec.codec import api
 
-    image = api.decode(data, max_pixels=args.max_pixels)
+    image = api.decode(data, max_pixels=args.max_pixels, workers=args.workers)
     if args.output == STDIO:
         png = io.BytesIO()
         image.save(png, format="PNG")
@@ -215,6 +253,7 @@ def run_info(args: argparse.Namespace) -> int:
         ("file", args.file),
         ("model", f"{facts['model']} (family {facts['family']}, quality {facts['quality']})"),
         ("image", f"{facts['width']} x {facts['height']} {kind}, {facts['bit_depth']}-bit original"),
+        ("tiles", _describe_tiles(facts)),
         ("size", f"{facts['bytes']:,} bytes, {facts['bpp']:.4f} bpp"),
         (
             "bits",
@@ -224,6 +263,13 @@ def run_info(args: argparse.Namespace) -> int:
     ]
     _print("\n".join(f"{label:<6} {value}" for label, value in rows))
     return 0
+
+
+def _describe_tiles(facts: dict) -> str:
+    if facts["tiles"] == 1:
+        return "1 (the whole image)"
+    size = facts["tile_size"]
+    return f"{facts['tiles']} of {size} x {size} pixels, neighbours sharing {facts['tile_overlap']}"
 
 
 def add_models_arguments(parser: argparse.ArgumentParser) -> None:

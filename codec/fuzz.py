@@ -5,8 +5,9 @@ same facts from ``inspect``) or in a ``DQCodecError``. Anything else is a *findi
 exception, a worker process that dies (a crash in native code), an input that runs over its
 time budget (a hang), an image of the wrong size, or ``decode`` and ``inspect`` disagreeing.
 
-Inputs are mutations of valid files: small synthetic images (16x16 to 64x48, RGB and
-grayscale) coded with the shipped models. A random flip would almost always be caught by the
+Inputs are mutations of valid files: small synthetic images (16x16 to 300x24, RGB and
+grayscale) coded with the shipped models, as one tile (format version 1), in two tiles (format
+version 2), and rewritten as one tile in version 2. A random flip would almost always be caught by the
 CRC32, so most mutations recompute it and reach the checks behind it: bit flips, byte
 rewrites, truncations, insertions, deletions, splices of two files, header fields rewritten to
 absurd or plausible values (size, padding, stream count and lengths, version, name length), a
@@ -37,18 +38,25 @@ import numpy as np
 from dqcodec.codec.errors import DQCodecError
 
 # The .dqc layout (see dqcodec.codec.container), written here without validation so that the
-# fuzzer can produce what ``container.pack`` refuses.
+# fuzzer can produce what ``container.pack`` refuses. Offsets after the model name; version 1
+# ends with n_streams, version 2 with tile_size, overlap and levels (streams per tile).
 _NAME_LENGTH_OFFSET = 5
 _GEOMETRY_AFTER_NAME = 6  # magic (4), version, name_len
 _FINGERPRINT = 16
-_GEOMETRY_FIELDS = {"width": (16, "<I"), "height": (20, "<I"), "channels": (24, "<B"), "bit_depth": (25, "<B"),
-                    "padding": (26, "<B"), "n_streams": (27, "<B")}
-_GEOMETRY_SIZE = 28
-
+_COMMON_FIELDS = {"width": (16, "<I"), "height": (20, "<I"), "channels": (24, "<B"), "bit_depth": (25, "<B"),
+                  "padding": (26, "<B")}
+_GEOMETRY_FIELDS = {
+    1: {**_COMMON_FIELDS, "n_streams": (27, "<B")},
+    2: {**_COMMON_FIELDS, "tile_size": (27, "<H"), "overlap": (29, "<H"), "levels": (31, "<B")},
+}
+_GEOMETRY_SIZE = {1: 28, 2: 32}
+_U16_VALUES = (0, 1, 8, 16, 64, 128, 129, 255, 256, 257, 264, 512, 1024, 2048, 32768, 32769, 65535)
 _U32_VALUES = (0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 63, 64, 65, 255, 256, 1000, 4095, 4096, 8000, 8191, 8192, 8193,
                32767, 32768, 32769, 65535, 65536, 2**24, 2**31 - 1, 2**31, 2**32 - 1)
 _U8_VALUES = (0, 1, 2, 3, 4, 7, 8, 9, 15, 16, 31, 32, 33, 63, 64, 65, 127, 128, 254, 255)
-_SEED_SIZES = ((16, 16), (64, 48), (17, 9), (33, 40), (48, 64), (24, 24))
+_SEED_SIZES = ((16, 16), (64, 48), (17, 9), (33, 40), (48, 64), (24, 24), (300, 24))
+# The widest seed is also coded in tiles: two of the smallest size, the second 44 pixels wide.
+_TILED_SEED_TILE_SIZE = 256
 
 # Kinds of outcome; the first two are the contract, the rest are findings.
 DECODED, REFUSED = "decoded", "refused"
@@ -97,6 +105,29 @@ def seed_images() -> list[np.ndarray]:
     return images
 
 
+def seed_files(models: list[str]) -> list[tuple[str, bytes]]:
+    """(model, .dqc bytes) of every seed image coded with every model: each as one tile (version
+    1), that file rewritten in version 2, and the widest image in two tiles (version 2)."""
+    from dqcodec.codec import api
+
+    files = []
+    for model in models:
+        for image in seed_images():
+            data = api.encode(image, model=model)
+            files += [(model, data), (model, _as_version_2(data))]
+            if image.shape[1] > _TILED_SEED_TILE_SIZE:
+                files.append((model, api.encode(image, model=model, tile_size=_TILED_SEED_TILE_SIZE)))
+    return files
+
+
+def _as_version_2(data: bytes) -> bytes:
+    """A version-1 file (one tile) in the version-2 layout: tile_size 0, overlap 0."""
+    geometry, _, lengths = _layout(data)
+    end = geometry + _GEOMETRY_SIZE[1]
+    body = data[:4] + b"\x02" + data[5 : end - 1] + struct.pack("<HHB", 0, 0, len(lengths)) + data[end:-4]
+    return _seal(body)
+
+
 # ---- the worker (a separate process) -----------------------------------------------------------
 
 
@@ -122,9 +153,7 @@ def _worker(connection) -> None:
             except DQCodecError as error:  # an unknown model name: the message goes back
                 connection.send(str(error))
         elif request == "seeds":
-            from dqcodec.codec import api
-
-            connection.send([(model, api.encode(image, model=model)) for model in payload for image in seed_images()])
+            connection.send(seed_files(payload))
         else:
             connection.send(check_input(payload))
 
@@ -225,24 +254,39 @@ def _seal(body: bytes) -> bytes:
     return body + struct.pack("<I", zlib.crc32(body))
 
 
+def _version(data: bytes) -> int:
+    return 2 if data[4] == 2 else 1
+
+
 def _layout(data: bytes) -> tuple[int, int, list[int]]:
     """(geometry offset, payload offset, stream lengths) of a valid file."""
+    from dqcodec.codec.tiles import Tiling
+
+    version = _version(data)
     geometry = _GEOMETRY_AFTER_NAME + data[_NAME_LENGTH_OFFSET]
-    count = data[geometry + _GEOMETRY_FIELDS["n_streams"][0]]
-    lengths_offset = geometry + _GEOMETRY_SIZE
+    fields = {name: struct.unpack_from(form, data, geometry + offset)[0]
+              for name, (offset, form) in _GEOMETRY_FIELDS[version].items()}
+    if version == 1:
+        count = fields["n_streams"]
+    else:
+        tiling = Tiling(fields["width"], fields["height"], fields["tile_size"], fields["overlap"])
+        count = fields["levels"] * len(tiling)
+    lengths_offset = geometry + _GEOMETRY_SIZE[version]
     lengths = list(struct.unpack_from(f"<{count}I", data, lengths_offset))
     return geometry, lengths_offset + 4 * count, lengths
 
 
 def _rebuild(data: bytes, streams: list[bytes] | None = None, prefix: bytes | None = None) -> bytes:
     """``data`` (a valid file) with other streams and/or another header up to the stream
-    count (magic .. n_streams), lengths and CRC made consistent."""
+    count (magic .. n_streams or levels), lengths and CRC made consistent (the stream count of
+    a version-1 header follows the streams; a version-2 header's tile grid is kept as it is)."""
     geometry, payload, lengths = _layout(data)
-    head = prefix if prefix is not None else data[: geometry + _GEOMETRY_SIZE]
+    head = prefix if prefix is not None else data[: geometry + _GEOMETRY_SIZE[_version(data)]]
     if streams is None:
         offsets = np.cumsum([payload, *lengths])
         streams = [data[offsets[i] : offsets[i + 1]] for i in range(len(lengths))]
-    head = head[:-1] + bytes([len(streams) & 0xFF])
+    if _version(head) == 1:
+        head = head[:-1] + bytes([len(streams) & 0xFF])
     return _seal(head + b"".join(struct.pack("<I", len(s)) for s in streams) + b"".join(streams))
 
 
@@ -295,21 +339,23 @@ def _mutate_once(rng: random.Random, data: bytes, seeds: list[Seed]) -> tuple[st
         return kind, _seal(body[: rng.randrange(len(body) + 1)] + other[rng.randrange(len(other) + 1) :])
     if kind == "header-field":
         out = bytearray(body)
-        target = rng.choice(["version", "name_len", *(_GEOMETRY_FIELDS), "length"])
+        fields = _GEOMETRY_FIELDS[_version(data)]
+        target = rng.choice(["version", "name_len", *fields, "length"])
         if target == "version":
             out[4] = rng.choice(_U8_VALUES)
         elif target == "name_len":
             out[_NAME_LENGTH_OFFSET] = rng.choice(_U8_VALUES)
         elif target == "length":
             index = rng.randrange(len(lengths))
-            struct.pack_into("<I", out, geometry + _GEOMETRY_SIZE + 4 * index, rng.choice(_U32_VALUES))
+            offset = geometry + _GEOMETRY_SIZE[_version(data)] + 4 * index
+            struct.pack_into("<I", out, offset, rng.choice(_U32_VALUES))
         else:
-            offset, form = _GEOMETRY_FIELDS[target]
-            values = _U32_VALUES if form == "<I" else _U8_VALUES
+            offset, form = fields[target]
+            values = {"<I": _U32_VALUES, "<H": _U16_VALUES, "<B": _U8_VALUES}[form]
             struct.pack_into(form, out, geometry + offset, rng.choice(values))
         return f"{kind}:{target}", _seal(bytes(out))
     if kind == "geometry":
-        out = bytearray(data[: geometry + _GEOMETRY_SIZE])
+        out = bytearray(data[: geometry + _GEOMETRY_SIZE[_version(data)]])
         width, height = struct.unpack_from("<II", out, geometry + _FINGERPRINT)
         change = rng.choice(["swap", "double", "half", "nudge", "large"])
         if change == "swap":
@@ -328,7 +374,7 @@ def _mutate_once(rng: random.Random, data: bytes, seeds: list[Seed]) -> tuple[st
         other = rng.choice(seeds).data
         other_geometry = _GEOMETRY_AFTER_NAME + other[_NAME_LENGTH_OFFSET]
         identity = other[4:other_geometry] + other[other_geometry : other_geometry + _FINGERPRINT]
-        prefix = data[:4] + identity + data[geometry + _FINGERPRINT : geometry + _GEOMETRY_SIZE]
+        prefix = data[:4] + identity + data[geometry + _FINGERPRINT : geometry + _GEOMETRY_SIZE[_version(data)]]
         return kind, _rebuild(data, prefix=prefix)
     streams = _streams(data)
     index = rng.randrange(len(streams))

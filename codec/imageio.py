@@ -54,7 +54,7 @@ _DECODE_ERRORS = (SyntaxError, ValueError, EOFError, IndexError, KeyError, struc
 class LoadedImage:
     """An input image ready for the model, and what became of it on the way."""
 
-    pixels: np.ndarray  # (H, W, 3) uint8 RGB; grayscale inputs are replicated to three channels
+    pixels: np.ndarray  # (H, W, 3) uint8 RGB, maybe read-only; grayscale inputs are replicated to three channels
     channels: int  # 1 or 3: what decode should give back
     bit_depth: int  # 8 or 16: bits per sample of the original
     notes: list[str] = field(default_factory=list)  # one line per lossy conversion
@@ -254,7 +254,9 @@ def _to_rgb(image: Image.Image, name: str, notes: list[str]) -> tuple[np.ndarray
         return composited.astype(np.uint8), 3
     if mode in ("1", "L"):
         return _replicate(np.asarray(image.convert("L"))), 1
-    if mode not in ("RGB", "RGBX", "P"):
+    if mode == "RGB":
+        return np.asarray(image), 3  # no copy beyond Pillow's bytes: a 67 MP photo is 200 MB of them
+    if mode not in ("RGBX", "P"):
         notes.append(f"{mode} image converted to RGB")
     try:
         return np.array(image.convert("RGB"), dtype=np.uint8), 3

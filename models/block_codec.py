@@ -44,9 +44,6 @@ class BlockCodec(nn.Module):
 
     config: object
     entropy: ContextIndexModel
-    # A block's pixels depend on its own indices alone: tiles that meet on block borders need
-    # no overlap (``dqcodec.codec`` makes tiles a multiple of ``padding_multiple``).
-    tile_overlap = 0
 
     @property
     def padding_multiple(self) -> int:

@@ -10,6 +10,12 @@ levels of code indices, coarse to fine, and back:
 - ``decompress(levels) -> image``: the levels' indices -> (B, 3, H, W) in [0, 1], in the dtype of
   the network (the registry loads coding copies in float64, see ``registry.load_model``).
 - ``forward(image) -> CodecOutput``: the training pass.
+- ``tile_overlap`` (optional, pixels): large images are coded in independent tiles (a multiple
+  of ``padding_multiple``, see ``dqcodec.codec.tiles``) whose neighbours share this many pixels,
+  blended on decode so that no seam shows where a tile's reconstruction near its border differs
+  from the one inside. Without the attribute, ``padding_multiple``: one block for the block
+  codecs (whose border blocks, coded without their neighbours as context, come out a little
+  worse than inside), about how far border effects reach for a convolutional codec.
 
 Index entropy models turn indices into integer frequency tables for the range coder
 (``dqcodec.codec`` owns the coder and the bytes). They code one level's (B, M, h, w) indices in
@@ -117,6 +123,8 @@ class CodecModel(Protocol):
     @property
     def padding_multiple(self) -> int:
         """Images are padded to a multiple of this many pixels (1..64) before ``compress``."""
+
+    # Optional: ``tile_overlap: int``, pixels shared by neighbouring tiles (see the module notes).
 
     def levels(self, height: int, width: int) -> list[LevelSpec]:
         """The index levels, coarse to fine, of a padded ``height`` x ``width`` image."""

@@ -36,7 +36,7 @@ def fake_api_module() -> types.ModuleType:
     """A lossless stand-in for dqcodec.codec.api: the pixels are the only stream."""
     module = types.ModuleType("dqcodec.codec.api")
 
-    def encode_with_notes(image, quality=None, model=None, max_pixels=None):
+    def encode_with_notes(image, quality=None, model=None, max_pixels=None, tile_size=None, workers=1):
         if model not in (None, FAKE_MODEL):
             raise DQCodecError(f"unknown model '{model}'")
         loaded = load_image(image, max_pixels)
@@ -44,7 +44,7 @@ def fake_api_module() -> types.ModuleType:
         header = Header(FAKE_MODEL, FAKE_FINGERPRINT, width, height, loaded.channels, loaded.bit_depth, 1)
         return pack(header, [loaded.pixels.tobytes()]), loaded.notes
 
-    def decode(data, max_pixels=None):
+    def decode(data, max_pixels=None, workers=1):
         header, streams = unpack(data)
         if header.model != FAKE_MODEL:
             raise DQCodecError(f"unknown model '{header.model}'")
@@ -66,6 +66,9 @@ def fake_api_module() -> types.ModuleType:
             "height": header.height,
             "channels": header.channels,
             "bit_depth": header.bit_depth,
+            "tiles": 1,
+            "tile_size": 0,
+            "tile_overlap": 0,
             "bytes": len(data),
             "bpp": 8 * len(data) / (header.width * header.height),
             "real_bits": 8 * len(data),

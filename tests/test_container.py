@@ -28,26 +28,37 @@ STREAMS = [b"\x01\x02\x03", b"", b"payload-two"]
 def build(
     *,
     model=b"dq-q3",
-    version=1,
+    version=None,
     fingerprint=bytes(range(16)),
     width=100,
     height=37,
     channels=3,
     bit_depth=8,
     padding=16,
+    tile_size=0,
+    overlap=0,
+    levels=None,
     streams=(b"\x01\x02\x03", b"", b"payload-two"),
     lengths=None,
     tail=b"",
 ):
-    """A .dqc file assembled by hand from the documented layout, with a correct CRC32, so a
-    test proves that the field check fires and not merely the checksum."""
+    """A .dqc file assembled by hand from the documented layout (format ``version`` 1 or 2),
+    with a correct CRC32, so a test proves that the field check fires and not merely the
+    checksum. ``version`` defaults to what ``pack`` writes: 1 for one tile (``tile_size`` 0),
+    else 2; ``levels`` (streams per tile, version 2) defaults to all streams in one tile."""
     lengths = [len(stream) for stream in streams] if lengths is None else lengths
+    version = (2 if tile_size else 1) if version is None else version
+    if version == 1:
+        geometry = struct.pack("<IIBBBB", width, height, channels, bit_depth, padding, len(lengths))
+    else:
+        levels = len(lengths) if levels is None else levels
+        geometry = struct.pack("<IIBBBHHB", width, height, channels, bit_depth, padding, tile_size, overlap, levels)
     body = (
         MAGIC
         + struct.pack("<BB", version, len(model))
         + model
         + fingerprint
-        + struct.pack("<IIBBBB", width, height, channels, bit_depth, padding, len(lengths))
+        + geometry
         + b"".join(struct.pack("<I", length) for length in lengths)
         + b"".join(streams)
         + tail
@@ -94,7 +105,7 @@ def test_padded_size_rounds_up_to_the_block():
 
 
 def test_constants():
-    assert MAGIC == b"\x89DQC" and VERSION == 1 and MAX_SIDE == 32768 and MAX_PIXELS == 2**26
+    assert MAGIC == b"\x89DQC" and VERSION == 2 and MAX_SIDE == 32768 and MAX_PIXELS == 2**26
 
 
 @pytest.mark.parametrize(
@@ -146,7 +157,8 @@ def test_wrong_magic():
 
 
 def test_unknown_version():
-    assert_rejected(build(version=2), "unsupported .dqc version 2 (this dqcodec reads 1)")
+    assert_rejected(build(version=3), "unsupported .dqc version 3 (this dqcodec reads 1 to 2)")
+    assert_rejected(build(version=0), "unsupported .dqc version 0")
 
 
 def test_every_truncation():
@@ -196,6 +208,12 @@ def test_absurd_dimensions_with_a_valid_checksum():
         ({"model": b"\xff" * 70}, "model name"),
         ({"streams": ()}, "0 streams"),
         ({"streams": (b"x",) * 33}, "33 streams"),
+        ({"tile_size": 16}, "tile size 16"),
+        ({"tile_size": 255}, "tile size 255"),
+        ({"tile_size": 264, "padding": 16}, "multiple of the padding 16"),
+        ({"tile_size": MAX_SIDE + 16}, "tile size"),
+        ({"overlap": 8, "version": 2}, "tile overlap 8"),
+        ({"tile_size": 256, "overlap": 129}, "must be 0..128"),
     ],
 )
 def test_bad_header_fields_with_a_valid_checksum(fields, fragment):
@@ -225,7 +243,7 @@ def test_read_header_needs_only_the_header():
 
 @pytest.mark.parametrize(
     "fields",
-    [{"version": 2}, {"width": 0}, {"width": MAX_SIDE, "height": MAX_SIDE}, {"channels": 2}, {"bit_depth": 12},
+    [{"version": 3}, {"width": 0}, {"width": MAX_SIDE, "height": MAX_SIDE}, {"channels": 2}, {"bit_depth": 12},
      {"padding": 0}, {"model": b"Bad Name"}, {"model": b"\xff" * 255}, {"streams": ()}, {"streams": (b"x",) * 33}],
 )
 def test_read_header_rejects_what_unpack_rejects(fields):
@@ -233,3 +251,50 @@ def test_read_header_rejects_what_unpack_rejects(fields):
     with pytest.raises(DQCodecError) as caught:
         read_header(data)
     assert str(caught.value) == assert_rejected(data)
+
+
+# ---- tiles (format version 2) and files of version 1 ------------------------------------------
+
+
+TILED = Header(model="dq-q3", fingerprint=bytes(range(16)), width=600, height=300, channels=3, bit_depth=8,
+               padding=8, tile_size=256, overlap=32)
+
+
+def test_a_tiled_file_holds_every_tile_s_streams_in_raster_order():
+    assert (TILED.tiling.columns, TILED.tiling.rows) == (3, 2)
+    streams = [f"tile {tile} level {level}".encode() for tile in range(6) for level in range(2)]
+    data = pack(TILED, streams)
+    assert unpack(data) == (TILED, streams)
+    assert data == build(width=600, height=300, padding=8, tile_size=256, overlap=32, levels=2, streams=streams)
+    assert read_header(data) == TILED
+    through_levels = 4 + 2 + len(TILED.model) + 16 + 4 + 4 + 3 + 2 + 2 + 1
+    assert read_header(data[:through_levels]) == TILED
+    with pytest.raises(DQCodecError, match="truncated"):
+        read_header(data[: through_levels - 1])
+
+
+def test_the_stream_count_must_fill_every_tile():
+    for streams in ([b"x"] * 5, [b"x"] * 7, [], [b"x"] * 6 * 33):
+        with pytest.raises(DQCodecError, match="streams"):
+            pack(TILED, streams)
+    # A file whose table is short of what the tile grid needs is cut, whatever its checksum says.
+    short = build(width=600, height=300, padding=8, tile_size=256, levels=2, streams=(b"x",) * 11)
+    assert_rejected(short, "truncated")
+    long = build(width=600, height=300, padding=8, tile_size=256, levels=1, streams=(b"x",) * 7)
+    assert_rejected(long)
+
+
+def test_a_huge_tile_grid_is_refused_before_its_table_is_read():
+    data = build(width=MAX_SIDE, height=2048, padding=8, tile_size=256, overlap=128, levels=32, streams=())
+    assert_rejected(data, "truncated")
+
+
+def test_one_tile_is_written_in_version_1_and_read_from_either_version():
+    data = build()
+    assert data[4] == 1 and pack(HEADER, STREAMS) == data  # readable by dqcodec 0.1 and 0.2
+    header, streams = unpack(data)
+    assert header == HEADER and header.tile_size == 0 and len(header.tiling) == 1
+    assert streams == STREAMS and read_header(data) == HEADER
+    assert_rejected(build(version=1, streams=(b"x",) * 33), "33 streams per tile")
+    assert unpack(build(version=2)) == (HEADER, STREAMS)  # version 2 may say "one tile" too
+    assert unpack(pack(TILED, [b"x"] * 6))[0].tiling.size == 256 and pack(TILED, [b"x"] * 6)[4] == 2

@@ -1,0 +1,129 @@
+"""Tiles: how a large image is cut for coding, so that memory is bounded by a tile.
+
+An image is coded as a grid of tiles, each an independent image to the model (padded to the
+model's multiple, its own levels of indices, its own container streams), so coding holds one
+tile's tensors at a time and its time grows linearly with the pixels.
+
+Geometry (:class:`Tiling`), the same along both axes: tiles are ``size`` pixels square (the last
+ones in a row or column are cut by the image border), start every ``size - overlap`` pixels,
+and two neighbours share ``overlap`` pixels, which decoding blends
+(:class:`~dqcodec.codec.blend.TileAssembler`). ``size == 0`` means one tile, the whole image
+(files of format version 1, and ``--tile-size 0``).
+
+Pure Python (no numpy): the container reads the geometry from a header, and opening a file in
+Pillow must stay light.
+"""
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+DEFAULT_TILE_SIZE = 1024
+# The smallest tile (apart from 0, the whole image): each tile costs a fixed amount of work
+# (one pass of the entropy model's coding steps, ~0.07 s to decode with the block codecs), so
+# tiny tiles would let a small file buy a long decode; at 256 a tile's pixels outweigh that.
+MIN_TILE_SIZE = 256
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: its place in the grid and the pixels it codes, [top, bottom) x [left, right)."""
+
+    index: int
+    row: int
+    column: int
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+    @property
+    def height(self) -> int:
+        return self.bottom - self.top
+
+    @property
+    def width(self) -> int:
+        return self.right - self.left
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """The tile grid of a ``width`` x ``height`` image (pixels): tiles of ``size`` pixels (0: one
+    tile, the whole image) of which neighbours share ``overlap`` pixels (0 <= overlap <= size / 2)."""
+
+    width: int
+    height: int
+    size: int
+    overlap: int = 0
+
+    def __post_init__(self):
+        if self.size == 0 and self.overlap != 0:
+            raise ValueError("a single tile has no overlap")
+        if self.size and not 0 <= 2 * self.overlap <= self.size:
+            raise ValueError(f"overlap {self.overlap} must be 0..{self.size // 2} for tiles of {self.size}")
+
+    @property
+    def stride(self) -> int:
+        """Pixels from the start of one tile to the start of the next."""
+        return self.size - self.overlap
+
+    @property
+    def columns(self) -> int:
+        return self._count(self.width)
+
+    @property
+    def rows(self) -> int:
+        return self._count(self.height)
+
+    def __len__(self) -> int:
+        return self.rows * self.columns
+
+    def _count(self, length: int) -> int:
+        """Tiles along a side of ``length`` pixels: the fewest whose last one starts before the
+        previous one ends (so every overlap lies inside the image)."""
+        if self.size == 0 or length <= self.size:
+            return 1
+        return -(-(length - self.overlap) // self.stride)
+
+    def _span(self, index: int, length: int) -> tuple[int, int]:
+        if self.size == 0:
+            return 0, length
+        start = index * self.stride
+        return start, min(start + self.size, length)
+
+    def tiles(self) -> Iterator[Tile]:
+        """Every tile, row by row (raster order: the order of the streams in a file)."""
+        for row in range(self.rows):
+            top, bottom = self._span(row, self.height)
+            for column in range(self.columns):
+                left, right = self._span(column, self.width)
+                yield Tile(row * self.columns + column, row, column, top, bottom, left, right)
+
+
+def ordered_map(function: Callable[[Item], Result], items: Iterable[Item], workers: int) -> Iterator[Result]:
+    """``map(function, items)``, run on ``workers`` threads, results in the order of ``items``.
+
+    At most 2 * workers items are in flight, so memory stays bounded by a few tiles however
+    many there are. An exception in ``function`` is raised at its item; the items started after
+    it are cancelled or awaited. With ``workers == 1`` it is plain ``map``.
+    """
+    if workers <= 1:
+        yield from map(function, items)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dqcodec-tile")
+    pending = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
