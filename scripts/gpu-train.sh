@@ -40,7 +40,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 echo "level $level, lambda $lambda, start: ${start[*]:-fresh}, at most $minutes minutes"
 run=/tmp/run-q$level
 python3 -m dqcodec.codec.cli train --arch hdq --out "$run" "${start[@]}" --lambda "$lambda" \
-  --device cuda --batch-size 16 --crop 256 --lr 1e-4 --steps 10000000 --max-minutes "$minutes" \
+  --data "$PWD/.traindata" --device cuda --batch-size 16 --crop 256 --lr 1e-4 --steps 10000000 --max-minutes "$minutes" \
   --validate-every 500 --validation-images 6 --checkpoint-every 1000 \
   --export "hdq-q$level" --family hdq --quality "$level" --weights-dir "$out" --measure-images 0
 cp "$run/log.jsonl" "$out/log-q$level.jsonl"
