@@ -27,6 +27,7 @@ from safetensors.numpy import save as save_safetensors_bytes
 from torch import nn
 
 from dqcodec.models.codec_net import CodecConfig, DQCodecNet
+from dqcodec.models.dqae import DQAE, DQAEConfig
 from dqcodec.models.entropy import STORAGE_DTYPES, pack_tables, unpack_tables
 from dqcodec.models.hdq_codec import HDQConfig, HierarchicalDQCodec
 from dqcodec.models.shvq_codec import SHVQCodecConfig, SHVQCodecNet
@@ -85,6 +86,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         half_precision=("analysis.", "coarse_analysis.", "synthesis.", "coarse_synthesis.",
                         "fine_quantizer.projection.", "coarse_quantizer.projection."),
     ),
+    "DQAE": Architecture(DQAE, DQAEConfig),  # a likelihood model (no compress): trained and stored, not coded
 }
 
 

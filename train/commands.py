@@ -124,14 +124,20 @@ def run_train(args: argparse.Namespace) -> int:
         net, start_info = load_start_model(loop.init_from, ARCHITECTURES[recipe.architecture].network)
         _apply_init_from(net, recipe, sources, config_given, given)
     else:
+        try:
+            config = sources["config"](**config_given)
+        except ValueError as error:  # a config that checks its own values (e.g. dqae's per-level lists)
+            raise DQCodecError(str(error)) from None
         torch.manual_seed(loop.seed)  # the initial weights of a fresh network follow --seed
-        net, start_info = ARCHITECTURES[recipe.architecture].network(sources["config"](**config_given)), None
-    if net.config.rate_lambda <= 0:
+        net, start_info = ARCHITECTURES[recipe.architecture].network(config), None
+    if getattr(net.config, "rate_lambda", 1.0) <= 0:  # codecs; a likelihood model (dqae) has no lambda
         raise DQCodecError("--lambda must be positive")
     _check_run_folder(loop, args.arch, net.config, options)
     torch.set_num_threads(loop.threads)
     started = time.time()
     net = train(net, recipe, options, loop, fresh=loop.init_from is None)
+    if not hasattr(net, "compress"):
+        args.measure_images = 0  # a likelihood model (dqae) writes no files to measure on Kodak
     if args.export:
         history = {"init_from": {"model": start_info["name"], "training": start_info.get("training", {})}} if start_info else {}
         export_and_measure(args, recipe.summarize(net.config), started,

@@ -1,5 +1,6 @@
 """Training images: file lists, whole images, and random crops with flips."""
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +75,29 @@ class RandomCrops:
                 crop = crop[:, ::-1]
             crops.append(to_tensor(crop))
         return torch.cat(crops)
+
+
+class ImageFolder:
+    """The training data of the codec recipes: the images under ``folder`` (``image_files``),
+    drawn as :class:`RandomCrops`.
+
+    Training data for :func:`dqcodec.train.loop.train` is any object with ``files`` (the image
+    files a recipe's ``initialise`` and ``finish`` read; may be empty), ``describe()`` (one line
+    for the model's JSON) and ``batches(crop, batch_size, generator)`` (an object whose ``batch()``
+    gives the next (B, 3, crop, crop) batch in [0, 1]); see also
+    :mod:`dqcodec.train.likelihood_data`.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    @functools.cached_property
+    def files(self) -> list[Path]:
+        return image_files(self.folder)
+
+    def describe(self) -> str:
+        name = self.folder.name if self.folder.is_absolute() else str(self.folder)
+        return f"{name} ({len(self.files)} images)"
+
+    def batches(self, crop: int, batch_size: int, generator: torch.Generator) -> RandomCrops:
+        return RandomCrops(self.files, crop, batch_size, generator)

@@ -2,7 +2,10 @@
 validate, export. What differs between architectures comes in a :class:`~dqcodec.train.recipes.Recipe`.
 
 Objective: (SSE + lambda * bits) / pixels + quantizer loss, SSE over [0, 1] RGB values, bits the
-network's rate estimate (``CodecOutput``), lambda the architecture's ``rate_lambda``. Every step
+network's rate estimate (``CodecOutput``), lambda the architecture's ``rate_lambda``; a recipe may
+give its own (``Recipe.loss``, e.g. the DQ-AE's likelihood). The batches come from the recipe's
+training data (``Recipe.data``: random crops of the images under ``--data`` unless it says
+otherwise, e.g. CIFAR-10 or fixed patches). Every step
 appends one JSON line to ``OUT/log.jsonl``; ``OUT/state.*`` (weights, Adam, step, RNGs) lets the
 same command resume bit for bit on the same device.
 
@@ -31,7 +34,7 @@ from dqcodec.eval.metrics import psnr, psnr_from_mse
 from dqcodec.models.registry import save_model
 from dqcodec.paths import kodak_dir
 from dqcodec.train.checkpoint import load_state, save_state
-from dqcodec.train.data import RandomCrops, image_files, load_rgb, to_tensor
+from dqcodec.train.data import load_rgb, to_tensor
 from dqcodec.train.recipes import Recipe, option
 from dqcodec.train.training_log import read_log, throughput
 
@@ -70,7 +73,8 @@ def train(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, fresh: bool
     torch.manual_seed(loop.seed)
     generator = torch.Generator().manual_seed(loop.seed)
     device = torch.device("cuda", rank % torch.cuda.device_count()) if loop.device == "cuda" else torch.device("cpu")
-    files = image_files(loop.data)
+    data = recipe.data(options, loop)
+    files = data.files
     loop.out.mkdir(parents=True, exist_ok=True)
     state_path = loop.out / "state"
     optimizer = torch.optim.Adam(net.parameters(), lr=loop.learning_rate)
@@ -87,9 +91,8 @@ def train(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, fresh: bool
     net.to(device, memory_format=memory_format).train()
     _move_optimizer(optimizer, device)
     model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
-    crops = RandomCrops(files, loop.crop, loop.batch_size, generator) if step < loop.steps else None
+    crops = data.batches(loop.crop, loop.batch_size, generator) if step < loop.steps else None
     validation = sorted(kodak_dir().glob("*.png"))[: loop.validation_images] if rank == 0 else []
-    rate_lambda = net.config.rate_lambda
     started = time.time()
     log_file = open(loop.out / "log.jsonl", "a") if rank == 0 else None
     progress = tqdm(range(step, loop.steps), initial=step, total=loop.steps, desc="training", unit="step", disable=rank > 0)
@@ -98,7 +101,7 @@ def train(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, fresh: bool
         batch = crops.batch().chunk(world)[rank].to(device, memory_format=memory_format)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out = model(batch)
-        loss, sse = rd_loss(out, batch, rate_lambda)
+        loss, sse = recipe.loss(out, batch) if recipe.loss else rd_loss(out, batch, net.config.rate_lambda)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -167,9 +170,8 @@ def validate(net: nn.Module, files: list[Path]) -> dict:
 def export(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, stem: Path, info: dict) -> None:
     """Finish the network for coding (the recipe's tables), then save it as model ``stem``."""
     net.eval()
-    files = image_files(loop.data)
-    recipe.finish(net, options, files)
-    data = loop.data.name if loop.data.is_absolute() else str(loop.data)
+    data = recipe.data(options, loop)
+    recipe.finish(net, options, data.files)
     settings = {k: v for k, v in asdict(loop).items() if k not in ("out", "data", "init_from")}
     if loop.init_from is None:
         described, used_options = recipe.describe(net, options, loop.steps), asdict(options)
@@ -178,7 +180,7 @@ def export(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, stem: Path
         used_options = {f.name: getattr(options, f.name) for f in fields(options) if not f.metadata.get("init_only")}
     logged = (loop.out / "log.jsonl").exists() and (loop.out / "log.jsonl").stat().st_size > 0  # 0 steps: nothing logged
     speed = throughput(read_log(loop.out), loop.batch_size * loop.crop**2) if logged else {}
-    training = {"data": f"{data} ({len(files)} images)", "recipe": described,
+    training = {"data": data.describe(), "recipe": described,
                 **used_options, **settings, **info.get("training", {}),
                 "throughput": {**speed, "device": loop.device, "threads": loop.threads, "processes": _distributed_rank()[1]}}
     save_model(net, stem, {**info, "training": training})

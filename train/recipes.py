@@ -3,8 +3,10 @@
 A recipe names an architecture of the registry (``dqcodec.models.registry.ARCHITECTURES``) and
 says how to start a fresh network (``initialise``), what to do before each step (``before_step``,
 e.g. anneal SHVQ's hardness), how to finish it for export (``finish``, e.g. count the context
-tables) and what its rate estimate is. Its ``options`` dataclass holds the settings that are not
-part of the architecture (initialisation sizes, schedules); ``dqcodec train --arch NAME`` builds
+tables) and what its rate estimate is; a recipe that trains on something other than random crops
+of image files, or on another loss than rate-distortion, says so too (``data``, ``loss``: the
+DQ-AE likelihood model). Its ``options`` dataclass holds the settings that are not part of the
+architecture (initialisation sizes, schedules); ``dqcodec train --arch NAME`` builds
 its command-line options from that dataclass, the architecture's config and
 :class:`~dqcodec.train.loop.LoopConfig`. Fields marked ``init_only`` act only on a fresh start.
 """
@@ -19,7 +21,8 @@ from torch import nn
 from tqdm import tqdm
 
 from dqcodec.models.lloyd import kmeans_plus_plus
-from dqcodec.train.data import RandomCrops, load_rgb, to_tensor
+from dqcodec.paths import data_dir
+from dqcodec.train.data import ImageFolder, RandomCrops, load_rgb, to_tensor
 from dqcodec.train.initialize import (
     block_pca,
     ecvq_codebooks,
@@ -29,6 +32,7 @@ from dqcodec.train.initialize import (
     sample_slices,
     set_block_transform,
 )
+from dqcodec.train.likelihood_data import DATASETS, likelihood_training_data
 
 
 def option(default, help: str, init_only: bool = False, flag: str | None = None, choices: tuple | None = None):
@@ -44,6 +48,10 @@ def _config_summary(config) -> str:
     return ", ".join(f"{item.name}={getattr(config, item.name)}" for item in fields(config))
 
 
+def _image_folder(_options, loop) -> ImageFolder:
+    return ImageFolder(loop.data)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How to train one architecture with :func:`dqcodec.train.loop.train`.
@@ -56,6 +64,12 @@ class Recipe:
         model's JSON (a run that starts from a model says so instead, see ``loop.export``).
     summarize(config) -> str: one line for ``dqcodec models``.
     loop_defaults: LoopConfig fields whose default differs for this architecture.
+    data(options, loop) -> the training data (``files``, ``describe()``, ``batches(crop,
+        batch_size, generator)``; see :class:`~dqcodec.train.data.ImageFolder`); by default
+        random crops of the images under ``--data``.
+    loss(out, batch) -> (loss, SSE): the training loss of a pass and its squared error (summed,
+        [0, 1] RGB values, for the log); None: the loop's rate-distortion loss with the
+        network's ``rate_lambda``.
     """
 
     architecture: str
@@ -68,6 +82,8 @@ class Recipe:
     summarize: Callable = _config_summary
     loop_defaults: dict = field(default_factory=dict)
     mutable: tuple[str, ...] = ("rate_lambda",)  # config fields --init-from may change (net.set_<field>)
+    data: Callable = _image_folder
+    loss: Callable | None = None
 
 
 # --- what the block codecs (DQ, SHVQ) share -----------------------------------------------------
@@ -275,6 +291,55 @@ def _describe_hdq(net: nn.Module, options: HDQOptions, steps: int) -> str:
     )
 
 
+# --- DQ-AE likelihood model ------------------------------------------------------------------
+
+
+@dataclass
+class DQAEOptions:
+    """What the DQ-AE trains on (``--arch dqae``).
+
+    Progressive training over image sizes (the paper's 32 -> 64 px) continues one model: export
+    the 32 px run (``--crop 32 --export NAME --quality 1 --weights-dir DIR``), then start the
+    64 px run from it (``--init-from DIR/NAME --crop 64``; fresh Adam, the codebooks as they were).
+    """
+
+    dataset: str = option(
+        "patches",
+        "training data under --data: patches (fixed --crop-sized patches of the training split of the images, the "
+        "local stand-in for CIFAR-10 / ImageNet32/64), cifar10 (python batches), imagenet (ImageNet32/64 .npz "
+        "batches) or images (random crops of an image folder)",
+        choices=DATASETS,
+    )
+
+
+def _dqae_data(options: DQAEOptions, loop):
+    return likelihood_training_data(options.dataset, loop.data, loop.crop)
+
+
+def _dqae_loss(out, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output head's objective (per sub-pixel: bits, or MSE for the mse head) + the quantizers' loss."""
+    sse = ((out.reconstruction.float() - batch) ** 2).sum()
+    return out.objective + out.quantizer_loss.float(), sse
+
+
+def _initialise_dqae(net: nn.Module, options: DQAEOptions, files: list[Path], generator: torch.Generator, log) -> None:
+    log("initialised: random weights; the codebooks are seeded by k-means++ on the first batch")
+
+
+def _describe_dqae(net: nn.Module, options: DQAEOptions, steps: int) -> str:
+    objective = "mean squared error" if net.config.head == "mse" else "negative log-likelihood in bits"
+    return (f"random initial weights, codebooks seeded by k-means++ on the first batch; {steps} Adam steps on the "
+            f"{net.config.head} head's {objective} + beta {net.config.beta} * commitment, EMA codebooks (decay 0.99) "
+            f"with dead-code re-initialisation below {net.config.dead_code_threshold} of a uniform share; data set "
+            f"{options.dataset}")
+
+
+def _summarize_dqae(config) -> str:
+    levels = ", ".join(f"K={size} M={count}" for size, count in config.levels)
+    return (f"{len(config.levels)}-level DQ-AE ({'depthwise' if config.quantizer == 'dq' else 'coupled VQ'}: {levels}, "
+            f"D={config.code_dim}), {config.head} head")
+
+
 # --arch NAME -> recipe. A new architecture adds its recipe here (or with register_recipe).
 RECIPES: dict[str, Recipe] = {
     "dq": Recipe(
@@ -310,6 +375,20 @@ RECIPES: dict[str, Recipe] = {
                              f"(stride 16), coarse M={c.coarse_codebooks} K={c.coarse_codebook_size} (stride 64), "
                              f"lambda={c.rate_lambda}"),
         loop_defaults={"steps": 2000, "crop": 128, "learning_rate": 2e-4},
+    ),
+    "dqae": Recipe(
+        architecture="DQAE",
+        options=DQAEOptions,
+        initialise=_initialise_dqae,
+        finish=_nothing,
+        describe=_describe_dqae,
+        estimate="-log2 p(x | codes), the reconstruction term only",
+        summarize=_summarize_dqae,
+        loop_defaults={"steps": 2000, "crop": 32, "batch_size": 32, "learning_rate": 2e-4, "validation_images": 0,
+                       "data": data_dir()},
+        mutable=(),
+        data=_dqae_data,
+        loss=_dqae_loss,
     ),
 }
 
