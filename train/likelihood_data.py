@@ -29,6 +29,7 @@ data of ``dqcodec train --arch dqae`` (``--dataset``).
 import hashlib
 import io
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,9 +60,9 @@ class LabelledImages:
 
 def planes_to_images(data: np.ndarray) -> np.ndarray:
     """(N, 3 S S) uint8 rows of R, G, B planes -> (N, S, S, 3) uint8."""
-    size = int(round((data.shape[1] // 3) ** 0.5))
+    size = int(round((data.shape[-1] // 3) ** 0.5))
     if data.ndim != 2 or data.shape[1] != 3 * size * size:
-        raise ValueError(f"image rows of {data.shape[1:]} values are not 3 square planes")
+        raise ValueError(f"data of shape {data.shape} is not rows of 3 square planes")
     return np.ascontiguousarray(data.reshape(-1, 3, size, size).transpose(0, 2, 3, 1))
 
 
@@ -206,7 +207,7 @@ class ArrayData:
     """Training data held as an array data set (loaded when the batches are first asked for)."""
 
     name: str
-    load: object  # () -> LabelledImages
+    load: Callable[[], LabelledImages]
     files: tuple = ()  # image files for a recipe's initialise/finish (none for CIFAR, ImageNet)
 
     def describe(self) -> str:
