@@ -79,10 +79,11 @@ def encode_with_notes(
     image: a path, encoded image bytes, a PIL image, or a (H, W, 3) / (H, W) uint8 array.
     max_pixels: the pixel limit (default: ``$DQCODEC_MAX_PIXELS`` or
         :data:`~dqcodec.codec.limits.DEFAULT_MAX_PIXELS`), checked before the pixels are read.
-    tile_size: side of the square tiles the image is coded in, pixels (default
-        :data:`~dqcodec.codec.tiles.DEFAULT_TILE_SIZE`): a multiple of the model's padding
-        multiple from :data:`~dqcodec.codec.tiles.MIN_TILE_SIZE` up, or 0 to code the image
-        whole (memory then grows with the image). Images no larger than a tile are one tile.
+    tile_size: the image is coded in square tiles starting every ``tile_size`` pixels (default
+        :data:`~dqcodec.codec.tiles.DEFAULT_TILE_SIZE`), each reaching the model's
+        :func:`tile_overlap` into the next: a multiple of the model's padding multiple from
+        :data:`~dqcodec.codec.tiles.MIN_TILE_SIZE` up, or 0 to code the image whole (memory then
+        grows with the image). An image that one tile covers is coded whole.
     workers: tiles coded at once, on threads; the file does not depend on it.
     """
     key = resolve_model_name(quality, model)
@@ -93,8 +94,9 @@ def encode_with_notes(
     _check_tile_size(tile_size, multiple)
     loaded = load_image(image, max_pixels)
     height, width, _ = loaded.pixels.shape
-    if len(Tiling(width, height, tile_size)) == 1:
-        tile_size = 0  # one tile: the whole image, in a file earlier releases read too
+    overlap = min(tile_overlap(net), tile_size)
+    if len(Tiling(width, height, tile_size, overlap)) == 1:
+        tile_size = overlap = 0  # one tile: the whole image, in a file earlier releases read too
     header = Header(
         model=info["name"],
         fingerprint=fingerprint,
@@ -104,7 +106,7 @@ def encode_with_notes(
         bit_depth=loaded.bit_depth,
         padding=multiple,
         tile_size=tile_size,
-        overlap=min(tile_overlap(net), tile_size // 2),
+        overlap=overlap,
     )
 
     def encode_tile(tile: Tile) -> list[bytes]:

@@ -2,10 +2,10 @@
 
 Two neighbouring tiles (:class:`~dqcodec.codec.tiles.Tiling`) share ``overlap`` pixels. There the
 output is a weighted sum of both reconstructions, with linear ramps whose weights sum to 1:
-the seam of a model whose reconstruction near a tile border differs from the one inside is
-spread over the overlap instead of showing as an edge. Without overlap (the block codecs, whose
-tiles meet on block borders) every pixel comes from one tile, exactly as whole-image decoding
-gives it.
+the seam of a model whose reconstruction near a tile border differs from the one inside (a
+convolutional codec's border effects; a block codec's border blocks, coded without their
+neighbours as context) is spread over the overlap instead of showing as an edge. Elsewhere a
+pixel comes from one tile, exactly as decoding that tile alone gives it.
 
 Tiles come in raster order. The assembler keeps only what later tiles still add to (the bottom
 ``overlap`` rows of the current row of tiles across the image, the right ``overlap`` columns of
@@ -37,7 +37,8 @@ def ramp(tiling: Tiling, index: int, count: int, length: int) -> np.ndarray:
 
 def to_uint8(values: np.ndarray) -> np.ndarray:
     """Float values in [0, 1] -> uint8 round(255 * value), as whole-image decoding rounds."""
-    return np.clip(np.round(values * 255.0), 0, 255).astype(np.uint8)
+    scaled = values * 255.0
+    return np.clip(np.round(scaled, out=scaled), 0, 255, out=scaled).astype(np.uint8)
 
 
 class TileAssembler:
@@ -81,8 +82,8 @@ class TileAssembler:
         if left_shared:
             blended[:, :left_shared] += self._left
         last_row, last_column = tile.row == rows - 1, tile.column == columns - 1
-        height = tile.height if last_row else tiling.stride
-        width = tile.width if last_column else tiling.stride
+        height = tile.height if last_row else tiling.size
+        width = tile.width if last_column else tiling.size
         self._paste(tile.top, tile.left, to_uint8(blended[:height, :width]))
         self._left = None if last_column else blended[:, width:].copy()
         if not last_row:

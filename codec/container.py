@@ -11,10 +11,10 @@ Layout of format version 2 (little-endian)::
     channels     u8        1 (decode gives grayscale) or 3 (RGB)
     bit_depth    u8        8 or 16: bit depth of the original input (decoded output is 8-bit)
     padding      u8        padding multiple of the model (pixels), 1..64
-    tile_size    u16       side of the square tiles in pixels: 0 (the whole image is one tile) or
+    tile_size    u16       pixels from one tile to the next: 0 (the whole image is one tile) or
                            MIN_TILE_SIZE..MAX_SIDE, a multiple of padding
-    overlap      u16       pixels two neighbouring tiles share: 0 (always with tile_size 0) up to
-                           tile_size / 2
+    overlap      u16       pixels a tile reaches into the next (two neighbours share them):
+                           0 (always with tile_size 0) up to tile_size
     levels       u8        1..32 streams per tile, one per level of the model's indices
     lengths      u32 each  the stream lengths in bytes, tile by tile in raster order (the tile
                            grid follows from width, height, tile_size and overlap, see
@@ -275,9 +275,9 @@ def _check_tiles(tile_size: int, overlap: int, padding: int) -> None:
             f"invalid .dqc header: tile size {tile_size} (must be 0 or a multiple of the padding {padding} "
             f"from {MIN_TILE_SIZE} to {MAX_SIDE})"
         )
-    if not 0 <= 2 * overlap <= tile_size:
+    if not 0 <= overlap <= tile_size:
         raise DQCodecError(
-            f"invalid .dqc header: tile overlap {overlap} (must be 0..{tile_size // 2} for tile size {tile_size})"
+            f"invalid .dqc header: tile overlap {overlap} (must be 0..{tile_size} for tile size {tile_size})"
         )
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from dqcodec.codec.container import MAX_PIXELS, MAX_SIDE
 from dqcodec.codec.errors import DQCodecError
@@ -54,7 +54,7 @@ _DECODE_ERRORS = (SyntaxError, ValueError, EOFError, IndexError, KeyError, struc
 class LoadedImage:
     """An input image ready for the model, and what became of it on the way."""
 
-    pixels: np.ndarray  # (H, W, 3) uint8 RGB, maybe read-only; grayscale inputs are replicated to three channels
+    pixels: np.ndarray  # (H, W, 3) uint8 RGB; grayscale inputs are replicated to three channels
     channels: int  # 1 or 3: what decode should give back
     bit_depth: int  # 8 or 16: bits per sample of the original
     notes: list[str] = field(default_factory=list)  # one line per lossy conversion
@@ -221,7 +221,8 @@ def _convert(image: Image.Image, name: str, max_pixels: int | None) -> LoadedIma
     frames = getattr(image, "n_frames", 1)
     sixteen_bit = _has_16_bit_samples(image)  # before load(), which empties image.tile
     image.load()
-    image = ImageOps.exif_transpose(image)
+    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+        image = ImageOps.exif_transpose(image)  # a copy, so only when there is something to turn
     notes = []
     if frames > 1:
         notes.append(f"only the first of {frames} frames is encoded")
@@ -255,13 +256,24 @@ def _to_rgb(image: Image.Image, name: str, notes: list[str]) -> tuple[np.ndarray
     if mode in ("1", "L"):
         return _replicate(np.asarray(image.convert("L"))), 1
     if mode == "RGB":
-        return np.asarray(image), 3  # no copy beyond Pillow's bytes: a 67 MP photo is 200 MB of them
+        return _rgb_array(image), 3
     if mode not in ("RGBX", "P"):
         notes.append(f"{mode} image converted to RGB")
     try:
         return np.array(image.convert("RGB"), dtype=np.uint8), 3
     except ValueError:
         raise DQCodecError(f"{name}: cannot convert a {mode} image to RGB") from None
+
+
+def _rgb_array(image: Image.Image, band: int = 256) -> np.ndarray:
+    """(H, W, 3) uint8 pixels of an RGB image, copied ``band`` rows at a time: ``np.asarray`` of
+    the whole image would hold two copies of Pillow's bytes (its chunks, then joined) beside the
+    array, 400 MB for a 67 MP photo."""
+    width, height = image.size
+    pixels = np.empty((height, width, 3), dtype=np.uint8)
+    for top in range(0, height, band):
+        pixels[top : top + band] = np.asarray(image.crop((0, top, width, min(top + band, height))))
+    return pixels
 
 
 def _replicate(gray: np.ndarray) -> np.ndarray:

@@ -4,11 +4,14 @@ An image is coded as a grid of tiles, each an independent image to the model (pa
 model's multiple, its own levels of indices, its own container streams), so coding holds one
 tile's tensors at a time and its time grows linearly with the pixels.
 
-Geometry (:class:`Tiling`), the same along both axes: tiles are ``size`` pixels square (the last
-ones in a row or column are cut by the image border), start every ``size - overlap`` pixels,
-and two neighbours share ``overlap`` pixels, which decoding blends
-(:class:`~dqcodec.codec.blend.TileAssembler`). ``size == 0`` means one tile, the whole image
-(files of format version 1, and ``--tile-size 0``).
+Geometry (:class:`Tiling`), the same along both axes: tiles start every ``size`` pixels (a
+multiple of the model's padding multiple, so every tile starts on the model's block grid) and
+reach ``overlap`` pixels into the next one, so a tile is ``size + overlap`` pixels square, less
+where the image ends; the pixels two neighbours share are blended on decode
+(:class:`~dqcodec.codec.blend.TileAssembler`). The last tile along a side starts more than
+``overlap`` pixels before the image ends, so every shared strip lies inside the image and no tile
+is a sliver inside its neighbour's overlap. ``size == 0`` means one tile, the whole image (files
+of format version 1, and ``--tile-size 0``).
 
 Pure Python (no numpy): the container reads the geometry from a header, and opening a file in
 Pillow must stay light.
@@ -52,8 +55,8 @@ class Tile:
 
 @dataclass(frozen=True)
 class Tiling:
-    """The tile grid of a ``width`` x ``height`` image (pixels): tiles of ``size`` pixels (0: one
-    tile, the whole image) of which neighbours share ``overlap`` pixels (0 <= overlap <= size / 2)."""
+    """The tile grid of a ``width`` x ``height`` image (pixels): tiles every ``size`` pixels (0:
+    one tile, the whole image), each reaching ``overlap`` pixels (0..size) into the next."""
 
     width: int
     height: int
@@ -63,13 +66,8 @@ class Tiling:
     def __post_init__(self):
         if self.size == 0 and self.overlap != 0:
             raise ValueError("a single tile has no overlap")
-        if self.size and not 0 <= 2 * self.overlap <= self.size:
-            raise ValueError(f"overlap {self.overlap} must be 0..{self.size // 2} for tiles of {self.size}")
-
-    @property
-    def stride(self) -> int:
-        """Pixels from the start of one tile to the start of the next."""
-        return self.size - self.overlap
+        if self.size and not 0 <= self.overlap <= self.size:
+            raise ValueError(f"overlap {self.overlap} must be 0..{self.size} for tiles every {self.size}")
 
     @property
     def columns(self) -> int:
@@ -83,17 +81,18 @@ class Tiling:
         return self.rows * self.columns
 
     def _count(self, length: int) -> int:
-        """Tiles along a side of ``length`` pixels: the fewest whose last one starts before the
-        previous one ends (so every overlap lies inside the image)."""
-        if self.size == 0 or length <= self.size:
+        """Tiles along a side of ``length`` pixels: the last starts more than ``overlap`` pixels
+        before the end (so every shared strip lies inside the image, and the last tile is no
+        sliver) and ends there."""
+        if self.size == 0 or length <= self.size + self.overlap:
             return 1
-        return -(-(length - self.overlap) // self.stride)
+        return -(-(length - self.overlap) // self.size)
 
     def _span(self, index: int, length: int) -> tuple[int, int]:
         if self.size == 0:
             return 0, length
-        start = index * self.stride
-        return start, min(start + self.size, length)
+        start = index * self.size
+        return start, min(start + self.size + self.overlap, length)
 
     def tiles(self) -> Iterator[Tile]:
         """Every tile, row by row (raster order: the order of the streams in a file)."""

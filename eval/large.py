@@ -159,18 +159,23 @@ def border_mask(height: int, width: int, stride: int, band: int) -> np.ndarray:
     return near_rows[:, None] | near_columns[None, :]
 
 
-def _psnr(original: np.ndarray, decoded: np.ndarray, mask: np.ndarray) -> float:
+def _psnr(original: np.ndarray, decoded: np.ndarray, mask: np.ndarray) -> float | None:
+    if not mask.any():
+        return None
     error = original[mask].astype(np.float64) - decoded[mask].astype(np.float64)
     return psnr_from_mse(float(np.mean(error**2)))
 
 
-def _step_error(original: np.ndarray, decoded: np.ndarray, positions: np.ndarray, axis: int) -> float:
-    """Mean |decoded step - original step| between pixel p-1 and p at ``positions`` along ``axis``."""
-    def steps(image):
-        image = image.astype(np.float64)
-        return np.take(image, positions, axis=axis) - np.take(image, positions - 1, axis=axis)
-
-    return float(np.mean(np.abs(steps(decoded) - steps(original))))
+def _step_error(original: np.ndarray, decoded: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> float | None:
+    """Mean |decoded step - original step| between pixel p-1 and p, at the given rows (steps
+    down) and columns (steps across); None where there are none."""
+    errors = []
+    for positions, axis in ((rows, 0), (columns, 1)):
+        if len(positions):
+            steps = [np.take(image, positions, axis=axis).astype(np.float64)
+                     - np.take(image, positions - 1, axis=axis) for image in (decoded, original)]
+            errors.append(np.abs(steps[0] - steps[1]).reshape(-1))
+    return float(np.concatenate(errors).mean()) if errors else None
 
 
 def seam_report(original: np.ndarray, tiled: np.ndarray, whole: np.ndarray, stride: int, band: int = 4) -> dict:
@@ -191,10 +196,8 @@ def seam_report(original: np.ndarray, tiled: np.ndarray, whole: np.ndarray, stri
             "psnr_border_band": _psnr(original, decoded, near),
             "psnr_interior": _psnr(original, decoded, ~near),
             "psnr": _psnr(original, decoded, np.ones_like(near)),
-            "step_error_tile_borders": float(np.mean([
-                _step_error(original, decoded, tile_columns, 1), _step_error(original, decoded, tile_rows, 0)])),
-            "step_error_block_borders": float(np.mean([
-                _step_error(original, decoded, block_columns, 1), _step_error(original, decoded, block_rows, 0)])),
+            "step_error_tile_borders": _step_error(original, decoded, tile_rows, tile_columns),
+            "step_error_block_borders": _step_error(original, decoded, block_rows, block_columns),
         }
     return report
 
@@ -206,11 +209,6 @@ def run_large(sizes: list[tuple[int, int]], model: str, tile_size: int, workers:
               folder: Path) -> list[dict]:
     """For each (width, height): the mosaic photograph, coded tiled (``tile_size``) and whole,
     each call measured in its own process; returns one dict per size."""
-    from dqcodec.codec import api
-    from dqcodec.models import registry
-
-    net = registry.load_model(api.resolve_model_name(model=model))[0]
-    stride = tile_size - min(api.tile_overlap(net), tile_size // 2)
     pictures = [image.pixels for image in load_images(kodak)]
     results = []
     for width, height in sizes:
@@ -229,7 +227,7 @@ def run_large(sizes: list[tuple[int, int]], model: str, tile_size: int, workers:
             entry[arm] = {"encode": asdict(encoded), "decode": asdict(decoded_run), "bytes": coded.stat().st_size,
                           "bpp": 8 * coded.stat().st_size / (width * height)}
             coded.unlink()
-        entry["seams"] = seam_report(original, decoded["tiled"], decoded["whole"], stride)
+        entry["seams"] = seam_report(original, decoded["tiled"], decoded["whole"], tile_size)
         source.unlink()
         results.append(entry)
     return results
@@ -268,11 +266,10 @@ def format_large(results: list[dict], model: str, tile_size: int, workers: int, 
     for entry in results:
         for arm in ("tiled", "whole"):
             seams = entry["seams"][arm]
-            lines.append(
-                f"| {entry['width']}x{entry['height']} | {arm} | {seams['psnr_border_band']:.2f} "
-                f"| {seams['psnr_interior']:.2f} | {seams['psnr']:.2f} | {seams['step_error_tile_borders']:.2f} "
-                f"| {seams['step_error_block_borders']:.2f} |"
-            )
+            cells = [seams[key] for key in ("psnr_border_band", "psnr_interior", "psnr", "step_error_tile_borders",
+                                            "step_error_block_borders")]
+            lines.append(f"| {entry['width']}x{entry['height']} | {arm} | "
+                         + " | ".join("-" if cell is None else f"{cell:.2f}" for cell in cells) + " |")
     return "\n".join(lines)
 
 

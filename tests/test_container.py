@@ -213,7 +213,7 @@ def test_absurd_dimensions_with_a_valid_checksum():
         ({"tile_size": 264, "padding": 16}, "multiple of the padding 16"),
         ({"tile_size": MAX_SIDE + 16}, "tile size"),
         ({"overlap": 8, "version": 2}, "tile overlap 8"),
-        ({"tile_size": 256, "overlap": 129}, "must be 0..128"),
+        ({"tile_size": 256, "overlap": 257}, "must be 0..256"),
     ],
 )
 def test_bad_header_fields_with_a_valid_checksum(fields, fragment):

@@ -39,7 +39,7 @@ def photo_like(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-IMAGE = photo_like(300, 600)  # 3 x 2 tiles of 256 sharing 8 pixels: 256, 256, 104 wide; 256, 52 high
+IMAGE = photo_like(300, 600)  # 3 x 2 tiles every 256 pixels, each 8 into the next: 264, 264, 88 wide; 264, 44 high
 
 
 @pytest.fixture(scope="module")
@@ -64,16 +64,17 @@ def tile_file(data: bytes, index: int) -> bytes:
 # ---- geometry and blending ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("length", [1, 255, 256, 257, 300, 511, 512, 513, 1000, 4000])
-@pytest.mark.parametrize("size, overlap", [(256, 0), (256, 1), (256, 64), (256, 128), (1024, 64), (0, 0)])
+@pytest.mark.parametrize("length", [1, 255, 256, 257, 263, 264, 265, 300, 511, 512, 513, 520, 1000, 2048, 4000])
+@pytest.mark.parametrize("size, overlap", [(256, 0), (256, 1), (256, 8), (256, 64), (256, 256), (1024, 64), (0, 0)])
 def test_tiles_cover_the_image_and_share_exactly_the_overlap(length, size, overlap):
     tiling = Tiling(length, 7, size, overlap)
     spans = [(tile.left, tile.right) for tile in tiling.tiles()]
     assert len(spans) == tiling.columns == len(tiling) and spans[0][0] == 0 and spans[-1][1] == length
+    assert all(start == index * size for index, (start, _) in enumerate(spans))  # on the model's grid
     for (start, stop), (next_start, next_stop) in zip(spans, spans[1:]):
-        assert stop - start == size and stop - next_start == overlap  # full tiles, each overlap inside
-        assert next_stop - next_start > overlap  # the last tile reaches past its overlap
-    assert all(0 < stop - start <= (size or length) for start, stop in spans)
+        assert stop - start == size + overlap and stop - next_start == overlap  # full tiles, overlaps inside
+        assert next_stop - next_start > overlap  # the last tile reaches past its overlap: no sliver
+    assert all(0 < stop - start <= (size + overlap or length) for start, stop in spans)
 
 
 def test_tiles_come_in_raster_order():
@@ -83,7 +84,7 @@ def test_tiles_come_in_raster_order():
 
 
 @pytest.mark.parametrize("width, height, size, overlap", [(600, 300, 256, 32), (700, 520, 256, 128), (300, 300, 256, 1),
-                                                          (513, 257, 256, 0)])
+                                                          (513, 257, 256, 0), (800, 600, 256, 256)])
 def test_blending_weights_sum_to_one_and_every_pixel_is_pasted_once(width, height, size, overlap):
     tiling = Tiling(width, height, size, overlap)
     levels = np.random.default_rng(1).integers(0, 256, (height, width, 3))
@@ -98,9 +99,10 @@ def test_blending_weights_sum_to_one_and_every_pixel_is_pasted_once(width, heigh
     for tile in tiling.tiles():  # every tile reconstructs the same image: the blend must give it back
         assembler.add(tile, levels[tile.top : tile.bottom, tile.left : tile.right] / 255.0)
     assert (pasted == 1).all() and np.array_equal(out, levels)
-    first, middle = ramp(tiling, 0, 3, size), ramp(tiling, 1, 3, size)
+    extent = size + overlap
+    first, middle = ramp(tiling, 0, 3, extent), ramp(tiling, 1, 3, extent)
     assert 0 < middle.min() and middle.max() <= 1 and (overlap == 0) == (middle.min() == 1)
-    assert np.allclose(first[size - overlap :] + middle[:overlap], 1)  # a tile and the next, on their shared pixels
+    assert np.allclose(first[size:] + middle[:overlap], 1)  # a tile and the next, on their shared pixels
 
 
 def test_ordered_map_keeps_the_order_and_raises_at_the_failing_item():
@@ -198,7 +200,7 @@ def test_a_model_may_ask_for_more_overlap(monkeypatch, whole):
     assert header.overlap == 32 and (header.tiling.columns, header.tiling.rows) == (3, 2)
     decoded = check_tiles(data, IMAGE, "dq-q1")
     assert np.array_equal(np.asarray(dqcodec.decode(data, workers=2)), decoded)
-    report = seam_report(IMAGE, decoded, np.asarray(dqcodec.decode(whole)), stride=TILE - 32)
+    report = seam_report(IMAGE, decoded, np.asarray(dqcodec.decode(whole)), stride=TILE)
     assert report["tiled"]["psnr"] > report["whole"]["psnr"] - 0.1
 
 
@@ -208,7 +210,7 @@ def test_no_seams_at_tile_borders(model):
     across a tile border is no worse than across any other block border of the block codec."""
     tiled = np.asarray(dqcodec.decode(dqcodec.encode(IMAGE, model=model, tile_size=TILE)))
     whole = np.asarray(dqcodec.decode(dqcodec.encode(IMAGE, model=model, tile_size=0)))
-    report = seam_report(IMAGE, tiled, whole, stride=TILE - 8)
+    report = seam_report(IMAGE, tiled, whole, stride=TILE)
     assert report["tiled"]["psnr"] > report["whole"]["psnr"] - 0.1
     assert report["tiled"]["psnr_border_band"] > report["whole"]["psnr_border_band"] - 0.3
     assert report["tiled"]["step_error_tile_borders"] < report["whole"]["step_error_tile_borders"] + 0.5
