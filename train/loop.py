@@ -57,6 +57,7 @@ class LoopConfig:
     device: str = option("cpu", "where to train (cuda: bfloat16 autocast)", choices=("cpu", "cuda"))
     threads: int = option(2, "torch CPU threads")
     max_minutes: float = option(0.0, "stop (saving the state) after this many minutes of training; 0: no limit")
+    clip_grad_norm: float = option(0.0, "clip the gradient to this global norm before each step (0: no clipping)")
 
 
 def rd_loss(out, batch: torch.Tensor, rate_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,6 +105,8 @@ def train(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, fresh: bool
         loss, sse = recipe.loss(out, batch) if recipe.loss else rd_loss(out, batch, net.config.rate_lambda)
         optimizer.zero_grad()
         loss.backward()
+        if loop.clip_grad_norm > 0:
+            nn.utils.clip_grad_norm_(net.parameters(), loop.clip_grad_norm)
         optimizer.step()
         done = step + 1
         out_of_time = loop.max_minutes > 0 and _agreed(time.time() - started > 60 * loop.max_minutes, device, world)

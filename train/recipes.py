@@ -123,7 +123,7 @@ def _initialise_dq(net: nn.Module, options: DQOptions, files: list[Path], genera
     mean, axes = block_pca(images, net.config.block)
     set_block_transform(net, mean, axes)
     slices = sample_slices(net, images, options.init_samples, generator)
-    ecvq_codebooks(net, slices, options.ecvq_iterations, generator)
+    ecvq_codebooks(net, slices, options.ecvq_iterations, generator, guard=lambda: net.guard_codes(options.guard_error / 255))
     log("initialised: block PCA with flat colours apart, ECVQ codebooks, guard codes")
 
 
@@ -374,7 +374,9 @@ RECIPES: dict[str, Recipe] = {
         summarize=lambda c: (f"hierarchical DQ codec, fine M={c.num_codebooks} K={c.codebook_size} D={c.code_dim} "
                              f"(stride 16), coarse M={c.coarse_codebooks} K={c.coarse_codebook_size} (stride 64), "
                              f"lambda={c.rate_lambda}"),
-        loop_defaults={"steps": 2000, "crop": 128, "learning_rate": 2e-4},
+        # Clipping as CompressAI's training does: without it a CPU run diverged (loss 1e10) when the
+        # rate term collapsed the codebooks to one code each.
+        loop_defaults={"steps": 2000, "crop": 128, "learning_rate": 2e-4, "clip_grad_norm": 1.0},
     ),
     "dqae": Recipe(
         architecture="DQAE",
