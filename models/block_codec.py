@@ -37,6 +37,15 @@ def guard_colours() -> np.ndarray:
     return np.asarray(corners + greys, dtype=np.float64) / 255.0
 
 
+def _merge_close(values: np.ndarray, tolerance: float) -> np.ndarray:
+    """(G, D) values -> the first of each group of values within ``tolerance`` of an earlier kept one."""
+    kept: list[np.ndarray] = []
+    for value in values:
+        if all(np.linalg.norm(value - other) > tolerance for other in kept):
+            kept.append(value)
+    return np.array(kept).reshape(-1, values.shape[1])
+
+
 class BlockCodec(nn.Module):
     """Base of the block codecs; subclasses set ``config`` (with ``block``, ``rate_lambda``),
     ``analysis``, ``synthesis`` (a :class:`~dqcodec.models.transforms.BlockSynthesis`) and
@@ -70,10 +79,13 @@ class BlockCodec(nn.Module):
         """(M, K) bool: the codes the quantizer may assign (in ``code_values`` order)."""
         raise NotImplementedError
 
-    def place_guard_codes(self, exact: list[np.ndarray], spread: list[np.ndarray], gaps: np.ndarray) -> np.ndarray:
+    def place_guard_codes(
+        self, exact: list[np.ndarray], spread: list[np.ndarray], gaps: np.ndarray, in_use: np.ndarray
+    ) -> np.ndarray:
         """Make codebook m hold the (G, D) values ``exact[m]`` and a code within ``gaps[m] / 2`` of
-        every (F, D) value of ``spread[m]`` as far as the architecture can; returns the (M, K) bool
-        mask of the codes that serve them (in ``code_values`` order), which must stay in use."""
+        every (F, D) value of ``spread[m]``, moving only codes that are not ``in_use`` (M, K) or
+        lie very near a value; returns the (M, K) bool mask of the codes that serve them (in
+        ``code_values`` order), which must stay in use."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -93,7 +105,7 @@ class BlockCodec(nn.Module):
         return columns.amax(dim=0).view(self.entropy.num_codebooks, -1).amax(dim=1).cpu().numpy()
 
     @torch.no_grad()
-    def guard_codes(self, pixel_error: float = 3 / 255) -> np.ndarray:
+    def guard_codes(self, pixel_error: float = 3 / 255, usage: np.ndarray | None = None) -> np.ndarray:
         """Give every codebook the codes that flat colours need; returns the (M, K) bool mask of
         those codes (in ``code_values`` order), which code pruning must keep.
 
@@ -102,19 +114,36 @@ class BlockCodec(nn.Module):
         span (the range of that coefficient over every flat colour, since it is affine in the
         colour) no further apart than ``2 * pixel_error`` pixel units through the synthesis, so
         that any flat colour is off by about ``pixel_error`` per codebook at most. Computed from
-        the network's own weights, so it holds for a retrained or new transform as well.
+        the network's own weights, so it holds for a retrained or new transform as well. Codes
+        with no ``usage`` (M, K) (by default: those the quantizer does not use, ``code_in_use``)
+        are free to take a guard value.
         """
-        exact = self.flat_slices(guard_colours())  # (M, G, D)
         gaps = 2 * pixel_error / np.maximum(self.synthesis_reach(), 1e-12)
-        spread = []
-        for m, values in enumerate(exact):
-            if values.shape[1] != 1:
+        exact, spread = [], []
+        for m, values in enumerate(self.flat_slices(guard_colours())):  # (G, D) per codebook
+            # Values closer than float32 rounding are one value (a detail axis gives 0 to every flat colour).
+            exact.append(_merge_close(values, 1e-4 * gaps[m]))
+            low, high = values.min(), values.max()
+            if values.shape[1] != 1 or high - low <= gaps[m]:
                 spread.append(np.zeros((0, values.shape[1])))
                 continue
-            low, high = values.min(), values.max()
-            count = int(np.ceil((high - low) / gaps[m])) + 1
-            spread.append(np.linspace(low, high, count)[:, None] if high > low else np.zeros((0, 1)))
-        return self.place_guard_codes(list(exact), spread, gaps)
+            spread.append(np.linspace(low, high, int(np.ceil((high - low) / gaps[m])) + 1)[:, None])
+        in_use = self.code_in_use() if usage is None else np.asarray(usage) > 0
+        return self.place_guard_codes(exact, spread, gaps, in_use)
+
+    @torch.no_grad()
+    def holds_guard_codes(self, pixel_error: float = 3 / 255) -> bool:
+        """Whether every codebook has, among the codes in use, a code within half the guard
+        spacing of :meth:`guard_codes` (for ``pixel_error``) of the value of every guard colour:
+        true of a model fitted with guard codes (release 0.3.0 on), false of earlier ones."""
+        values = self.code_values()
+        sizes = self.entropy.alphabet_sizes.tolist()
+        gaps = 2 * pixel_error / np.maximum(self.synthesis_reach(), 1e-12)
+        for m, targets in enumerate(self.flat_slices(guard_colours())):
+            distances = np.sqrt(((targets[:, None] - values[m, : sizes[m]][None]) ** 2).sum(-1)).min(axis=1)
+            if distances.max() > gaps[m] / 2:
+                return False
+        return True
 
     @torch.no_grad()
     def anchor_flat_colours(self) -> float:
@@ -160,10 +189,14 @@ class BlockCodec(nn.Module):
         """(B, 3, H, W) image in [0, 1], H and W multiples of P -> one level of (B, M, H/P, W/P) indices.
 
         Each index minimises distortion + lambda * (-log2 p) under the context tables, in coding
-        order (:func:`~dqcodec.models.entropy.choose_indices`).
+        order (:func:`~dqcodec.models.entropy.choose_indices`); a model that holds guard codes
+        (:meth:`holds_guard_codes`) starts each predicted codebook on the nearest codes, so that
+        a flat area of a guard colour stays on its exact code (earlier models keep their choices:
+        the same weights still write the same files).
         """
         slices = self.code_slices(image).double().numpy()
-        indices = choose_indices(slices, self.code_values(), self.entropy, self.rate_lambdas())
+        indices = choose_indices(slices, self.code_values(), self.entropy, self.rate_lambdas(),
+                                 nearest_first_rows=self.holds_guard_codes())
         return [IndexLevel(LEVEL_NAME, indices)]
 
     @torch.no_grad()

@@ -97,22 +97,24 @@ class DQCodecNet(BlockCodec):
         return (counts > FREE_SHARE * counts.mean(dim=1, keepdim=True)).cpu().numpy()
 
     @torch.no_grad()
-    def place_guard_codes(self, exact: list[np.ndarray], spread: list[np.ndarray], gaps: np.ndarray) -> np.ndarray:
+    def place_guard_codes(
+        self, exact: list[np.ndarray], spread: list[np.ndarray], gaps: np.ndarray, in_use: np.ndarray
+    ) -> np.ndarray:
         """Guard codes in the free slots of each codebook (see ``BlockCodec.guard_codes``).
 
         An exact value moves the nearest code in use onto it when that one lies within a quarter
-        of the codebook's gap (and serves no other exact value), else it takes a free slot; a
-        spread value takes a free slot when no code lies within half the gap. New codes get a
-        small count (``GUARD_SHARE`` of a uniform share), so the training-time ECVQ rule seldom
-        picks them for photographs. A codebook without free slots keeps what it has (the values
-        it could not hold are counted in ``self.guard_shortfall``).
+        of the codebook's gap (and serves no other exact value), else it takes a free slot, or
+        when there is none the slot of the least used code that serves no guard value; a spread
+        value takes a free slot when no code lies within half the gap (and is left out when there
+        is none). New codes get a small count
+        (``GUARD_SHARE`` of a uniform share), so the training-time ECVQ rule seldom picks them
+        for photographs.
         """
         quantizer = self.quantizer
         codebooks = quantizer.codebooks.detach().double().cpu().numpy().copy()
         counts = quantizer.ema_counts.detach().double().cpu().numpy().copy()
-        in_use = self.code_in_use()
+        in_use = in_use.copy()
         guard = np.zeros_like(in_use)
-        self.guard_shortfall = 0
         for m in range(len(codebooks)):
             codes, free = codebooks[m], list(np.flatnonzero(~in_use[m]))
             new_count = GUARD_SHARE * counts[m].mean()
@@ -122,11 +124,13 @@ class DQCodecNet(BlockCodec):
                 distances = np.linalg.norm(codes[candidates] - value, axis=1)
                 return (int(candidates[distances.argmin()]), float(distances.min())) if len(candidates) else (-1, np.inf)
 
-            def add(value: np.ndarray) -> None:
-                if not free:
-                    self.guard_shortfall += 1
+            def add(value: np.ndarray, replace: bool) -> None:
+                if free:
+                    slot = free.pop(0)
+                elif replace:
+                    slot = int(np.where(guard[m], np.inf, counts[m]).argmin())
+                else:
                     return
-                slot = free.pop(0)
                 codes[slot], counts[m, slot], in_use[m, slot], guard[m, slot] = value, new_count, True, True
 
             exact_codes: dict[int, np.ndarray] = {}
@@ -137,7 +141,7 @@ class DQCodecNet(BlockCodec):
                 elif distance <= gaps[m] / 4 and slot not in exact_codes:
                     codes[slot], guard[m, slot] = value, True
                 else:
-                    add(value)
+                    add(value, replace=True)
                     continue
                 exact_codes[slot] = value
             for value in spread[m]:
@@ -145,7 +149,7 @@ class DQCodecNet(BlockCodec):
                 if distance <= gaps[m] / 2:
                     guard[m, slot] = True
                 else:
-                    add(value)
+                    add(value, replace=False)
         quantizer.load_codebooks(torch.from_numpy(codebooks).to(quantizer.codebooks), torch.from_numpy(counts).to(quantizer.ema_counts))
         return guard
 

@@ -239,6 +239,7 @@ def choose_indices(
     entropy: ContextIndexModel,
     rate_lambda: np.ndarray | float,
     side: Side | None = None,
+    nearest_first_rows: bool = False,
 ) -> np.ndarray:
     """Rate-distortion optimised indices under the context tables, in coding order (greedy RDO).
 
@@ -247,19 +248,26 @@ def choose_indices(
     rate_lambda: squared error (in the units of ``vectors``) per bit, a scalar or one per
         codebook (M,).
     side: decoded coarser levels, as the entropy model's ``tables`` reads them.
+    nearest_first_rows: the first step of each predicted codebook (its first row of anchors,
+        which has no decoded neighbour) takes the nearest code instead: what it chooses becomes
+        the context of everything below, so a flat area keeps the code of its first row, and a
+        code off the nearest one that was cheaper for that row would spread over the whole area.
     Returns (B, M, H, W) int64: each index minimises ||x - c_k||^2 + lambda * (-log2 p(k | context)),
     the context made of the indices already chosen, exactly as the decoder will see them.
     """
     b, m_count, d, h, w = vectors.shape
     lambdas = np.broadcast_to(np.asarray(rate_lambda, dtype=np.float64), (m_count,))
     indices = np.zeros((b, m_count, h, w), dtype=np.int64)
+    started: set[int] = set()
     for step in entropy.coding_steps(indices.shape):
         m = step.codebook
         table = entropy.tables(indices, step, side or {})  # (N, K_m)
         bits = np.log2(table.sum(axis=1, keepdims=True)) - np.log2(table)
         points = vectors[:, m][:, :, step.mask].transpose(0, 2, 1).reshape(-1, 1, d)  # (N, 1, D)
         distortion = ((points - codebooks[m, : table.shape[1]][None]) ** 2).sum(axis=-1)
-        step.place(indices, (distortion + lambdas[m] * bits).argmin(axis=1))
+        nearest = nearest_first_rows and m < entropy.num_predicted and m not in started
+        started.add(m)
+        step.place(indices, (distortion + (0.0 if nearest else lambdas[m]) * bits).argmin(axis=1))
     return indices
 
 

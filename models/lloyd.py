@@ -126,6 +126,7 @@ def lloyd(
     restart_empty: bool = False,
     generator: torch.Generator | None = None,
     chunk: int | None = None,
+    fixed: torch.Tensor | None = None,
 ) -> LloydResult:
     """Up to ``iterations`` (entropy-constrained) Lloyd iterations from ``centres``.
 
@@ -143,17 +144,23 @@ def lloyd(
             instead of leaving it in place. Meant for lambda = 0: with a rate term an unused
             code is out of use anyway.
         chunk: vectors per assignment step (see :func:`nearest_codes`).
+        fixed: (M, K) (or (K,)) bool, codes that take part in every assignment but never move
+            (their counts follow the data like the others'); None moves every code.
     """
     single = points.dim() == 2
     if single:
         points, centres = points[None], centres[None]
         counts = None if counts is None else counts[None]
+        fixed = None if fixed is None else fixed[None]
     num_codebooks, count, dim = points.shape
     codebook_size = centres.shape[1]
     centres = centres.to(dtype=points.dtype, copy=True).contiguous()
     if counts is None:
         counts = points.new_full((num_codebooks, codebook_size), count / codebook_size)
     flat_points = points.reshape(-1, dim)
+    movable = torch.ones(num_codebooks * codebook_size, dtype=torch.bool, device=points.device)
+    if fixed is not None:
+        movable = ~fixed.reshape(-1).to(points.device)
     offsets = torch.arange(num_codebooks, device=points.device)[:, None] * codebook_size
     history: list[float] = []
     assignment, objective, restarted, converged = None, None, False, False
@@ -175,9 +182,9 @@ def lloyd(
         flat_counts = points.new_zeros(num_codebooks * codebook_size).index_add_(0, flat, points.new_ones(len(flat)))
         sums = points.new_zeros(num_codebooks * codebook_size, dim).index_add_(0, flat, flat_points)
         codes = centres.view(-1, dim)
-        used = flat_counts > 0
+        used = (flat_counts > 0) & movable
         codes[used] = sums[used] / flat_counts[used, None]
-        empty = (~used).nonzero()[:, 0]
+        empty = ((flat_counts == 0) & movable).nonzero()[:, 0]
         restarted = restart_empty and len(empty) > 0
         if restarted:
             rows = torch.randint(0, count, (len(empty),), generator=generator).to(points.device)

@@ -51,6 +51,11 @@ class SHVQCodecConfig:
         return self.num_centres
 
 
+# How close (in quantization steps) a centre in use must already be to a guard value to be moved
+# onto it: every channel that uses the centre moves with it, so only by a negligible amount.
+EXACT_TOLERANCE = 0.02
+
+
 class SHVQCodecNet(BlockCodec):
     """Block transform + soft-to-hard quantizer + context tables; images (B, 3, H, W) in [0, 1]."""
 
@@ -104,15 +109,41 @@ class SHVQCodecNet(BlockCodec):
         """(C, L) bool: every centre may be assigned (the hard assignment has no rate term)."""
         return np.ones(tuple(self.symbol_centre.shape), dtype=bool)
 
-    def place_guard_codes(self, exact: list[np.ndarray], spread: list[np.ndarray], gaps: np.ndarray) -> np.ndarray:
-        """The symbols of the centres nearest to each guard value (see ``BlockCodec.guard_codes``).
+    @torch.no_grad()
+    def place_guard_codes(
+        self, exact: list[np.ndarray], spread: list[np.ndarray], gaps: np.ndarray, in_use: np.ndarray
+    ) -> np.ndarray:
+        """Guard centres (see ``BlockCodec.guard_codes``); returns the (C, L) mask of the symbols
+        that serve them.
 
-        The centres are shared by all channels and start on a uniform grid over +-L/2 steps, far
-        beyond the photographs' range, so they stay where they are: each channel only keeps the
-        nearest ones in its alphabet.
+        The centres are shared by all channels, so an exact value takes the centre nearest to it
+        only when that one lies within ``EXACT_TOLERANCE`` steps (it is then moved onto the value),
+        else a centre that no channel uses (``in_use`` false for every channel; the uniform grid
+        that training starts from reaches far beyond the photographs' range, and its tail centres
+        serve nobody), the one nearest to the value. Spread values keep the nearest centre where
+        it is. Raises ValueError when the free centres run out.
         """
-        values = self.code_values()  # (C, L, 1)
-        guard = np.zeros(values.shape[:2], dtype=bool)
+        centres = self.quantizer.centres.detach()
+        order = self.symbol_centre.long()
+        free = np.ones(len(centres), dtype=bool)
+        for m in range(len(order)):
+            free[order[m][torch.from_numpy(in_use[m])].numpy()] = False
+        moved: dict[int, float] = {}
+        for m, values in enumerate(exact):
+            for value in values[:, 0]:
+                distances = (centres[:, 0].double() - value).abs().numpy()
+                nearest = int(distances.argmin())
+                if distances[nearest] <= EXACT_TOLERANCE and abs(moved.get(nearest, value) - value) <= EXACT_TOLERANCE:
+                    choice = nearest
+                elif free.any():
+                    choice = int(np.where(free, distances, np.inf).argmin())
+                    free[choice] = False
+                else:
+                    raise ValueError("no free SHVQ centre left for a guard value; use more centres (--num-centres)")
+                centres[choice, 0] = float(value)
+                moved[choice] = float(value)
+        guard = np.zeros(tuple(order.shape), dtype=bool)
+        values = self.code_values()  # (C, L, 1), with the moved centres
         for m in range(len(values)):
             targets = np.concatenate([exact[m], spread[m]])[:, 0]
             guard[m, np.abs(values[m, :, 0][None] - targets[:, None]).argmin(axis=1)] = True

@@ -12,6 +12,7 @@ hold few saturated colours and no flat graphics; and before the tables are count
 gets guard codes for flat colours (``BlockCodec.guard_codes``), kept through code pruning.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from dqcodec.content import fitting_content, saturate
+from dqcodec.models.block_codec import guard_colours
 from dqcodec.models.codec_net import DQCodecNet
 from dqcodec.models.lloyd import lloyd, sample_centres
 from dqcodec.train.data import load_rgb, to_tensor
@@ -57,6 +59,12 @@ def fitting_images(files: list[Path], synthetic_share: float) -> list[FittingIma
     return [*files, *saturated, *(synthetic[index % len(synthetic)] for index in range(len(saturated)))]
 
 
+# Columns: grey, yellow-blue, red-green (orthonormal, in RGB).
+OPPONENT_AXES = torch.tensor(
+    [[3**-0.5, 6**-0.5, 2**-0.5], [3**-0.5, 6**-0.5, -(2**-0.5)], [3**-0.5, -2 * 6**-0.5, 0.0]], dtype=torch.float64
+)
+
+
 def flat_basis(block: int) -> torch.Tensor:
     """(3 P^2, 3) orthonormal basis of flat blocks (one colour per block), pixel-unshuffle order."""
     basis = torch.zeros(3 * block * block, 3, dtype=torch.float64)
@@ -69,12 +77,17 @@ def flat_basis(block: int) -> torch.Tensor:
 def block_pca(images: list[FittingImage], block: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Centre (C,) and principal axes (C, C) of P x P blocks, with flat colours kept apart.
 
-    The first 3 axes span the flat blocks (the principal axes of the blocks' mean colours, by
-    decreasing variance), the other C - 3 are the principal axes of what is left of the blocks
-    once their mean colour is removed, by decreasing variance. The centre is the flat block of
-    the mean colour. So a flat block of any colour has exactly zero on every axis but the first
-    3, and those 3 codebooks alone decide how well flat colours come back (the plain block PCA
-    mixes them into most of its axes, where photographs leave a single code).
+    The first 3 axes span the flat blocks, along the opponent colour axes (``OPPONENT_AXES``):
+    grey (equal weights on R, G and B), then yellow-blue and red-green in the order of the
+    variance the blocks' mean colours have along them. The other C - 3 are the principal axes
+    of what is left of the blocks once their mean colour is removed, by decreasing variance.
+    The centre is the flat grey block of the mean value. So a flat block of any colour has
+    exactly zero on every axis but the first 3, a grey one on every axis but the first, and the
+    other corners of the RGB cube lie far out on the chroma axes (or on zero, like the greys),
+    away from the crowd of nearly grey photographs' codes: those 3 codebooks alone decide how
+    flat colours come back. (The plain block PCA mixes flat colours into most of its axes,
+    where photographs leave a single code; principal chroma axes put some corners near zero,
+    where a code of their own loses to the photographs' common ones.)
     """
     unshuffle = torch.nn.PixelUnshuffle(block)
     total, outer, count = 0.0, 0.0, 0
@@ -86,13 +99,17 @@ def block_pca(images: list[FittingImage], block: int) -> tuple[torch.Tensor, tor
     mean = total / count
     covariance = outer / count - torch.outer(mean, mean)
     flat = flat_basis(block)
+    colour_axes = OPPONENT_AXES[:, :1]
+    chroma = OPPONENT_AXES[:, 1:]
+    variances = torch.diagonal(chroma.T @ flat.T @ covariance @ flat @ chroma)
+    colour_axes = torch.cat([colour_axes, chroma[:, variances.argsort(descending=True)]], dim=1)
     detail = torch.eye(len(mean), dtype=torch.float64) - flat @ flat.T
-    _, colour_axes = torch.linalg.eigh(flat.T @ covariance @ flat)
     _, detail_axes = torch.linalg.eigh(detail @ covariance @ detail)
     # Drop the 3 null directions (the flat ones), re-orthogonalise the rest against them.
     detail_axes = torch.linalg.qr(detail @ detail_axes.flip(1)[:, : len(mean) - 3]).Q
-    axes = torch.cat([flat @ colour_axes.flip(1), detail_axes], dim=1)
-    return (flat @ flat.T @ mean).float(), axes.float()
+    axes = torch.cat([flat @ colour_axes, detail_axes], dim=1)
+    centre = torch.full_like(mean, float(mean.mean()))
+    return centre.float(), axes.float()
 
 
 @torch.no_grad()
@@ -127,15 +144,27 @@ def sample_slices(net: DQCodecNet, images: list[FittingImage], count: int, gener
 
 @torch.no_grad()
 def ecvq_codebooks(
-    net: DQCodecNet, slices: torch.Tensor, iterations: int, generator: torch.Generator, chunk: int = 4096
+    net: DQCodecNet,
+    slices: torch.Tensor,
+    iterations: int,
+    generator: torch.Generator,
+    chunk: int = 4096,
+    guard: Callable[[], np.ndarray] | None = None,
 ) -> None:
     """Entropy-constrained Lloyd iterations on (N, M, D) slices; sets codebooks and EMA state.
 
     Codebook m starts on K distinct random slices ``slices[:, m]``. The first third of the
     iterations are plain k-means (no rate term) so that codes spread over the data before the
     rate term (the quantizer's ``rate_lambda``) starts pruning the expensive ones; see
-    :func:`dqcodec.models.lloyd.lloyd`. The codes left unused then hold the guard codes for flat
-    colours (``BlockCodec.guard_codes``).
+    :func:`dqcodec.models.lloyd.lloyd`.
+
+    ``guard`` (``BlockCodec.guard_codes``: places guard codes on the quantizer, returns their
+    (M, K) mask) runs after the plain k-means, and the guard codes stay where they are through
+    the entropy-constrained iterations, which fit the other codes and every code's usage around
+    them: a guard code inside the photographs' range then serves the slices nearest to it like
+    any other code (the tables price it by that use), instead of being a stranger among codes
+    fitted without it. It runs once more at the end, to spread codes into the slots that the
+    rate term left free.
     """
     quantizer = net.quantizer
     points = slices.transpose(0, 1).contiguous()  # (M, N, D)
@@ -144,16 +173,51 @@ def ecvq_codebooks(
     if plain_iterations:
         plain = lloyd(points, centres, plain_iterations, chunk=chunk)
         centres, counts = plain.centres, plain.counts
-    fit = lloyd(points, centres, iterations - plain_iterations, quantizer.rate_lambda, counts, chunk=chunk)
+    fixed = None
+    if guard is not None:
+        quantizer.load_codebooks(centres, counts.clamp_min(1e-3) if counts is not None else quantizer.ema_counts)
+        fixed = torch.from_numpy(guard())
+        centres, counts = quantizer.codebooks.clone(), quantizer.ema_counts.clone()
+        # A guard code enters with a uniform share, so that the rate term prices it by its use.
+        counts = torch.where(fixed, counts.clamp_min(float(counts.mean())), counts)
+    fit = lloyd(points, centres, iterations - plain_iterations, quantizer.rate_lambda, counts, chunk=chunk, fixed=fixed)
     # Unused codes keep a tiny count: the rate term keeps them out of use, yet they stay valid.
     quantizer.load_codebooks(fit.centres, fit.counts.clamp_min(1e-3))
-    net.guard_codes()
+    if guard is not None:
+        guard()
 
 
 @torch.no_grad()
-def fit_entropy_tables(net, images: list[FittingImage], rounds: int = 2, guard_error: float = 3.0) -> None:
+def code_usage(net, images: list[torch.Tensor]) -> torch.Tensor:
+    """(M, K) how often the quantizer's own assignment (``net.nearest_indices``) picks each code
+    over (1, 3, H, W) ``images``, in ``net.code_values`` order."""
+    m_count, k_count = net.config.num_codebooks, net.config.codebook_size
+    offsets = torch.arange(m_count)[:, None] * k_count
+    usage = torch.zeros(m_count * k_count)
+    for image in tqdm(images, desc="code usage", unit="img", leave=False):
+        indices = net.nearest_indices(image)[0].reshape(m_count, -1)
+        usage += torch.bincount((indices + offsets).reshape(-1), minlength=m_count * k_count).float()
+    return usage.view(m_count, k_count)
+
+
+def guard_indices(net, width: int = 32, height: int = 2) -> np.ndarray:
+    """(G, M, height, width) indices of flat areas of each guard colour (``guard_colours``), every
+    block on the code nearest to the colour's slice (its guard code), in the current code order."""
+    values = net.code_values()  # (M, K, D)
+    sizes = net.entropy.alphabet_sizes.tolist()
+    slices = net.flat_slices(guard_colours())  # (M, G, D)
+    nearest = np.stack([((slices[m][:, None] - values[m, :size][None]) ** 2).sum(-1).argmin(1)
+                        for m, size in enumerate(sizes)], axis=1)  # (G, M)
+    return np.ascontiguousarray(np.broadcast_to(nearest[:, :, None, None], (*nearest.shape, height, width)))
+
+
+@torch.no_grad()
+def fit_entropy_tables(
+    net, images: list[FittingImage], rounds: int = 2, guard_error: float = 3.0, guard_share: float = 0.05
+) -> None:
     """Anchor flat colours, place guard codes, sort codes by usage (dropping unused ones but
-    never a guard code), then count the context tables over whole fitting images.
+    never a guard code), then count the context tables over whole fitting images and flat areas
+    of the guard colours.
 
     ``net`` is a block codec network (DQ or SHVQ: ``anchor_flat_colours``, ``guard_codes``,
     ``nearest_indices``, ``sort_codes``, ``code_values``, ``compress``); ``guard_error`` the
@@ -161,21 +225,24 @@ def fit_entropy_tables(net, images: list[FittingImage], rounds: int = 2, guard_e
     counts its quantizer's own indices; each later round counts the indices that
     ``net.compress`` chooses with the previous round's tables, since the rate-distortion
     choice shifts the statistics the tables must describe.
+
+    Flat areas of every guard colour (:func:`guard_indices`), on their guard codes, are counted
+    too, often enough to make ``guard_share`` of all the blocks counted: photographs seldom
+    reach a guard code, and where the tables price it like one they never use, the greedy
+    encoder (``choose_indices``) prefers a common code nearby, and a flat area of that colour
+    keeps the wrong code from its first block to its last.
     """
     net.anchor_flat_colours()
-    guard = torch.from_numpy(net.guard_codes(guard_error / 255))
     images = [to_tensor(load_fitting_image(image, net.config.block)) for image in images]
-    m_count, k_count = net.config.num_codebooks, net.config.codebook_size
-    offsets = torch.arange(m_count)[:, None] * k_count
-    usage = torch.zeros(m_count * k_count)
-    for image in tqdm(images, desc="code usage", unit="img", leave=False):
-        indices = net.nearest_indices(image)[0].reshape(m_count, -1)
-        usage += torch.bincount((indices + offsets).reshape(-1), minlength=m_count * k_count).float()
-    usage = usage.view(m_count, k_count)
+    guard = torch.from_numpy(net.guard_codes(guard_error / 255, code_usage(net, images).numpy()))
+    usage = code_usage(net, images)  # again: guard codes took free slots
     usage[guard] = usage[guard].clamp_min(1.0)  # a guard code stays in the alphabet, used or not
     net.sort_codes(usage)
     usage = usage.sort(dim=1, descending=True).values
     net.entropy.set_codes(torch.from_numpy(net.code_values()).float(), usage)
+    flat_areas = guard_indices(net)
+    blocks = sum(image.shape[2] * image.shape[3] for image in images) // net.config.block**2
+    repeats = int(np.ceil(guard_share / (1 - guard_share) * blocks / np.prod(flat_areas.shape[2:]) / len(flat_areas)))
     for round_index in range(rounds):
 
         def index_batches():
@@ -184,5 +251,7 @@ def fit_entropy_tables(net, images: list[FittingImage], rounds: int = 2, guard_e
                     yield net.nearest_indices(image).numpy(), {}
                 else:
                     yield net.compress(image)[0].indices, {}
+            for _ in range(repeats if guard_share > 0 else 0):
+                yield flat_areas, {}
 
         net.entropy.fit(index_batches())

@@ -142,7 +142,7 @@ def _describe_dq(net: nn.Module, options: DQOptions, steps: int) -> str:
 @dataclass
 class SHVQOptions:
     """The soft-to-hard VQ paper's order: unquantized autoencoder (block PCA), then centres by
-    k-means and soft-to-hard training with sigma annealed geometrically."""
+    k-means and soft-to-hard training of the centres with sigma annealed geometrically."""
 
     kmeans_blocks: int = option(20_000, "training blocks whose latents refine the centre grid", init_only=True)
     kmeans_iterations: int = option(10, "k-means iterations from the uniform grid", init_only=True)
@@ -185,6 +185,11 @@ def _anneal_shvq(net: nn.Module, options: SHVQOptions, step: int, total_steps: i
     growth = (options.sigma_end / options.sigma_start) ** (1 / max(total_steps - 1, 1))
     net.quantizer.sigma_init, net.quantizer.sigma_growth = options.sigma_start, growth
     net.quantizer.anneal(step)
+    # Stage 2 trains the centres only: the block transform keeps flat colours on its first 3
+    # channels (and greys on the first), where a few guard centres hold them exactly; trained
+    # too, it lets them leak into every channel, more values than the shared centres can hold.
+    net.analysis.requires_grad_(False)
+    net.synthesis.requires_grad_(False)
 
 
 def _describe_shvq(net: nn.Module, options: SHVQOptions, steps: int) -> str:
@@ -192,7 +197,7 @@ def _describe_shvq(net: nn.Module, options: SHVQOptions, steps: int) -> str:
         "stage 1: block PCA with flat colours on 3 axes of their own (closed-form optimum of the unquantized linear "
         f"autoencoder under that constraint); stage 2: step "
         f"{shvq_step_size(net.config.rate_lambda):.4f}, {net.config.num_centres} shared centres by "
-        f"{options.kmeans_iterations} k-means iterations from a uniform grid, {steps} Adam steps on "
+        f"{options.kmeans_iterations} k-means iterations from a uniform grid, {steps} Adam steps of the centres on "
         f"(SSE + lambda * soft entropy) with sigma {options.sigma_start} -> {options.sigma_end}; synthesis anchored "
         f"on flat colours, guard codes ({options.guard_error} code values apart), context tables counted over the "
         f"training images in 2 rounds; {_fitting_note(options)}"
