@@ -32,12 +32,12 @@ ln -sf "$PWD"/dqcodec/* "$package"/
 for folder in codec models train eval; do ln -sfn "$PWD/$folder" "$package/$folder"; done
 export PYTHONPATH=/tmp/package:/tmp/site DQCODEC_DATA=$PWD/.traindata PYTHONUNBUFFERED=1
 
-start=()
+start=(--rate-warmup 3000)  # from scratch: plain VQ for 3000 steps, then lambda ramps in over 3000
 for candidate in $level 2 3 1 4; do
   if [[ -f checkpoints/hdq-q$candidate.json ]]; then start=(--init-from "checkpoints/hdq-q$candidate"); break; fi
 done
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-echo "level $level, lambda $lambda, start: ${start[*]:-fresh}, at most $minutes minutes"
+echo "level $level, lambda $lambda, start: ${start[*]}, at most $minutes minutes"
 run=/tmp/run-q$level
 python3 -m dqcodec.codec.cli train --arch hdq --out "$run" "${start[@]}" --lambda "$lambda" \
   --data "$PWD/.traindata" --device cuda --batch-size 16 --crop 256 --lr 1e-4 --steps 10000000 --max-minutes "$minutes" \
