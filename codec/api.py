@@ -84,7 +84,8 @@ def encode_with_notes(
         :func:`tile_overlap` into the next: a multiple of the model's padding multiple from
         :data:`~dqcodec.codec.tiles.MIN_TILE_SIZE` up, or 0 to code the image whole (memory then
         grows with the image). An image that one tile covers is coded whole.
-    workers: tiles coded at once, on threads; the file does not depend on it.
+    workers: tiles coded at once, in worker processes (:func:`~dqcodec.codec.tiles.ordered_map`);
+        the file does not depend on it.
     """
     key = resolve_model_name(quality, model)
     _check_workers(workers)
@@ -109,15 +110,9 @@ def encode_with_notes(
         overlap=overlap,
     )
 
-    def encode_tile(tile: Tile) -> list[bytes]:
-        pixels = loaded.pixels[tile.top : tile.bottom, tile.left : tile.right]
-        padded = np.pad(pixels, ((0, -tile.height % multiple), (0, -tile.width % multiple), (0, 0)), mode="edge")
-        tensor = torch.from_numpy(padded).permute(2, 0, 1)[None].to(_dtype(net)) / 255.0
-        levels = net.compress(tensor)
-        specs = net.levels(*padded.shape[:2])
-        return [_encode_level(spec, level, levels[:i]) for i, (spec, level) in enumerate(zip(specs, levels, strict=True))]
-
-    streams = [stream for tile_streams in ordered_map(encode_tile, header.tiling.tiles(), workers) for stream in tile_streams]
+    crops = (loaded.pixels[tile.top : tile.bottom, tile.left : tile.right] for tile in header.tiling.tiles())
+    workers = min(workers, len(header.tiling))
+    streams = [stream for tile in ordered_map(_encode_tile, net, crops, workers, _one_thread) for stream in tile]
     return pack(header, streams), loaded.notes
 
 
@@ -142,7 +137,7 @@ def decode(data: bytes | str | os.PathLike, max_pixels: int | None = None, worke
         ``os.PathLike``; a file that cannot be read is a one-line ``DQCodecError``).
     max_pixels: the pixel limit (as for :func:`encode_with_notes`), checked right after the
         header is parsed.
-    workers: tiles decoded at once, on threads; the pixels do not depend on it.
+    workers: tiles decoded at once, in worker processes; the pixels do not depend on it.
 
     Tile by tile: memory holds the output image and a few tiles' work, not the image's indices.
     """
@@ -150,22 +145,19 @@ def decode(data: bytes | str | os.PathLike, max_pixels: int | None = None, worke
     if isinstance(data, (str, os.PathLike)):
         data = read_bytes(data)
     header, net, _, tile_streams = _read(data, max_pixels)
-    mode = "L" if header.channels == 1 else "RGB"
-    output = Image.new(mode, (header.width, header.height))
+    outputs: list[Image.Image] = []  # made once the first tile has decoded: a few bytes claiming
+    # a large image that cannot be decoded never get the image allocated
 
     def paste(top: int, left: int, pixels: np.ndarray) -> None:
-        output.paste(to_pil(pixels, header.channels), (left, top))
-
-    def decode_tile(item: tuple[Tile, list[bytes]]) -> np.ndarray:
-        tile, streams = item
-        levels = _decode_levels(net, tile, streams)
-        image = net.decompress(levels)[0, :, : tile.height, : tile.width]
-        return image.permute(1, 2, 0).numpy()  # in the network's dtype, rounded as it always was
+        if not outputs:
+            outputs.append(Image.new("L" if header.channels == 1 else "RGB", (header.width, header.height)))
+        outputs[0].paste(to_pil(pixels, header.channels), (left, top))
 
     assembler = TileAssembler(header.tiling, paste)
-    for (tile, _), reconstruction in zip(tile_streams, ordered_map(decode_tile, tile_streams, workers)):
+    workers = min(workers, len(tile_streams))
+    for (tile, _), reconstruction in zip(tile_streams, ordered_map(_decode_tile, net, tile_streams, workers, _one_thread)):
         assembler.add(tile, reconstruction)
-    return output
+    return outputs[0]
 
 
 def inspect(data: bytes, max_pixels: int | None = None) -> dict:
@@ -198,10 +190,35 @@ def inspect(data: bytes, max_pixels: int | None = None) -> dict:
 
 
 def tile_overlap(net: CodecModel) -> int:
-    """Pixels that neighbouring tiles share for ``net``: its ``tile_overlap`` attribute (0 for a
-    codec whose blocks depend on nothing outside them), else its padding multiple (a
-    convolutional codec's stride: about how far a tile border reaches into its reconstruction)."""
+    """Pixels a tile of ``net`` reaches into the next: its ``tile_overlap`` attribute, else its
+    padding multiple (one block of a block codec, whose border blocks lack their neighbours as
+    context; about how far a convolutional codec's border effects reach)."""
     return int(getattr(net, "tile_overlap", net.padding_multiple))
+
+
+def _encode_tile(net: CodecModel, pixels: np.ndarray) -> list[bytes]:
+    """One tile's (h, w, 3) uint8 pixels -> its streams, coarse to fine: padded to the model's
+    multiple (edge replication), the model's levels of indices, range-coded level by level."""
+    multiple = net.padding_multiple
+    height, width, _ = pixels.shape
+    padded = np.pad(pixels, ((0, -height % multiple), (0, -width % multiple), (0, 0)), mode="edge")
+    tensor = torch.from_numpy(padded).permute(2, 0, 1)[None].to(_dtype(net)) / 255.0
+    levels = net.compress(tensor)
+    specs = net.levels(*padded.shape[:2])
+    return [_encode_level(spec, level, levels[:i]) for i, (spec, level) in enumerate(zip(specs, levels, strict=True))]
+
+
+def _decode_tile(net: CodecModel, item: tuple[Tile, list[bytes]]) -> np.ndarray:
+    """A tile and its streams -> its (h, w, 3) reconstruction in [0, 1], in the network's dtype
+    (rounded to 8 bits by the assembler as whole-image decoding always rounded)."""
+    tile, streams = item
+    image = net.decompress(_decode_levels(net, tile, streams))[0, :, : tile.height, : tile.width]
+    return image.permute(1, 2, 0).numpy()
+
+
+def _one_thread() -> None:
+    """In a worker process: one torch thread, the worker being the unit of parallel work."""
+    torch.set_num_threads(1)
 
 
 def _read(data: bytes, max_pixels: int | None) -> tuple[Header, CodecModel, dict, list[tuple[Tile, list[bytes]]]]:

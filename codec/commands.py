@@ -51,7 +51,8 @@ def _add_workers_argument(parser: argparse.ArgumentParser) -> None:
         type=_positive_integer,
         default=1,
         metavar="N",
-        help="code N tiles of a large image at once, on threads (default: %(default)s); the output does not depend on it",
+        help="code N tiles of a large image at once, in N processes (default: %(default)s); "
+        "the output does not depend on it",
     )
 
 

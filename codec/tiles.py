@@ -28,6 +28,7 @@ DEFAULT_TILE_SIZE = 1024
 # tiny tiles would let a small file buy a long decode; at 256 a tile's pixels outweigh that.
 MIN_TILE_SIZE = 256
 
+Context = TypeVar("Context")
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -103,23 +104,57 @@ class Tiling:
                 yield Tile(row * self.columns + column, row, column, top, bottom, left, right)
 
 
-def ordered_map(function: Callable[[Item], Result], items: Iterable[Item], workers: int) -> Iterator[Result]:
-    """``map(function, items)``, run on ``workers`` threads, results in the order of ``items``.
+# The context of the tile function in a worker process (see ordered_map).
+_worker_context = None
 
-    At most 2 * workers items are in flight, so memory stays bounded by a few tiles however
-    many there are. An exception in ``function`` is raised at its item; the items started after
-    it are cancelled or awaited. With ``workers == 1`` it is plain ``map``.
+
+def _install(context, setup: Callable[[], None] | None) -> None:
+    global _worker_context
+    _worker_context = context
+    if setup is not None:
+        setup()
+
+
+def _call(function, item):
+    return function(_worker_context, item)
+
+
+def ordered_map(
+    function: Callable[[Context, Item], Result],
+    context: Context,
+    items: Iterable[Item],
+    workers: int,
+    setup: Callable[[], None] | None = None,
+) -> Iterator[Result]:
+    """``function(context, item)`` for every item, in order; on ``workers`` processes if more than 1.
+
+    The tile work (range coding in small numpy steps, the model) holds Python's lock too much
+    for threads to help, so workers are processes: forked where the platform allows (the
+    context, e.g. a loaded model, is then inherited at no cost), else spawned (it is pickled
+    once per worker). ``function`` must be a module-level function, items and results picklable;
+    ``setup`` runs first in each worker. At most 2 * workers items are in flight, so memory
+    stays bounded by a few tiles however many there are. An exception in ``function`` is raised
+    at its item; the items after it are cancelled.
     """
     if workers <= 1:
-        yield from map(function, items)
+        for item in items:
+            yield function(context, item)
         return
-    from concurrent.futures import ThreadPoolExecutor
+    import multiprocessing
+    import sys
+    from concurrent.futures import ProcessPoolExecutor
 
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dqcodec-tile")
+    start = "fork" if sys.platform == "linux" else "spawn"
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context(start),
+        initializer=_install,
+        initargs=(context, setup),
+    )
     pending = deque()
     try:
         for item in items:
-            pending.append(pool.submit(function, item))
+            pending.append(pool.submit(_call, function, item))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
         while pending:

@@ -105,19 +105,20 @@ def test_blending_weights_sum_to_one_and_every_pixel_is_pasted_once(width, heigh
     assert np.allclose(first[size:] + middle[:overlap], 1)  # a tile and the next, on their shared pixels
 
 
-def test_ordered_map_keeps_the_order_and_raises_at_the_failing_item():
-    assert list(ordered_map(lambda x: x * x, range(50), workers=3)) == [x * x for x in range(50)]
+def power_unless_seven(exponent: int, base: int) -> int:
+    if base == 7:
+        raise dqcodec.DQCodecError("seven")
+    return base**exponent
 
-    def failing(x):
-        if x == 7:
-            raise ValueError("seven")
-        return x
 
+@pytest.mark.parametrize("workers", [1, 3])
+def test_ordered_map_keeps_the_order_and_raises_at_the_failing_item(workers):
+    assert list(ordered_map(power_unless_seven, 2, range(7), workers)) == [x * x for x in range(7)]
     results = []
-    with pytest.raises(ValueError, match="seven"):
-        for value in ordered_map(failing, range(100), workers=2):
+    with pytest.raises(dqcodec.DQCodecError, match="seven"):
+        for value in ordered_map(power_unless_seven, 3, range(100), workers):
             results.append(value)
-    assert results == list(range(7))
+    assert results == [x**3 for x in range(7)]
 
 
 # ---- exact round trips --------------------------------------------------------------------------
