@@ -77,6 +77,15 @@ def _shifted(values: np.ndarray, dy: int, dx: int) -> tuple[np.ndarray, np.ndarr
     return out, inside
 
 
+def activity_classes(codebooks: torch.Tensor, usage: torch.Tensor) -> torch.Tensor:
+    """(M, K) int32 activity class of every code: its distance rank from its codebook's most
+    used code, bucketed by ``CLASS_RANK_EDGES``. codebooks: (M, K, D); usage: (M, K) counts."""
+    mode = usage.argmax(dim=1)
+    distance = ((codebooks - codebooks[torch.arange(usage.shape[0]), mode][:, None]) ** 2).sum(-1)
+    rank = distance.argsort(dim=1).argsort(dim=1)
+    return torch.from_numpy(_bucket(rank.numpy(), CLASS_RANK_EDGES)).int()
+
+
 class ContextIndexModel(nn.Module):
     """Context-conditioned static tables for the indices of M codebooks of K codes.
 
@@ -209,12 +218,8 @@ class ContextIndexModel(nn.Module):
         codebooks: (M, K, D) codewords; usage: (M, K) code counts, zero for unused codes,
             which must come last (the mode defines class 0; used codes set the alphabet size).
         """
-        m_count = usage.shape[0]
         self.alphabet_sizes.copy_((usage > 0).sum(dim=1).clamp_min(1).int())
-        mode = usage.argmax(dim=1)
-        distance = ((codebooks - codebooks[torch.arange(m_count), mode][:, None]) ** 2).sum(-1)
-        rank = distance.argsort(dim=1).argsort(dim=1)
-        self.code_class.copy_(torch.from_numpy(_bucket(rank.numpy(), CLASS_RANK_EDGES)).int())
+        self.code_class.copy_(activity_classes(codebooks, usage))
         self.code_level.copy_((codebooks[:, :, 0] * LEVEL_SCALE).round().int())
 
     @torch.no_grad()

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from dqcodec.models.entropy import CLASS_RANK_EDGES, ContextIndexModel, _bucket
+from dqcodec.models.entropy import ContextIndexModel, _bucket, activity_classes
 from dqcodec.models.interface import Side
 
 
@@ -60,10 +60,7 @@ class CoarseConditionedIndexModel(ContextIndexModel):
     @torch.no_grad()
     def set_coarse_codes(self, codebooks: torch.Tensor, usage: torch.Tensor) -> None:
         """Activity classes of the coarse codes from their (M_c, K_c, D) codewords and (M_c, K_c) usage."""
-        mode = usage.argmax(dim=1)
-        distance = ((codebooks - codebooks[torch.arange(usage.shape[0]), mode][:, None]) ** 2).sum(-1)
-        rank = distance.argsort(dim=1).argsort(dim=1)
-        self.coarse_class.copy_(torch.from_numpy(_bucket(rank.numpy(), CLASS_RANK_EDGES)).int())
+        self.coarse_class.copy_(activity_classes(codebooks, usage))
 
     @torch.no_grad()
     def fit(self, index_batches: Iterable[tuple[np.ndarray, Side]], prior_count: float = 0.05) -> None:

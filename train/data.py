@@ -1,6 +1,7 @@
 """Training images: file lists, whole images, and random crops with flips."""
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +53,10 @@ class RandomCrops:
     the sequence of batches reproducible and its state can be saved to resume training.
     """
 
-    def __init__(self, files: list[Path], crop: int, batch_size: int, generator: torch.Generator):
-        self.images = [load_rgb(path) for path in files]
-        self.images = [image for image in self.images if min(image.shape[:2]) >= crop]
+    def __init__(self, images: Sequence[np.ndarray], crop: int, batch_size: int, generator: torch.Generator):
+        """images: (H, W, 3) uint8 arrays (a list, or an (N, S, S, 3) array); those smaller than
+        ``crop`` are left out."""
+        self.images = [image for image in images if min(image.shape[:2]) >= crop]
         if not self.images:
             raise ValueError(f"no training image is at least {crop}x{crop}")
         self.crop = crop
@@ -100,4 +102,4 @@ class ImageFolder:
         return f"{name} ({len(self.files)} images)"
 
     def batches(self, crop: int, batch_size: int, generator: torch.Generator) -> RandomCrops:
-        return RandomCrops(self.files, crop, batch_size, generator)
+        return RandomCrops([load_rgb(path) for path in self.files], crop, batch_size, generator)

@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 
 from dqcodec.codec.errors import DQCodecError
-from dqcodec.train.data import ImageFolder, image_files, to_tensor
+from dqcodec.train.data import ImageFolder, RandomCrops, image_files
 
 CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST = ("test_batch",)
@@ -173,33 +173,13 @@ def load_patches(root: Path, size: int, split: str = "train") -> LabelledImages:
     return LabelledImages(np.concatenate(patches), np.concatenate(labels))
 
 
-class ArrayBatches:
-    """Batches (B, 3, crop, crop) in [0, 1] drawn from (N, S, S, 3) uint8 ``images``: random
-    images (with replacement), a random crop when ``crop`` < S, random horizontal flips; the
-    generator makes the sequence reproducible and resumable (as ``RandomCrops``)."""
+class ArrayBatches(RandomCrops):
+    """:class:`RandomCrops` of (N, S, S, 3) uint8 ``images``, refusing a ``crop`` larger than S."""
 
     def __init__(self, images: np.ndarray, crop: int, batch_size: int, generator: torch.Generator):
         if crop > images.shape[1] or crop > images.shape[2]:
             raise ValueError(f"--crop {crop} is larger than the data set's {images.shape[1]}x{images.shape[2]} images")
-        self.images = images
-        self.crop = crop
-        self.batch_size = batch_size
-        self.generator = generator
-
-    def _randint(self, high: int) -> int:
-        return int(torch.randint(0, high, (1,), generator=self.generator))
-
-    def batch(self) -> torch.Tensor:
-        crops = []
-        for _ in range(self.batch_size):
-            image = self.images[self._randint(len(self.images))]
-            top = self._randint(image.shape[0] - self.crop + 1)
-            left = self._randint(image.shape[1] - self.crop + 1)
-            crop = image[top : top + self.crop, left : left + self.crop]
-            if self._randint(2):
-                crop = crop[:, ::-1]
-            crops.append(to_tensor(crop))
-        return torch.cat(crops)
+        super().__init__(images, crop, batch_size, generator)
 
 
 @dataclass

@@ -230,7 +230,7 @@ GAIN_KEPT = 0.9  # share of the old synthesis gains kept when they are re-measur
 def _crops(files: list[Path], count: int, size: int, seed: int) -> torch.Tensor:
     """(count, 3, size, size) random crops of ``files`` (reproducible for a seed)."""
     generator = torch.Generator().manual_seed(seed)
-    return RandomCrops(files, size, count, generator).batch()
+    return RandomCrops([load_rgb(path) for path in files], size, count, generator).batch()
 
 
 @torch.no_grad()
