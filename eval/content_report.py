@@ -95,8 +95,8 @@ def measure(models: list[str], photos=DEFAULT_PHOTOS, synthetic_size: int = 128,
     for photo in photos:
         image = photo.pixels()
         curve = jpeg_curve(image)
-        entry = {"size": [image.shape[1], image.shape[0]], "jpeg": {"bpp": curve[0].tolist(), "psnr": curve[1].tolist()},
-                 "models": {}}
+        entry = {"size": [image.shape[1], image.shape[0]],
+                 "jpeg": {"bpp": curve[0].tolist(), "psnr": curve[1].tolist()}, "models": {}}
         for model in models:
             figures = coded_figures(image, model)
             figures["jpeg_psnr_at_bpp"] = psnr_at(curve, figures["bpp"])
@@ -124,7 +124,8 @@ def markdown(report: dict) -> str:
     for model in models:
         lines.append(f"| {_name(model)} | " + " | ".join(str(v) for v in report["flat_colours"][model].values()) + " |")
     lines += ["", "## Photographs with saturated colours (real files)", "",
-              "| photo | model | bpp | PSNR (dB) | Pillow JPEG 4:2:0 at that bpp (dB) |", "| --- | --- | ---: | ---: | ---: |"]
+              "| photo | model | bpp | PSNR (dB) | Pillow JPEG 4:2:0 at that bpp (dB) |",
+              "| --- | --- | ---: | ---: | ---: |"]
     for label, entry in report["saturated_photos"].items():
         for model, figures in entry["models"].items():
             jpeg_psnr = figures["jpeg_psnr_at_bpp"]

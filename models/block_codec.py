@@ -12,7 +12,9 @@ training data held. :meth:`BlockCodec.anchor_flat_colours` makes the synthesis i
 analysis exactly on flat blocks, and :meth:`BlockCodec.guard_codes` gives every codebook codes at
 the values that flat blocks of the RGB cube's corners and of greys produce (and codes spread over
 the range those values span), so a colour that the training images never showed, like pure
-green, is not clipped to the nearest colour they did show.
+green, is not clipped to the nearest colour they did show; a model that holds them
+(:meth:`BlockCodec.holds_guard_codes`) starts each predicted codebook on its nearest codes, so
+that a flat area keeps them (``choose_indices``' ``nearest_first_rows``).
 """
 
 import itertools
@@ -49,7 +51,8 @@ def _merge_close(values: np.ndarray, tolerance: float) -> np.ndarray:
 class BlockCodec(nn.Module):
     """Base of the block codecs; subclasses set ``config`` (with ``block``, ``rate_lambda``),
     ``analysis``, ``synthesis`` (a :class:`~dqcodec.models.transforms.BlockSynthesis`) and
-    ``entropy``, and implement the three code hooks below."""
+    ``entropy``, and implement the code hooks below (slices, codewords, dequantization, and
+    which codes are in use and how guard codes are placed)."""
 
     config: object
     entropy: ContextIndexModel

@@ -122,7 +122,9 @@ class DQCodecNet(BlockCodec):
             def nearest(value: np.ndarray) -> tuple[int, float]:
                 candidates = np.flatnonzero(in_use[m])
                 distances = np.linalg.norm(codes[candidates] - value, axis=1)
-                return (int(candidates[distances.argmin()]), float(distances.min())) if len(candidates) else (-1, np.inf)
+                if not len(candidates):
+                    return -1, np.inf
+                return int(candidates[distances.argmin()]), float(distances.min())
 
             def add(value: np.ndarray, replace: bool) -> None:
                 if free:
@@ -150,7 +152,9 @@ class DQCodecNet(BlockCodec):
                     guard[m, slot] = True
                 else:
                     add(value, replace=False)
-        quantizer.load_codebooks(torch.from_numpy(codebooks).to(quantizer.codebooks), torch.from_numpy(counts).to(quantizer.ema_counts))
+        quantizer.load_codebooks(
+            torch.from_numpy(codebooks).to(quantizer.codebooks), torch.from_numpy(counts).to(quantizer.ema_counts)
+        )
         return guard
 
     @torch.no_grad()

@@ -1,9 +1,12 @@
 """Files written by earlier releases: they decode to the same pixels, or are refused naming the release.
 
-``tests/fixtures/release-0.1.0`` holds .dqc files made by dqcodec 0.1.0 (the commit before the
-codec-model interface) with the pixels that release decoded them to.
+``tests/fixtures/release-<version>`` holds .dqc files made by that release with the pixels it
+decoded them to: 0.1.0 (the commit before the codec-model interface) and 0.2.0 (the refitted
+tables; made with the 0.2.0 models before release 0.3.0 replaced them, a flat-colour file among
+them, since 0.3.0 changed how flat colours are coded).
 """
 
+import hashlib
 import json
 from importlib.metadata import version
 from pathlib import Path
@@ -16,27 +19,35 @@ import dqcodec
 from dqcodec.codec.cli import main
 from dqcodec.models import registry
 
-FIXTURES = Path(__file__).parent / "fixtures" / "release-0.1.0"
-MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
+RELEASES = ("0.1.0", "0.2.0")
+FIXTURES = {release: Path(__file__).parent / "fixtures" / f"release-{release}" for release in RELEASES}
+FILES = [(release, name) for release in RELEASES
+         for name in sorted(json.loads((FIXTURES[release] / "manifest.json").read_text()))]
 
 
-def _source(entry: dict) -> np.ndarray:
-    image = Image.open(FIXTURES / "kodim23-crop.png")
+def _entry(release: str, name: str) -> dict:
+    return json.loads((FIXTURES[release] / "manifest.json").read_text())[name]
+
+
+def _source(release: str, entry: dict) -> np.ndarray:
+    image = Image.open(FIXTURES[release] / entry["source"].removesuffix(" (grayscale)"))
     return np.asarray(image.convert("L") if "grayscale" in entry["source"] else image)
 
 
-@pytest.mark.parametrize("name", sorted(MANIFEST))
-def test_files_of_release_0_1_0_decode_to_the_same_pixels(name):
-    decoded = np.asarray(dqcodec.decode((FIXTURES / name).read_bytes()))
-    assert np.array_equal(decoded, np.asarray(Image.open(FIXTURES / MANIFEST[name]["decoded"])))
+@pytest.mark.parametrize(("release", "name"), FILES)
+def test_files_of_earlier_releases_decode_to_the_same_pixels(release, name):
+    data = (FIXTURES[release] / name).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == _entry(release, name)["sha256"]
+    decoded = np.asarray(dqcodec.decode(data))
+    assert np.array_equal(decoded, np.asarray(Image.open(FIXTURES[release] / _entry(release, name)["decoded"])))
 
 
-@pytest.mark.parametrize("name", sorted(MANIFEST))
-def test_the_same_weights_encode_the_same_bytes(name):
-    """The encoder of this release, given the 0.1.0 weights, writes the 0.1.0 file byte for byte."""
-    entry = MANIFEST[name]
-    stem = registry.RELEASES_DIR / "0.1.0" / entry["model"]
-    assert dqcodec.encode(_source(entry), model=str(stem)) == (FIXTURES / name).read_bytes()
+@pytest.mark.parametrize(("release", "name"), FILES)
+def test_the_same_weights_encode_the_same_bytes(release, name):
+    """The encoder of this release, given an earlier release's weights, writes that release's file byte for byte."""
+    entry = _entry(release, name)
+    stem = registry.RELEASES_DIR / release / entry["model"]
+    assert dqcodec.encode(_source(release, entry), model=str(stem)) == (FIXTURES[release] / name).read_bytes()
 
 
 def test_every_shipped_model_is_in_the_release_history():
@@ -52,7 +63,7 @@ def test_a_file_whose_weights_left_the_package_names_its_release(tmp_path, monke
     monkeypatch.setattr(registry, "RELEASES_DIR", tmp_path / "no-releases")
     monkeypatch.setattr(registry, "_CHECKPOINTS", {})  # earlier tests registered the 0.1.0 files as checkpoints
     registry.clear_cache()
-    (tmp_path / "old.dqc").write_bytes((FIXTURES / "dq-q3.dqc").read_bytes())
+    (tmp_path / "old.dqc").write_bytes((FIXTURES["0.1.0"] / "dq-q3.dqc").read_bytes())
     status = main(["decode", str(tmp_path / "old.dqc"), str(tmp_path / "old.png")])
     error = capsys.readouterr().err
     assert status == 2 and error.count("\n") == 1 and not (tmp_path / "old.png").exists()
@@ -60,7 +71,7 @@ def test_a_file_whose_weights_left_the_package_names_its_release(tmp_path, monke
 
 
 def test_a_file_with_unknown_weights_is_refused(tmp_path, capsys):
-    data = bytearray((FIXTURES / "dq-q1.dqc").read_bytes())
+    data = bytearray((FIXTURES["0.1.0"] / "dq-q1.dqc").read_bytes())
     stream_start = 4 + 2 + len("dq-q1")
     data[stream_start : stream_start + 16] = bytes(16)  # another fingerprint, CRC recomputed below
     import zlib

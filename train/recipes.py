@@ -14,6 +14,7 @@ its command-line options from that dataclass, the architecture's config and
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -123,15 +124,17 @@ def _initialise_dq(net: nn.Module, options: DQOptions, files: list[Path], genera
     mean, axes = block_pca(images, net.config.block)
     set_block_transform(net, mean, axes)
     slices = sample_slices(net, images, options.init_samples, generator)
-    ecvq_codebooks(net, slices, options.ecvq_iterations, generator, guard=lambda: net.guard_codes(options.guard_error / 255))
+    guard = partial(net.guard_codes, options.guard_error / 255)
+    ecvq_codebooks(net, slices, options.ecvq_iterations, generator, guard=guard)
     log("initialised: block PCA with flat colours apart, ECVQ codebooks, guard codes")
 
 
 def _describe_dq(net: nn.Module, options: DQOptions, steps: int) -> str:
     return (
-        f"block PCA with flat colours on 3 axes of their own; {options.ecvq_iterations} entropy-constrained Lloyd "
-        f"iterations on {options.init_samples} blocks; {steps} Adam steps; guard codes for flat colours "
-        f"({options.guard_error} code values apart); context tables counted over the training images in 2 rounds; "
+        f"block PCA with flat colours on 3 opponent-colour axes of their own; {options.ecvq_iterations} "
+        f"entropy-constrained Lloyd iterations on {options.init_samples} blocks; {steps} Adam steps; guard codes for "
+        f"flat colours ({options.guard_error} code values apart); context tables counted over the training images "
+        "in 2 rounds; "
         f"{_fitting_note(options)}"
     )
 
@@ -194,8 +197,8 @@ def _anneal_shvq(net: nn.Module, options: SHVQOptions, step: int, total_steps: i
 
 def _describe_shvq(net: nn.Module, options: SHVQOptions, steps: int) -> str:
     return (
-        "stage 1: block PCA with flat colours on 3 axes of their own (closed-form optimum of the unquantized linear "
-        f"autoencoder under that constraint); stage 2: step "
+        "stage 1: block PCA with flat colours on 3 opponent-colour axes of their own (closed-form optimum of the "
+        f"unquantized linear autoencoder under that constraint); stage 2: step "
         f"{shvq_step_size(net.config.rate_lambda):.4f}, {net.config.num_centres} shared centres by "
         f"{options.kmeans_iterations} k-means iterations from a uniform grid, {steps} Adam steps of the centres on "
         f"(SSE + lambda * soft entropy) with sigma {options.sigma_start} -> {options.sigma_end}; synthesis anchored "
