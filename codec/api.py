@@ -6,15 +6,17 @@ levels of code indices (coarse to fine), range-code each level into its own stre
 order and with the integer tables of the level's entropy model (which reads the coarser levels
 as side information). The .dqc container wraps every tile's streams. Decoding mirrors it tile by
 tile and blends the tiles' overlaps (:mod:`dqcodec.codec.blend`), so memory holds one tile's
-work per worker besides the image itself. Only the codec-model interface
-(:mod:`dqcodec.models.interface`) is used here, whatever the architecture.
+work per worker besides the image itself. Only the coding runtime of the codec-model interface
+(:class:`~dqcodec.models.interface.CodingRuntime`, numpy in and out) is used here, whatever the
+architecture; the registry picks it (plain numpy for the block codecs), so this module imports
+no torch.
 """
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from dqcodec.codec.blend import TileAssembler
@@ -25,7 +27,7 @@ from dqcodec.codec.limits import check_pixels
 from dqcodec.codec.rangecoder import RangeDecoder, RangeEncoder
 from dqcodec.codec.tiles import DEFAULT_TILE_SIZE, MIN_TILE_SIZE, Tile, Tiling, ordered_map
 from dqcodec.models import registry
-from dqcodec.models.interface import CodecModel, CompressedLevels, IndexLevel, LevelSpec, estimated_bits
+from dqcodec.models.interface import CodingRuntime, CompressedLevels, IndexLevel, LevelSpec, estimated_bits
 
 DEFAULT_FAMILY = "dq"
 
@@ -90,7 +92,7 @@ def encode_with_notes(
     key = resolve_model_name(quality, model)
     _check_workers(workers)
     tile_size = DEFAULT_TILE_SIZE if tile_size is None else tile_size
-    net, info, fingerprint = registry.load_model(key)
+    net, info, fingerprint = _runtime(registry.load_model, key)
     multiple = net.padding_multiple
     _check_tile_size(tile_size, multiple)
     loaded = load_image(image, max_pixels)
@@ -189,39 +191,49 @@ def inspect(data: bytes, max_pixels: int | None = None) -> dict:
     }
 
 
-def tile_overlap(net: CodecModel) -> int:
+def tile_overlap(net: CodingRuntime) -> int:
     """Pixels a tile of ``net`` reaches into the next: its ``tile_overlap`` attribute, else its
     padding multiple (one block of a block codec, whose border blocks lack their neighbours as
     context; about how far a convolutional codec's border effects reach)."""
     return int(getattr(net, "tile_overlap", net.padding_multiple))
 
 
-def _encode_tile(net: CodecModel, pixels: np.ndarray) -> list[bytes]:
+def _encode_tile(net: CodingRuntime, pixels: np.ndarray) -> list[bytes]:
     """One tile's (h, w, 3) uint8 pixels -> its streams, coarse to fine: padded to the model's
     multiple (edge replication), the model's levels of indices, range-coded level by level."""
     multiple = net.padding_multiple
     height, width, _ = pixels.shape
     padded = np.pad(pixels, ((0, -height % multiple), (0, -width % multiple), (0, 0)), mode="edge")
-    tensor = torch.from_numpy(padded).permute(2, 0, 1)[None].to(_dtype(net)) / 255.0
-    levels = net.compress(tensor)
+    levels = net.compress(padded.transpose(2, 0, 1)[None].astype(np.float64) / 255.0)
     specs = net.levels(*padded.shape[:2])
     return [_encode_level(spec, level, levels[:i]) for i, (spec, level) in enumerate(zip(specs, levels, strict=True))]
 
 
-def _decode_tile(net: CodecModel, item: tuple[Tile, list[bytes]]) -> np.ndarray:
-    """A tile and its streams -> its (h, w, 3) reconstruction in [0, 1], in the network's dtype
-    (rounded to 8 bits by the assembler as whole-image decoding always rounded)."""
+def _decode_tile(net: CodingRuntime, item: tuple[Tile, list[bytes]]) -> np.ndarray:
+    """A tile and its streams -> its (h, w, 3) float64 reconstruction in [0, 1] (rounded to 8
+    bits by the assembler as whole-image decoding always rounded)."""
     tile, streams = item
     image = net.decompress(_decode_levels(net, tile, streams))[0, :, : tile.height, : tile.width]
-    return image.permute(1, 2, 0).numpy()
+    return image.transpose(1, 2, 0)
 
 
 def _one_thread() -> None:
-    """In a worker process: one torch thread, the worker being the unit of parallel work."""
-    torch.set_num_threads(1)
+    """In a worker process: one torch thread where a torch runtime codes (the worker is the
+    unit of parallel work); nothing to do for a numpy runtime."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
 
 
-def _read(data: bytes, max_pixels: int | None) -> tuple[Header, CodecModel, dict, list[tuple[Tile, list[bytes]]]]:
+def _runtime(lookup, *args) -> tuple[CodingRuntime, dict, bytes]:
+    """``registry.load_model`` / ``find_model``, with a runtime this install lacks as a one-line error."""
+    try:
+        return lookup(*args)
+    except registry.MissingRuntime as error:
+        raise DQCodecError(str(error)) from None
+
+
+def _read(data: bytes, max_pixels: int | None) -> tuple[Header, CodingRuntime, dict, list[tuple[Tile, list[bytes]]]]:
     """Parse, check the pixel limit, find the model by name and fingerprint, check the geometry:
     -> (header, model, the model's JSON info, each tile with its streams in raster order)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -229,7 +241,7 @@ def _read(data: bytes, max_pixels: int | None) -> tuple[Header, CodecModel, dict
     header, streams = unpack(bytes(data))
     check_pixels(header.width, header.height, ".dqc file", max_pixels)
     try:
-        net, info, _ = registry.find_model(header.model, header.fingerprint)
+        net, info, _ = _runtime(registry.find_model, header.model, header.fingerprint)
     except KeyError as error:
         raise DQCodecError(error.args[0]) from None
     tiles = list(header.tiling.tiles())
@@ -239,7 +251,7 @@ def _read(data: bytes, max_pixels: int | None) -> tuple[Header, CodecModel, dict
     return header, net, info, [(tile, streams[i * count : (i + 1) * count]) for i, tile in enumerate(tiles)]
 
 
-def _decode_levels(net: CodecModel, tile: Tile, streams: list[bytes]) -> CompressedLevels:
+def _decode_levels(net: CodingRuntime, tile: Tile, streams: list[bytes]) -> CompressedLevels:
     """Range-decode one tile's levels, coarse to fine (each stream used up exactly)."""
     levels: CompressedLevels = []
     for spec, stream in zip(net.levels(*_padded(tile, net.padding_multiple)), streams, strict=True):
@@ -264,10 +276,6 @@ def _check_tile_size(tile_size: int, multiple: int) -> None:
 def _check_workers(workers: int) -> None:
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise DQCodecError(f"workers must be a positive integer, got {workers!r}")
-
-
-def _dtype(net: CodecModel) -> torch.dtype:
-    return next(net.parameters()).dtype
 
 
 def _side(levels: CompressedLevels) -> dict[str, np.ndarray]:

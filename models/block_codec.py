@@ -17,27 +17,14 @@ green, is not clipped to the nearest colour they did show; a model that holds th
 that a flat area keeps them (``choose_indices``' ``nearest_first_rows``).
 """
 
-import itertools
-
 import numpy as np
 import torch
 from torch import nn
 
-from dqcodec.models.entropy import ContextIndexModel, choose_indices
+from dqcodec.models.block_runtime import GUARD_PIXEL_ERROR, LEVEL_NAME, guard_colours
+from dqcodec.models.context_tables import choose_indices
+from dqcodec.models.entropy import ContextIndexModel
 from dqcodec.models.interface import CompressedLevels, IndexLevel, LevelSpec
-
-LEVEL_NAME = "blocks"
-# Flat colours that every block codec must reproduce: the 8 corners of the RGB cube and the greys
-# 32, 64, ..., 224 (8-bit levels).
-GUARD_LEVELS = (0, 32, 64, 96, 128, 160, 192, 224, 255)
-
-
-def guard_colours() -> np.ndarray:
-    """(15, 3) float64 colours in [0, 1]: the cube's 8 corners, then the 7 inner greys of ``GUARD_LEVELS``."""
-    corners = list(itertools.product((0, 255), repeat=3))
-    greys = [(level,) * 3 for level in GUARD_LEVELS[1:-1]]
-    return np.asarray(corners + greys, dtype=np.float64) / 255.0
-
 
 def _merge_close(values: np.ndarray, tolerance: float) -> np.ndarray:
     """(G, D) values -> the first of each group of values within ``tolerance`` of an earlier kept one."""
@@ -108,7 +95,7 @@ class BlockCodec(nn.Module):
         return columns.amax(dim=0).view(self.entropy.num_codebooks, -1).amax(dim=1).cpu().numpy()
 
     @torch.no_grad()
-    def guard_codes(self, pixel_error: float = 3 / 255, usage: np.ndarray | None = None) -> np.ndarray:
+    def guard_codes(self, pixel_error: float = GUARD_PIXEL_ERROR, usage: np.ndarray | None = None) -> np.ndarray:
         """Give every codebook the codes that flat colours need; returns the (M, K) bool mask of
         those codes (in ``code_values`` order), which code pruning must keep.
 
@@ -135,7 +122,7 @@ class BlockCodec(nn.Module):
         return self.place_guard_codes(exact, spread, gaps, in_use)
 
     @torch.no_grad()
-    def holds_guard_codes(self, pixel_error: float = 3 / 255) -> bool:
+    def holds_guard_codes(self, pixel_error: float = GUARD_PIXEL_ERROR) -> bool:
         """Whether every codebook has, among the codes in use, a code within half the guard
         spacing of :meth:`guard_codes` (for ``pixel_error``) of the value of every guard colour:
         true of a model fitted with guard codes (release 0.3.0 on), false of earlier ones."""
@@ -192,7 +179,7 @@ class BlockCodec(nn.Module):
         """(B, 3, H, W) image in [0, 1], H and W multiples of P -> one level of (B, M, H/P, W/P) indices.
 
         Each index minimises distortion + lambda * (-log2 p) under the context tables, in coding
-        order (:func:`~dqcodec.models.entropy.choose_indices`); a model that holds guard codes
+        order (:func:`~dqcodec.models.context_tables.choose_indices`); a model that holds guard codes
         (:meth:`holds_guard_codes`) starts each predicted codebook on the nearest codes, so that
         a flat area of a guard colour stays on its exact code (earlier models keep their choices:
         the same weights still write the same files).

@@ -1,80 +1,28 @@
-"""Index entropy model: static integer probability tables selected by discrete contexts.
+"""Index entropy model for training: the integer tables of :mod:`dqcodec.models.context_tables`
+as torch buffers of an ``nn.Module`` (saved in the state dict), counted from training indices.
 
-A codec's indices (B, M, H, W) are coded codebook by codebook (m = 0 .. M-1) and, inside a
-codebook, in two checkerboard phases: first the *anchors* ((row + col) even), then the rest.
-The table that codes index (m, row, col) is chosen by a context made only of indices that
-the decoder already has at that moment.
-
-The first few codebooks (``num_predicted``; with a PCA-ordered transform these hold the
-block means and the coarsest gradients, which carry the most bits) are *predicted*: their
-anchors are coded row by row, and the context is the code nearest to the mean value of the
-already decoded neighbours of the same codebook (up-left, up-right and two rows up for
-anchors; the 4 anchor neighbours for the rest), DPCM in table form. Code values enter as
-integers (``code_level``, the first coordinate in units of 1/1024) and the nearest code is
-found in integer arithmetic, so the context is exact. For the other codebooks the context is:
-
-- the activity class of codebook m-1 at the same position,
-- phase 0: the summed classes of codebook m-1 at the 4 neighbours;
-  phase 1: the summed classes of codebook m's 4 anchor neighbours (decoded in phase 0),
-- the summed classes of codebooks m-2 and m-3 at the same position.
-
-An activity class (0..3) says how far a code lies from its codebook's most frequent code
-(0: the mode itself, 1: the 2 nearest codes, 2: the next 4, 3: the rest; ``CLASS_RANK_EDGES``): a "how busy is
-this block" signal that transfers across codebooks. Classes and tables are integers stored
-in the model (computed once by :meth:`ContextIndexModel.fit`), so encoder and decoder
-rebuild every table bit for bit, whatever the threads or the machine (DESIGN.md).
+Coding (contexts, tables, the encoder's choice of indices) is
+:class:`~dqcodec.models.context_tables.ContextTables`' job, in plain numpy, the same code that
+the light install runs; this module adds what training needs: the buffers, the activity
+classes of the codes and :meth:`ContextIndexModel.fit`.
 """
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
-from dqcodec.models.interface import CodingStep, Side
-
-NUM_CLASSES = 4
-# Class of a code by its distance rank from the mode: rank 0 -> 0, ranks 1-2 -> 1, 3-6 -> 2, 7+ -> 3.
-CLASS_RANK_EDGES = (1, 3, 7)
-CONTEXTS_PER_PHASE = 64
-NUM_PHASES = 2
-# Totals of the integer tables: every symbol gets >= 1, the row sums to at most 2**16.
-TABLE_PRECISION = 1 << 16
-
-
-def _bucket(values: np.ndarray, edges: tuple[int, ...]) -> np.ndarray:
-    return np.searchsorted(np.asarray(edges), values, side="right")
-
-
-def _neighbour_sum(classes: np.ndarray) -> np.ndarray:
-    """(B, H, W) -> (B, H, W) sum over the 4-neighbourhood (outside the image counts 0)."""
-    padded = np.pad(classes, ((0, 0), (1, 1), (1, 1)))
-    return padded[:, :-2, 1:-1] + padded[:, 2:, 1:-1] + padded[:, 1:-1, :-2] + padded[:, 1:-1, 2:]
-
-
-def anchor_mask(height: int, width: int) -> np.ndarray:
-    """(H, W) bool, True where (row + col) is even: the positions coded in phase 0."""
-    rows, cols = np.indices((height, width))
-    return (rows + cols) % 2 == 0
-
-
-_ANCHOR_NEIGHBOURS = ((-1, -1), (-1, 1), (-2, 0))  # decoded before an anchor (same codebook)
-_CROSS_NEIGHBOURS = ((0, -1), (0, 1), (-1, 0), (1, 0))  # the anchors around a non-anchor
-LEVEL_SCALE = 1024  # code_level = round(first code coordinate * LEVEL_SCALE)
-
-
-def _shifted(values: np.ndarray, dy: int, dx: int) -> tuple[np.ndarray, np.ndarray]:
-    """values[r + dy, c + dx] for every (r, c) of (B, H, W), and where that lies in the image."""
-    b, h, w = values.shape
-    out = np.zeros_like(values)
-    inside = np.zeros((h, w), dtype=bool)
-    rows = slice(max(0, -dy), min(h, h - dy))
-    cols = slice(max(0, -dx), min(w, w - dx))
-    src_rows = slice(max(0, dy), min(h, h + dy))
-    src_cols = slice(max(0, dx), min(w, w + dx))
-    out[:, rows, cols] = values[:, src_rows, src_cols]
-    inside[rows, cols] = True
-    return out, inside
+from dqcodec.models.context_tables import (
+    CLASS_RANK_EDGES,
+    CONTEXTS_PER_PHASE,
+    LEVEL_SCALE,
+    NUM_PHASES,
+    ContextTables,
+    _bucket,
+    quantize_table,
+)
+from dqcodec.models.interface import Side
 
 
 def activity_classes(codebooks: torch.Tensor, usage: torch.Tensor) -> torch.Tensor:
@@ -86,16 +34,9 @@ def activity_classes(codebooks: torch.Tensor, usage: torch.Tensor) -> torch.Tens
     return torch.from_numpy(_bucket(rank.numpy(), CLASS_RANK_EDGES)).int()
 
 
-class ContextIndexModel(nn.Module):
-    """Context-conditioned static tables for the indices of M codebooks of K codes.
-
-    Buffers (all integer, saved with the model):
-        code_class: (M, K) activity class of every code.
-        code_level: (M, K) first coordinate of every code in units of 1 / LEVEL_SCALE.
-        frequencies: (M, 2, 64 * side_buckets, K) integer table for each codebook, phase and context.
-        alphabet_sizes: (M,) number of codes in use per codebook (codes are sorted so that the
-            used ones come first); tables are cut to that size, which keeps coding fast.
-    """
+class ContextIndexModel(nn.Module, ContextTables):
+    """Context-conditioned static tables for the indices of M codebooks of K codes, as torch
+    buffers (all integer, saved with the model; see :class:`ContextTables` for their shapes)."""
 
     def __init__(self, num_codebooks: int, codebook_size: int, num_predicted: int = 0, side_buckets: int = 1):
         """``side_buckets``: how many classes a subclass derives from the coarser levels
@@ -112,104 +53,6 @@ class ContextIndexModel(nn.Module):
             torch.ones(num_codebooks, NUM_PHASES, CONTEXTS_PER_PHASE * side_buckets, codebook_size, dtype=torch.int32),
         )
         self.register_buffer("alphabet_sizes", torch.full((num_codebooks,), codebook_size, dtype=torch.int32))
-
-    def contexts(
-        self, indices: np.ndarray, m: int, phase: int, mask: np.ndarray | None = None, side: Side | None = None
-    ) -> np.ndarray:
-        """Context ids in [0, 64 * side_buckets) for codebook m in the given phase: (B, H, W),
-        or (B, N) for the N positions of an (H, W) ``mask``.
-
-        indices: (B, M, H, W) integer array; only what is decoded before that step is read
-        (codebooks < m, the rows above for predicted anchors, the anchors of codebook m in
-        phase 1), so a decoder can pass its partly decoded array. ``side``: the decoded
-        coarser levels, read by :meth:`side_contexts`.
-        """
-        if mask is None:
-            mask = np.ones(indices.shape[2:], dtype=bool)
-        own = self._level_contexts(indices, m, phase, mask)
-        if self.side_buckets == 1:
-            return own
-        return own * self.side_buckets + self.side_contexts(side or {}, indices.shape)[:, mask]
-
-    def side_contexts(self, side: Side, shape: tuple[int, ...]) -> np.ndarray:
-        """(B, H, W) class in [0, side_buckets) of every position from the coarser levels."""
-        raise NotImplementedError
-
-    def _level_contexts(self, indices: np.ndarray, m: int, phase: int, mask: np.ndarray) -> np.ndarray:
-        """Context ids in [0, 64) from this level's decoded indices alone, (B, N)."""
-        if m < self.num_predicted:
-            return self._predicted_contexts(indices, m, phase, mask)
-        code_class = self.code_class.numpy()
-        b, _, h, w = indices.shape
-
-        def classes(k: int) -> np.ndarray:
-            if k < 0:
-                return np.zeros((b, h, w), dtype=np.int64)
-            return code_class[k][indices[:, k]].astype(np.int64)
-
-        previous = classes(m - 1)
-        if phase == 0:
-            neighbours = _neighbour_sum(previous)
-        else:
-            neighbours = _neighbour_sum(classes(m) * anchor_mask(h, w))
-        older = classes(m - 2) + classes(m - 3)
-        context = previous * 16 + _bucket(neighbours, (1, 3, 6)) * 4 + _bucket(older, (1, 2, 4))
-        return context[:, mask]
-
-    def _predicted_contexts(self, indices: np.ndarray, m: int, phase: int, mask: np.ndarray) -> np.ndarray:
-        """Context = the code nearest to the mean level of the decoded same-codebook neighbours.
-
-        Positions with no decoded neighbour get context 0.
-        """
-        size = int(self.alphabet_sizes[m])
-        level = self.code_level[m, :size].numpy().astype(np.int64)
-        values = level[np.minimum(indices[:, m], size - 1)]
-        total = np.zeros_like(values)
-        count = np.zeros(values.shape[1:], dtype=np.int64)
-        for dy, dx in _ANCHOR_NEIGHBOURS if phase == 0 else _CROSS_NEIGHBOURS:
-            shifted, inside = _shifted(values, dy, dx)
-            total += shifted * inside
-            count += inside
-        # argmin_k |level_k - total / count|, scaled by count to stay in integers.
-        count, total = count[mask], total[:, mask]
-        error = np.abs(count[None, :, None] * level - total[..., None])
-        nearest = np.where(count > 0, error.argmin(axis=-1), 0)
-        return nearest * CONTEXTS_PER_PHASE // max(self.codebook_size, CONTEXTS_PER_PHASE)
-
-    def coding_steps(self, shape: tuple[int, int, int, int]) -> Iterator[CodingStep]:
-        """The coding order of (B, M, H, W) indices: codebook by codebook, anchors then the rest.
-
-        Predicted codebooks code their anchors one row per step (each row's context needs the
-        rows above); the others code all anchors, then all non-anchors, in one step each.
-        """
-        _, _, height, width = shape
-        anchors = anchor_mask(height, width)
-        rows = np.arange(height)[:, None]
-        for m in range(self.num_codebooks):
-            if m < self.num_predicted:
-                for row in range(height):
-                    yield CodingStep(m, 0, anchors & (rows == row))
-            else:
-                yield CodingStep(m, 0, anchors)
-            yield CodingStep(m, 1, ~anchors)
-
-    def tables(self, indices: np.ndarray, step: CodingStep, side: Side) -> np.ndarray:
-        """(N, K_m) integer tables for the N positions of ``step`` (all images, row-major).
-
-        The contexts come from this level and, with ``side_buckets`` > 1, from ``side``.
-        """
-        context = self.contexts(indices, step.codebook, step.phase, step.mask, side)  # (B, N per image)
-        size = int(self.alphabet_sizes[step.codebook])
-        return self.frequencies[step.codebook, step.phase, :, :size].numpy()[context.reshape(-1)]
-
-    def bits(self, indices: np.ndarray, side: Side) -> float:
-        """-log2 p of all indices (B, M, H, W) under the integer tables."""
-        total = 0.0
-        for step in self.coding_steps(indices.shape):
-            table = self.tables(indices, step, side).astype(np.float64)
-            symbols = step.symbols(indices)
-            total -= np.log2(table[np.arange(len(symbols)), symbols] / table.sum(axis=1)).sum()
-        return float(total)
 
     @torch.no_grad()
     def set_codes(self, codebooks: torch.Tensor, usage: torch.Tensor) -> None:
@@ -236,76 +79,3 @@ class ContextIndexModel(nn.Module):
                 counts[step.codebook, step.phase] += np.bincount(context * k_count + symbols, minlength=cells)
         counts = counts.reshape(m_count, NUM_PHASES, context_count, k_count) + prior_count
         self.frequencies.copy_(torch.from_numpy(quantize_table(counts)))
-
-
-def choose_indices(
-    vectors: np.ndarray,
-    codebooks: np.ndarray,
-    entropy: ContextIndexModel,
-    rate_lambda: np.ndarray | float,
-    side: Side | None = None,
-    nearest_first_rows: bool = False,
-) -> np.ndarray:
-    """Rate-distortion optimised indices under the context tables, in coding order (greedy RDO).
-
-    vectors: (B, M, D, H, W) float64, the values that codebook m quantizes at each position.
-    codebooks: (M, K, D) float64 codewords in the entropy model's code order.
-    rate_lambda: squared error (in the units of ``vectors``) per bit, a scalar or one per
-        codebook (M,).
-    side: decoded coarser levels, as the entropy model's ``tables`` reads them.
-    nearest_first_rows: the first step of each predicted codebook (its first row of anchors,
-        which has no decoded neighbour) takes the nearest code instead: what it chooses becomes
-        the context of everything below, so a flat area keeps the code of its first row, and a
-        code off the nearest one that was cheaper for that row would spread over the whole area.
-    Returns (B, M, H, W) int64: each index minimises ||x - c_k||^2 + lambda * (-log2 p(k | context)),
-    the context made of the indices already chosen, exactly as the decoder will see them.
-    """
-    b, m_count, d, h, w = vectors.shape
-    lambdas = np.broadcast_to(np.asarray(rate_lambda, dtype=np.float64), (m_count,))
-    indices = np.zeros((b, m_count, h, w), dtype=np.int64)
-    started: set[int] = set()
-    for step in entropy.coding_steps(indices.shape):
-        m = step.codebook
-        table = entropy.tables(indices, step, side or {})  # (N, K_m)
-        bits = np.log2(table.sum(axis=1, keepdims=True)) - np.log2(table)
-        points = vectors[:, m][:, :, step.mask].transpose(0, 2, 1).reshape(-1, 1, d)  # (N, 1, D)
-        distortion = ((points - codebooks[m, : table.shape[1]][None]) ** 2).sum(axis=-1)
-        nearest = nearest_first_rows and m < entropy.num_predicted and m not in started
-        started.add(m)
-        step.place(indices, (distortion + (0.0 if nearest else lambdas[m]) * bits).argmin(axis=1))
-    return indices
-
-
-def quantize_table(counts: np.ndarray) -> np.ndarray:
-    """(..., K) non-negative counts -> int32 frequencies, each >= 1, rows summing <= 2**16."""
-    k = counts.shape[-1]
-    probs = counts / counts.sum(axis=-1, keepdims=True)
-    return (np.floor(probs * (TABLE_PRECISION - k)) + 1).astype(np.int32)
-
-
-# How the tables are stored in a model file: narrowed integer types, and each codebook's tables
-# cut to its alphabet (most codebooks use a handful of codes: this keeps shipped files small).
-STORAGE_DTYPES = {"frequencies": np.uint16, "code_class": np.uint8, "code_level": np.int32}
-
-
-def pack_tables(tables: np.ndarray, alphabet_sizes: np.ndarray) -> np.ndarray:
-    """(M, P, C, K) tables -> 1-D array of each codebook's (P, C, K_m) part."""
-    return np.concatenate([tables[m, :, :, :size].ravel() for m, size in enumerate(alphabet_sizes)])
-
-
-def unpack_tables(packed: np.ndarray, alphabet_sizes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Inverse of :func:`pack_tables`; entries beyond each alphabet are 1 (never used).
-
-    Raises ValueError when ``packed`` does not fit ``alphabet_sizes`` and ``shape``.
-    """
-    m_count, phases, contexts, k_count = shape
-    sizes = [int(size) for size in alphabet_sizes]
-    if len(sizes) != m_count or max(sizes) > k_count or packed.size != phases * contexts * sum(sizes):
-        raise ValueError("entropy tables do not match the model configuration")
-    tables = np.ones(shape, dtype=packed.dtype)
-    offset = 0
-    for m, size in enumerate(sizes):
-        count = phases * contexts * size
-        tables[m, :, :, :size] = packed[offset : offset + count].reshape(phases, contexts, size)
-        offset += count
-    return tables

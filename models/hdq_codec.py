@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from dqcodec.models.conv_transforms import CoarseAnalysis, CoarseSynthesis, ConvAnalysis, ConvSynthesis
-from dqcodec.models.entropy import ContextIndexModel, choose_indices
+from dqcodec.models.context_tables import choose_indices
+from dqcodec.models.entropy import ContextIndexModel
 from dqcodec.models.hierarchical_entropy import CoarseConditionedIndexModel
 from dqcodec.models.interface import RATE_LAMBDA_HELP, CodecOutput, CompressedLevels, IndexLevel, LevelSpec
 from dqcodec.models.quantizers import DepthwiseQuantizer
@@ -163,7 +164,7 @@ class HierarchicalDQCodec(nn.Module):
         """(B, 3, H, W) image in [0, 1], H and W multiples of 64 -> coarse and fine indices.
 
         Each index minimises latent distortion + lambda * (-log2 p) under the real context tables
-        in coding order (:func:`~dqcodec.models.entropy.choose_indices`); the fine level's tables
+        in coding order (:func:`~dqcodec.models.context_tables.choose_indices`); the fine level's tables
         read the coarse indices chosen first.
         """
         fine_lambda, coarse_lambda = self.rate_lambdas()

@@ -16,7 +16,8 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from dqcodec.models.entropy import ContextIndexModel, _bucket, activity_classes
+from dqcodec.models.context_tables import _bucket
+from dqcodec.models.entropy import ContextIndexModel, activity_classes
 from dqcodec.models.interface import Side
 
 

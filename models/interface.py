@@ -8,7 +8,7 @@ levels of code indices, coarse to fine, and back:
   shape (M, h, w) and index entropy model, coarse to fine.
 - ``compress(image) -> CompressedLevels``: (B, 3, H, W) in [0, 1] -> the levels' indices.
 - ``decompress(levels) -> image``: the levels' indices -> (B, 3, H, W) in [0, 1], in the dtype of
-  the network (the registry loads coding copies in float64, see ``registry.load_model``).
+  the network.
 - ``forward(image) -> CodecOutput``: the training pass.
 - ``tile_overlap`` (optional, pixels): large images are coded in independent tiles (a multiple
   of ``padding_multiple``, see ``dqcodec.codec.tiles``) whose neighbours share this many pixels,
@@ -24,14 +24,25 @@ decoded coarser levels by name, so a hierarchical model is a composition of per-
 which the fine level reads the coarse one (as CompressAI's ``latent_codecs`` nest). Tables are
 integers computed only from integers, so encoder and decoder rebuild them bit for bit
 (DESIGN.md, "Entropy coding: exactness first").
+
+For coding files, ``dqcodec.codec`` holds a :class:`CodingRuntime`: the same interface in
+numpy and float64 (image arrays in, image arrays out), which each architecture's registry entry
+provides (``dqcodec.models.registry``): a plain-numpy runtime where the transforms are simple
+enough (the block codecs, :mod:`dqcodec.models.block_runtime`), else the network itself in
+torch (:mod:`dqcodec.models.torch_runtime`). This module imports no torch, so the light
+install reads it.
 """
+
+from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 # The one unit of every architecture's rate_lambda (config field, training loss, encoder choice).
@@ -137,6 +148,29 @@ class CodecModel(Protocol):
 
     def decompress(self, levels: CompressedLevels) -> torch.Tensor:
         """Levels of indices -> (B, 3, H, W) image clamped to [0, 1], in the network's dtype."""
+
+
+class CodingRuntime(Protocol):
+    """A codec model as ``dqcodec.codec`` codes files with it: float64 numpy, no autograd.
+
+    ``padding_multiple``, ``levels`` and the optional ``tile_overlap`` as for :class:`CodecModel`;
+    ``compress`` takes a (B, 3, H, W) float64 array in [0, 1] and ``decompress`` returns one
+    (clamped to [0, 1]). The same model file gives the same indices and pixels whichever
+    runtime codes it.
+    """
+
+    @property
+    def padding_multiple(self) -> int:
+        """Images are padded to a multiple of this many pixels before ``compress``."""
+
+    def levels(self, height: int, width: int) -> list[LevelSpec]:
+        """The index levels, coarse to fine, of a padded ``height`` x ``width`` image."""
+
+    def compress(self, image: np.ndarray) -> CompressedLevels:
+        """(B, 3, H, W) float64 padded image in [0, 1] -> its levels of indices, coarse to fine."""
+
+    def decompress(self, levels: CompressedLevels) -> np.ndarray:
+        """Levels of indices -> (B, 3, H, W) float64 image clamped to [0, 1]."""
 
 
 def estimated_bits(specs: list[LevelSpec], levels: CompressedLevels) -> float:

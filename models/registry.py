@@ -11,26 +11,35 @@ earlier releases whose weights changed in ``weights/releases/<version>/``; a fil
 with whichever of them has its fingerprint. ``weights/releases/history.json`` lists the fingerprint of
 every model ever shipped with its release, so a file whose weights are no longer in the
 package is refused with the release that can decode it.
+
+Each entry also names the runtime that codes its files (:class:`~dqcodec.models.interface.CodingRuntime`):
+plain numpy for the block codecs (:mod:`dqcodec.models.block_runtime`, all that the base install
+``pip install dqcodec`` has), the torch network itself otherwise
+(:mod:`dqcodec.models.torch_runtime`, with ``pip install "dqcodec[train]"``). This module imports
+no torch: listing models, fingerprints and coding with a numpy runtime stay light; the networks'
+modules are imported when a network is built.
 """
+
+from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from safetensors.numpy import load as load_safetensors_bytes
 from safetensors.numpy import save as save_safetensors_bytes
-from torch import nn
 
-from dqcodec.models.codec_net import CodecConfig, DQCodecNet
-from dqcodec.models.dqae import DQAE, DQAEConfig
-from dqcodec.models.entropy import STORAGE_DTYPES, pack_tables, unpack_tables
-from dqcodec.models.hdq_codec import HDQConfig, HierarchicalDQCodec
-from dqcodec.models.shvq_codec import SHVQCodecConfig, SHVQCodecNet
+from dqcodec.models.context_tables import STORAGE_DTYPES, pack_tables, unpack_tables
+from dqcodec.models.interface import CodingRuntime
+
+if TYPE_CHECKING:
+    from torch import nn
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 RELEASES_DIR = WEIGHTS_DIR / "releases"
@@ -44,12 +53,36 @@ def standard_fingerprint(weight_bytes: bytes, config: dict) -> bytes:
     return hashlib.sha256(weight_bytes + config_bytes).digest()[:16]
 
 
+class MissingRuntime(Exception):
+    """The runtime that codes a model needs what this install lacks (torch: ``pip install
+    "dqcodec[train]"``); the message is one line."""
+
+
+BLOCK_RUNTIME = "dqcodec.models.block_runtime:BlockRuntime"
+TORCH_RUNTIME = "dqcodec.models.torch_runtime:TorchRuntime"
+
+
+def resolve(reference: type | str) -> type:
+    """A class, or ``"package.module:Class"`` -> that class (importing its module)."""
+    if not isinstance(reference, str):
+        return reference
+    module, attribute = reference.split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 @dataclass(frozen=True)
 class Architecture:
-    """How one architecture's models are built, stored and fingerprinted.
+    """How one architecture's models are built, stored, fingerprinted and coded.
 
-    network: the codec network class (implements :mod:`dqcodec.models.interface`), built as
-        ``network(config(**json_config))``.
+    network_class: the codec network class (implements :mod:`dqcodec.models.interface`, an
+        ``nn.Module``), built as ``network(config(**json_config))``; or its ``"module:Class"``
+        name (the entries below), imported by :attr:`network` when first needed, so that the
+        registry imports without torch.
+    config_class: its config dataclass, or that class's ``"module:Class"`` name.
+    runtime: the runtime that codes a model's files, from its JSON config -> ``"module:Class"``
+        of a :class:`~dqcodec.models.interface.CodingRuntime` built as ``runtime(arrays, info)``
+        (the file's arrays and its JSON): :data:`BLOCK_RUNTIME` (numpy, the base install) or
+        :data:`TORCH_RUNTIME` (the network in torch, the ``[train]`` install).
     integer_dtypes: state-dict name -> storage dtype of integer buffers (narrowed to what holds
         their values); float tensors are stored as float32.
     packed_tables: state-dict prefixes of :class:`~dqcodec.models.entropy.ContextIndexModel`s
@@ -58,35 +91,53 @@ class Architecture:
         where float16 costs nothing measurable and halves the file); the rest stays float32.
     """
 
-    network: type[nn.Module]
-    config: type
+    network_class: type | str
+    config_class: type | str
+    runtime: Callable[[dict], str] = lambda config: TORCH_RUNTIME
     integer_dtypes: Mapping[str, type] = field(default_factory=dict)
     packed_tables: tuple[str, ...] = ()
     fingerprint: Callable[[bytes, dict], bytes] = standard_fingerprint
     half_precision: tuple[str, ...] = ()
+
+    @property
+    def network(self) -> type:
+        return resolve(self.network_class)
+
+    @property
+    def config(self) -> type:
+        return resolve(self.config_class)
 
 
 def _context_tables(prefix: str) -> dict[str, type]:
     return {f"{prefix}.{name}": dtype for name, dtype in STORAGE_DTYPES.items()}
 
 
+def _dq_runtime(config: dict) -> str:
+    """DQ block codecs in numpy, unless a post-filter (a small CNN) follows the synthesis."""
+    return BLOCK_RUNTIME if config.get("postfilter_channels", 0) == 0 else TORCH_RUNTIME
+
+
 # The JSON's "architecture" -> its entry. A new architecture is a module under models/ and a line here
 # (or a call to register_architecture).
 ARCHITECTURES: dict[str, Architecture] = {
-    "DQCodecNet": Architecture(DQCodecNet, CodecConfig, _context_tables("entropy"), ("entropy",)),
+    "DQCodecNet": Architecture(
+        "dqcodec.models.codec_net:DQCodecNet", "dqcodec.models.codec_net:CodecConfig", _dq_runtime,
+        _context_tables("entropy"), ("entropy",),
+    ),
     "SHVQCodecNet": Architecture(
-        SHVQCodecNet, SHVQCodecConfig, {**_context_tables("entropy"), "symbol_centre": np.uint16}, ("entropy",)
+        "dqcodec.models.shvq_codec:SHVQCodecNet", "dqcodec.models.shvq_codec:SHVQCodecConfig", lambda config: BLOCK_RUNTIME,
+        {**_context_tables("entropy"), "symbol_centre": np.uint16}, ("entropy",),
     ),
     "HierarchicalDQCodec": Architecture(
-        HierarchicalDQCodec,
-        HDQConfig,
-        {**_context_tables("coarse_entropy"), **_context_tables("fine_entropy"),
+        "dqcodec.models.hdq_codec:HierarchicalDQCodec",
+        "dqcodec.models.hdq_codec:HDQConfig",
+        integer_dtypes={**_context_tables("coarse_entropy"), **_context_tables("fine_entropy"),
          "fine_entropy.coarse_class": np.uint8, "fine_entropy.coarse_edges": np.int32},
-        ("coarse_entropy", "fine_entropy"),
+        packed_tables=("coarse_entropy", "fine_entropy"),
         half_precision=("analysis.", "coarse_analysis.", "synthesis.", "coarse_synthesis.",
                         "fine_quantizer.projection.", "coarse_quantizer.projection."),
     ),
-    "DQAE": Architecture(DQAE, DQAEConfig),  # a likelihood model (no compress): trained and stored, not coded
+    "DQAE": Architecture("dqcodec.models.dqae:DQAE", "dqcodec.models.dqae:DQAEConfig"),  # a likelihood model (no compress): trained and stored, not coded
 }
 
 
@@ -152,18 +203,29 @@ def save_model(model: nn.Module, stem: Path, info: dict) -> None:
     clear_cache()
 
 
-def load_checkpoint(stem: Path) -> tuple[nn.Module, dict, bytes]:
-    """Load ``stem.safetensors`` + ``stem.json`` -> (float32 model in eval mode, info, fingerprint).
+def read_model(stem: Path) -> tuple[dict[str, np.ndarray], dict, bytes]:
+    """Read ``stem.safetensors`` + ``stem.json`` -> (arrays as stored, info, fingerprint); no torch.
 
-    Raises FileNotFoundError or ValueError when the files are missing or inconsistent.
+    Raises FileNotFoundError or ValueError when the files are missing or name no known architecture.
     """
     weight_bytes = Path(f"{stem}.safetensors").read_bytes()
     info = json.loads(Path(f"{stem}.json").read_text())
     if info.get("architecture") not in ARCHITECTURES:
         raise ValueError(f"{stem}.json: unknown architecture {info.get('architecture')!r}")
     architecture = ARCHITECTURES[info["architecture"]]
+    return load_safetensors_bytes(weight_bytes), info, architecture.fingerprint(weight_bytes, info["config"])
+
+
+def build_network(arrays: dict[str, np.ndarray], info: dict, source: str = "model") -> nn.Module:
+    """The float32 network (eval mode) of a model's ``arrays`` and JSON ``info`` (needs torch).
+
+    Raises ValueError (naming ``source``) when a tensor is missing or has the wrong shape.
+    """
+    import torch
+
+    architecture = ARCHITECTURES[info["architecture"]]
     model = architecture.network(architecture.config(**info["config"]))
-    arrays = load_safetensors_bytes(weight_bytes)
+    arrays = dict(arrays)
     reference = model.state_dict()
     for prefix in architecture.packed_tables:
         tables, sizes = f"{prefix}.frequencies", f"{prefix}.alphabet_sizes"
@@ -172,13 +234,22 @@ def load_checkpoint(stem: Path) -> tuple[nn.Module, dict, bytes]:
     state = {}
     for key, tensor in reference.items():
         if key not in arrays:
-            raise ValueError(f"{stem}.safetensors: missing tensor {key}")
+            raise ValueError(f"{source}: missing tensor {key}")
         if arrays[key].shape != tuple(tensor.shape):
-            raise ValueError(f"{stem}.safetensors: tensor {key} has shape {arrays[key].shape}, expected {tuple(tensor.shape)}")
+            raise ValueError(f"{source}: tensor {key} has shape {arrays[key].shape}, expected {tuple(tensor.shape)}")
         state[key] = torch.from_numpy(arrays[key]).to(tensor.dtype)
     model.load_state_dict(state)
     model.eval()
-    return model, info, architecture.fingerprint(weight_bytes, info["config"])
+    return model
+
+
+def load_checkpoint(stem: Path) -> tuple[nn.Module, dict, bytes]:
+    """Load ``stem.safetensors`` + ``stem.json`` -> (float32 model in eval mode, info, fingerprint).
+
+    Raises FileNotFoundError or ValueError when the files are missing or inconsistent.
+    """
+    arrays, info, fingerprint = read_model(stem)
+    return build_network(arrays, info, f"{stem}.safetensors"), info, fingerprint
 
 
 def file_fingerprint(stem: Path) -> bytes:
@@ -216,9 +287,10 @@ def register_checkpoint(path: Path) -> str:
     return f"{CHECKPOINT_PREFIX}{stem}"
 
 
-def load_model(key: str) -> tuple[nn.Module, dict, bytes]:
-    """A shipped model by name, or a checkpoint by the key of :func:`register_checkpoint`, ready
-    for coding; cached. Raises KeyError for an unknown name."""
+def load_model(key: str) -> tuple[CodingRuntime, dict, bytes]:
+    """A shipped model by name, or a checkpoint by the key of :func:`register_checkpoint`, as
+    its coding runtime -> (runtime, info, fingerprint); cached. Raises KeyError for an unknown
+    name, :class:`MissingRuntime` when its runtime needs what this install lacks."""
     if key.startswith(CHECKPOINT_PREFIX):
         return _load_for_coding(key[len(CHECKPOINT_PREFIX) :])
     if key not in model_names():
@@ -226,12 +298,12 @@ def load_model(key: str) -> tuple[nn.Module, dict, bytes]:
     return _load_for_coding(str(WEIGHTS_DIR / key))
 
 
-def find_model(name: str, fingerprint: bytes) -> tuple[nn.Module, dict, bytes]:
-    """The model named ``name`` whose fingerprint is ``fingerprint``: the shipped one, one of an
-    earlier release still in the package, or a registered checkpoint.
+def find_model(name: str, fingerprint: bytes) -> tuple[CodingRuntime, dict, bytes]:
+    """The model named ``name`` whose fingerprint is ``fingerprint`` (the shipped one, one of an
+    earlier release still in the package, or a registered checkpoint), as for :func:`load_model`.
 
     Raises KeyError with a one-line reason when there is none (naming the release that shipped
-    those weights, when ``history.json`` knows it).
+    those weights, when ``history.json`` knows it), :class:`MissingRuntime` as :func:`load_model`.
     """
     releases = sorted(path.with_suffix("") for path in RELEASES_DIR.glob(f"*/{name}.json"))
     candidates = [WEIGHTS_DIR / name, *releases, *_CHECKPOINTS.get(name, [])]
@@ -256,12 +328,19 @@ def _fingerprint_of(stem: str) -> bytes:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_for_coding(stem: str) -> tuple[nn.Module, dict, bytes]:
-    """The one place where a model becomes a coding copy: float64 throughout, so decoded pixels
-    do not depend on the machine's threading (float32 convolutions differ by ~1e-9 between
-    thread counts, enough to flip a rounded 8-bit pixel now and then), never modified after."""
-    model, info, fingerprint = load_checkpoint(Path(stem))
-    return model.double(), info, fingerprint
+def _load_for_coding(stem: str) -> tuple[CodingRuntime, dict, bytes]:
+    """The one place where a model becomes a coding runtime, the one its architecture names
+    (float64 throughout, never modified after)."""
+    arrays, info, fingerprint = read_model(Path(stem))
+    runtime = ARCHITECTURES[info["architecture"]].runtime(info["config"])
+    try:
+        runtime_class = resolve(runtime)
+    except ModuleNotFoundError as error:  # the base install: no torch
+        raise MissingRuntime(
+            f"model {info['name']!r} ({info['architecture']}) is coded by a network that needs {error.name}, "
+            f'which this install lacks: pip install "dqcodec[train]"'
+        ) from None
+    return runtime_class(arrays, info), info, fingerprint
 
 
 def clear_cache() -> None:

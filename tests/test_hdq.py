@@ -13,7 +13,7 @@ import dqcodec
 from dqcodec.codec.cli import main
 from dqcodec.codec.container import unpack
 from dqcodec.models import registry
-from dqcodec.models.entropy import TABLE_PRECISION
+from dqcodec.models.context_tables import TABLE_PRECISION
 from dqcodec.models.hdq_codec import HDQConfig, HierarchicalDQCodec
 from dqcodec.models.interface import estimated_bits
 
@@ -65,7 +65,7 @@ def test_round_trip_is_exact_and_two_streams_match_the_estimate(tiny_model):
     encoded = dqcodec.encode(pixels, model=f"{stem}.json")
     header, streams = unpack(encoded)
     assert len(streams) == 2  # coarse, then fine
-    net, _, _ = registry.load_model(registry.register_checkpoint(stem.with_suffix(".json")))
+    net = registry.load_model(registry.register_checkpoint(stem.with_suffix(".json")))[0].network  # the torch runtime's network
     padded = np.pad(pixels, ((0, 128 - 96), (0, 128 - 112), (0, 0)), mode="edge")
     image = torch.from_numpy(padded).permute(2, 0, 1)[None].double() / 255
     levels = net.compress(image)
@@ -96,7 +96,7 @@ def test_decoding_does_not_depend_on_threads_batch_or_process(tiny_model, tmp_pa
     subprocess.run([sys.executable, "-c", script], check=True)
     assert np.array_equal(np.load(tmp_path / "a.npy"), one[0])
     # Batch of two images -> the same indices as each image alone.
-    net, _, _ = registry.load_model(registry.register_checkpoint(stem.with_suffix(".json")))
+    net = registry.load_model(registry.register_checkpoint(stem.with_suffix(".json")))[0].network  # the torch runtime's network
     batch = torch.from_numpy(np.stack([np.pad(im, ((0, 32), (0, 16), (0, 0)), mode="edge") for im in images]))
     batch = batch.permute(0, 3, 1, 2).double() / 255
     together = net.compress(batch)
@@ -108,7 +108,7 @@ def test_decoding_does_not_depend_on_threads_batch_or_process(tiny_model, tmp_pa
 
 def test_fine_tables_read_the_coarse_level_and_are_valid_integers(tiny_model):
     stem, data = tiny_model
-    net, _, _ = registry.load_model(registry.register_checkpoint(stem.with_suffix(".json")))
+    net = registry.load_model(registry.register_checkpoint(stem.with_suffix(".json")))[0].network  # the torch runtime's network
     entropy = net.fine_entropy
     assert entropy.frequencies.dtype == torch.int32 and int(entropy.frequencies.min()) >= 1
     assert int(entropy.frequencies.sum(dim=-1).max()) <= TABLE_PRECISION

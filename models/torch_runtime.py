@@ -1,0 +1,43 @@
+"""A codec network in torch as a coding runtime: for architectures without a numpy runtime.
+
+The neural codecs (e.g. :mod:`dqcodec.models.hdq_codec`, convolutional transforms) are coded by
+the network itself, in float64 so that decoded pixels do not depend on the machine's threading
+(float32 convolutions differ by ~1e-9 between thread counts, enough to flip a rounded 8-bit pixel
+now and then). Needs torch (``pip install "dqcodec[train]"``); the registry names this runtime in
+the entries of such architectures (:mod:`dqcodec.models.registry`).
+"""
+
+import numpy as np
+import torch
+
+from dqcodec.models import registry
+from dqcodec.models.interface import CompressedLevels, LevelSpec
+
+
+class TorchRuntime:
+    """A model file's network (float64, eval mode, never modified after) with numpy in and out."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], info: dict):
+        """``arrays``: the model file's tensors as stored; ``info``: its JSON description."""
+        self.network = registry.build_network(arrays, info, f"model {info['name']!r}").double()
+
+    @property
+    def padding_multiple(self) -> int:
+        return self.network.padding_multiple
+
+    @property
+    def tile_overlap(self) -> int:
+        return int(getattr(self.network, "tile_overlap", self.network.padding_multiple))
+
+    def levels(self, height: int, width: int) -> list[LevelSpec]:
+        return self.network.levels(height, width)
+
+    @torch.no_grad()
+    def compress(self, image: np.ndarray) -> CompressedLevels:
+        """(B, 3, H, W) float64 image in [0, 1] -> the network's levels of indices."""
+        return self.network.compress(torch.from_numpy(image))
+
+    @torch.no_grad()
+    def decompress(self, levels: CompressedLevels) -> np.ndarray:
+        """Levels of indices -> (B, 3, H, W) float64 image clamped to [0, 1]."""
+        return self.network.decompress(levels).numpy()

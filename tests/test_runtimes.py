@@ -1,0 +1,133 @@
+"""The runtimes that code a model file, and the light install.
+
+The block codecs are coded by a plain-numpy runtime (:mod:`dqcodec.models.block_runtime`), the
+only one the base install (``pip install dqcodec``, no torch) has; the torch network of the same
+file (:mod:`dqcodec.models.torch_runtime`) must write the same bytes and decode the same pixels,
+for every model in the package (shipped and earlier releases). The light commands (``--help``,
+``info``, ``models``, ``encode``, ``decode`` and their errors) import no torch; an architecture
+without a light runtime is a one-line error there.
+"""
+
+import dataclasses
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import dqcodec
+from dqcodec.models import registry
+
+FIXTURES = Path(__file__).parent / "fixtures" / "release-0.2.0"
+REPOSITORY = Path(__file__).resolve().parent.parent
+MODEL_STEMS = sorted(path.with_suffix("") for path in registry.WEIGHTS_DIR.glob("*.json")) + sorted(
+    path.with_suffix("") for path in registry.RELEASES_DIR.glob("*/*.json")
+)
+IMAGES = {name: np.asarray(Image.open(FIXTURES / name)) for name in ("kodim23-crop.png", "flat-colours.png")}
+HEAVY = ("torch", "torchvision", "compressai", "pytorch_msssim", "scipy", "matplotlib")
+
+
+def _use_runtime(monkeypatch, runtime: str) -> None:
+    """Code every architecture with ``runtime`` (forgetting the runtimes loaded so far)."""
+    for name, architecture in list(registry.ARCHITECTURES.items()):
+        monkeypatch.setitem(registry.ARCHITECTURES, name, dataclasses.replace(architecture, runtime=lambda config: runtime))
+    registry.clear_cache()
+
+
+@pytest.fixture
+def fresh_cache():
+    registry.clear_cache()
+    yield
+    registry.clear_cache()
+
+
+@pytest.mark.parametrize("stem", MODEL_STEMS, ids=lambda stem: str(stem.relative_to(registry.WEIGHTS_DIR)))
+def test_both_runtimes_write_the_same_bytes_and_decode_the_same_pixels(stem, monkeypatch, fresh_cache):
+    model = f"{stem}.json"
+    assert registry.ARCHITECTURES[json.loads(Path(model).read_text())["architecture"]].runtime({}) == registry.BLOCK_RUNTIME
+    light = {name: dqcodec.encode(pixels, model=model) for name, pixels in IMAGES.items()}
+    light_pixels = {name: np.asarray(dqcodec.decode(data)) for name, data in light.items()}
+    _use_runtime(monkeypatch, registry.TORCH_RUNTIME)
+    assert type(registry.load_model(registry.register_checkpoint(Path(model)))[0]).__name__ == "TorchRuntime"
+    for name, pixels in IMAGES.items():
+        assert dqcodec.encode(pixels, model=model) == light[name]
+        assert np.array_equal(np.asarray(dqcodec.decode(light[name])), light_pixels[name])
+
+
+def _run_cli(argv: list[str], block_torch: bool, cwd: Path) -> subprocess.CompletedProcess:
+    """``dqcodec ARGV`` in a fresh interpreter; its last stderr line lists the heavy modules it
+    loaded. With ``block_torch``, importing torch and the other [train] modules fails, as in the
+    base install."""
+    blocker = textwrap.dedent(f"""
+        class Missing:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {HEAVY!r}:
+                    raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        sys.meta_path.insert(0, Missing())
+        """)
+    script = "import json, sys\n" + (blocker if block_torch else "") + textwrap.dedent(f"""
+        from dqcodec.codec.cli import main
+        try:
+            status = main(json.loads(sys.argv[1]))
+        except SystemExit as exit:
+            status = exit.code
+        print("HEAVY=" + json.dumps(sorted(set({HEAVY!r}) & set(sys.modules))), file=sys.stderr)
+        sys.exit(status)
+        """)
+    return subprocess.run([sys.executable, "-c", script, json.dumps(argv)], capture_output=True, text=True, cwd=cwd)
+
+
+def _heavy(result: subprocess.CompletedProcess) -> list[str]:
+    return json.loads(result.stderr.strip().splitlines()[-1].removeprefix("HEAVY="))
+
+
+def test_the_light_commands_and_their_errors_import_no_torch(tmp_path):
+    Image.fromarray(IMAGES["kodim23-crop.png"]).save(tmp_path / "in.png")
+    (tmp_path / "empty.dqc").write_bytes(b"")
+    (tmp_path / "junk.dqc").write_bytes(b"not a dqc file at all")
+    runs = {
+        ("--help",): 0,
+        ("models",): 0,
+        ("encode", "in.png", "a.dqc"): 0,
+        ("info", "--json", "a.dqc"): 0,
+        ("decode", "a.dqc", "out.png"): 0,
+        ("encode", "in.png", "b.dqc", "--quality", "99"): 2,
+        ("encode", "missing.png", "b.dqc"): 2,
+        ("decode", "empty.dqc", "out2.png"): 2,
+        ("info", "junk.dqc"): 2,
+        ("decode", "missing.dqc", "out2.png"): 2,
+    }
+    for argv, status in runs.items():
+        result = _run_cli(list(argv), block_torch=False, cwd=tmp_path)
+        assert result.returncode == status, (argv, result.stderr)
+        assert _heavy(result) == [], argv
+        if status == 2:
+            assert len(result.stderr.strip().splitlines()) == 2, (argv, result.stderr)  # one line, then HEAVY=
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), np.asarray(dqcodec.decode(tmp_path / "a.dqc")))
+
+
+@pytest.mark.parametrize("model", registry.model_names())
+def test_without_torch_every_shipped_model_round_trips(model, tmp_path):
+    Image.fromarray(IMAGES["kodim23-crop.png"]).save(tmp_path / "in.png")
+    for argv in (["encode", "in.png", "a.dqc", "--model", model], ["decode", "a.dqc", "out.png"]):
+        result = _run_cli(argv, block_torch=True, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    assert (tmp_path / "a.dqc").read_bytes() == dqcodec.encode(IMAGES["kodim23-crop.png"], model=model)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), np.asarray(dqcodec.decode(tmp_path / "a.dqc")))
+
+
+def test_without_torch_a_neural_model_is_a_one_line_error(tmp_path):
+    checkpoint = REPOSITORY / "checkpoints" / "hdq-q2.json"
+    if not checkpoint.is_file():
+        pytest.skip("no hdq checkpoint in this checkout")
+    Image.fromarray(IMAGES["kodim23-crop.png"]).save(tmp_path / "in.png")
+    result = _run_cli(["encode", "in.png", "a.dqc", "--model", str(checkpoint)], block_torch=True, cwd=tmp_path)
+    assert result.returncode == 2
+    message = result.stderr.strip().splitlines()[0]
+    assert message.startswith("dqcodec: error: model 'hdq-q2' (HierarchicalDQCodec)")
+    assert message.endswith('needs torch, which this install lacks: pip install "dqcodec[train]"')
+    assert len(result.stderr.strip().splitlines()) == 2 and not (tmp_path / "a.dqc").exists()
