@@ -28,7 +28,10 @@ COMMANDS = {
     "compare": ("dqcodec.eval.commands", "compare", "side-by-side crops of ours, JPEG and HEVC at matched bpp"),
     "bench": ("dqcodec.eval.commands", "bench", "encode/decode speed on Kodak next to compressai's hyperprior"),
     "content": ("dqcodec.eval.commands", "content", "flat colours, saturated photos and synthetic images through each model"),
-    "study": ("dqcodec.eval.studies.commands", "study", "reproduce a paper's study (static-prior, channel-density, soft-vqvae)"),
+    "likelihood": ("dqcodec.train.likelihood_command", "likelihood",
+                   "bits/dim of a DQ-AE run or model: reconstruction term only, index bits, honest total"),
+    "study": ("dqcodec.eval.studies.commands", "study",
+              "reproduce a paper's study (static-prior, channel-density, soft-vqvae, dqae-ablation, dqae-codes)"),
 }
 
 

@@ -291,9 +291,17 @@ class DQAE(nn.Module):
             above = quantizer.dequantize(indices[level])
         return indices
 
-    def head_parameters(self, indices: list[torch.Tensor]) -> torch.Tensor:
-        """Per-level indices (bottom first) -> (B, head channels, H, W) parameters of p(x | codes)."""
-        return self._decode([quantizer.dequantize(level) for quantizer, level in zip(self.quantizers, indices, strict=True)])
+    def head_parameters(self, indices: list[torch.Tensor], levels: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Per-level indices (bottom first) -> (B, head channels, H, W) parameters of p(x | codes).
+
+        ``levels``: decode from these levels only (default: all); the quantized representation
+        of every other level enters the joint decoder as zeros, as in the DQ paper's top-only and
+        bottom-only reconstructions (its Fig. 4).
+        """
+        codes = [quantizer.dequantize(level) for quantizer, level in zip(self.quantizers, indices, strict=True)]
+        if levels is not None:
+            codes = [level_codes if level in levels else torch.zeros_like(level_codes) for level, level_codes in enumerate(codes)]
+        return self._decode(codes)
 
     def bits(self, image: torch.Tensor, indices: list[torch.Tensor]) -> torch.Tensor:
         """(B,) -log2 p(image | indices) in bits (the reconstruction term of bits/dim)."""

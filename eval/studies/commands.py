@@ -23,6 +23,14 @@ STUDIES = {
         "dqcodec.eval.studies.soft_vqvae",
         "soft VQ-VAE paper: AE / VQ-VAE / soft VQ-VAE latents, clustering accuracy, NMI, linear probe",
     ),
+    "dqae-ablation": (
+        "dqcodec.eval.studies.dqae_ablation",
+        "DQ paper, appendix Tables 1-2 / Fig. 5: DQ vs coupled VQ over K x M, L2 and bits/dim on the local 32 px patches",
+    ),
+    "dqae-codes": (
+        "dqcodec.eval.studies.dqae_codes",
+        "DQ paper, Figs. 3-4: code entropy and mutual information between codebooks (DQ vs VQ), top/bottom-only decoding",
+    ),
 }
 
 
