@@ -181,5 +181,7 @@ def test_code_analysis_of_dq_and_vq(tmp_path):
         assert set(results[quantizer]["squared_error"]) == {"full", "top only", "bottom only"}
         assert all(images.shape == (8, 3, 16, 16) for images in pictures[quantizer].values())
     assert not np.allclose(pictures["dq"]["top only"], pictures["dq"]["full"])
+    assert pictures["original"].shape == (8, 16, 16, 3)
     dqae_codes._plot_codes(results, tmp_path / "codes.png")
-    assert (tmp_path / "codes.png").stat().st_size > 0
+    dqae_codes._plot_reconstructions(pictures, tmp_path / "reconstructions.png")
+    assert (tmp_path / "codes.png").stat().st_size > 0 and (tmp_path / "reconstructions.png").stat().st_size > 0

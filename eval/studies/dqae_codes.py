@@ -190,10 +190,12 @@ def _plot_codes(results: dict, path: Path) -> None:
     save_figure(figure, path)
 
 
-def _plot_reconstructions(test: np.ndarray, pictures: dict, path: Path, count: int = 8) -> None:
+def _plot_reconstructions(pictures: dict, path: Path) -> None:
+    """Rows: the shown test patches, then each quantizer's full / top-only / bottom-only reconstructions."""
     plt = pyplot()
-    rows = [("original", None, test[:count] / 255)]
-    for quantizer, parts in pictures.items():
+    count = len(pictures["original"])
+    rows = [("original", None, pictures["original"] / 255)]
+    for quantizer, parts in ((q, pictures[q]) for q in QUANTIZER_NAMES):
         rows += [(f"{QUANTIZER_NAMES[quantizer]}: {name}", quantizer, images[:count].transpose(0, 2, 3, 1))
                  for name, images in parts.items()]
     figure, axes = plt.subplots(len(rows), count, figsize=(1.3 * count, 1.45 * len(rows)), squeeze=False)
@@ -218,18 +220,20 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     write_summary(out, summary, _markdown(config, results, info, wall_seconds))
     _plot_codes(results, out / "codes.png")
-    _plot_reconstructions(patches.test, pictures, out / "reconstructions.png")
+    _plot_reconstructions(pictures, out / "reconstructions.png")
     print(f"dqae-codes study: wrote {out / 'summary.md'} ({wall_seconds / 60:.1f} min)")
     return 0
 
 
 def analyse(config: CodesConfig, patches, work: Path) -> tuple[dict, dict]:
-    """({quantizer: measurements}, {quantizer: a few partial reconstructions}) of the two trained models."""
+    """({quantizer: measurements}, {"original": 8 test patches (8, S, S, 3) uint8, quantizer: their full and
+    partial reconstructions}) of the two trained models."""
     settings = TrainSettings(config.steps, config.batch_size, config.crop, config.learning_rate, config.seed, config.threads,
                              config.device)
+    shown = patches.test[np.linspace(0, len(patches.test) - 1, 8).round().astype(int)]  # spread over the test images
     results, pictures = {}, {}
     for quantizer in QUANTIZER_NAMES:
         net, seconds = train_dqae(_network(config, quantizer), patches, settings, work / quantizer)
         results[quantizer] = {"training_seconds": round(seconds, 1), **measure_model(net, patches.test)}
-        pictures[quantizer] = partial_reconstructions(net, patches.test[:8])
-    return results, pictures
+        pictures[quantizer] = partial_reconstructions(net, shown)
+    return results, {"original": shown, **pictures}
