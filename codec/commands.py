@@ -2,8 +2,8 @@
 
 ``codec/cli.py`` calls ``add_<name>_arguments(parser)`` to build each sub-command and
 ``run_<name>(args) -> int`` to run it; a ``DQCodecError`` raised here becomes
-``dqcodec: error: <message>`` and exit status 2. The codec API (and with it torch) is imported
-only when a command runs, so ``--help`` stays fast.
+``dqcodec: error: <message>`` and exit status 2. The codec API is imported only when a command
+runs, so ``--help`` stays fast; no command here imports torch (the block codecs run in numpy).
 """
 
 import argparse
@@ -329,8 +329,8 @@ def _same_file(first, second) -> bool:
 
 
 def _check_header(data: bytes, max_pixels: int | None) -> None:
-    """Refuse a damaged .dqc file or one over the pixel limit before the codec (and with it
-    torch, seconds to import) is loaded; the API checks the same again."""
+    """Refuse a damaged .dqc file or one over the pixel limit before the codec and its model
+    are loaded; the API checks the same again."""
     header, _ = unpack(data)
     check_pixels(header.width, header.height, ".dqc file", max_pixels)
 

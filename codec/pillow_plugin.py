@@ -76,7 +76,7 @@ class DqcDecoder(ImageFile.PyDecoder):
     _pulls_fd = True
 
     def decode(self, buffer) -> tuple[int, int]:
-        from dqcodec.codec import api  # imports torch: only when pixels are wanted
+        from dqcodec.codec import api  # the codec: only when pixels are wanted
 
         try:
             # Image.open has applied Pillow's pixel limit to this size already.
@@ -94,7 +94,7 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     A bad option raises ``ValueError``, an image dqcodec cannot encode ``OSError``; each lossy
     conversion of the input (alpha dropped, 16 bits reduced, ...) is a ``UserWarning``.
     """
-    from dqcodec.codec import api  # imports torch
+    from dqcodec.codec import api
 
     quality = im.encoderinfo.get("quality")
     model = im.encoderinfo.get("model")

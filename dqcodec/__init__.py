@@ -16,7 +16,8 @@ register_pillow_plugin()
 
 
 def __getattr__(name: str):
-    # The API pulls in torch; import it on first use so that 'dqcodec --help' starts fast.
+    # The API loads the codec (numpy, constriction, the models); import it on first use so that
+    # 'import dqcodec' and Pillow's opening of a .dqc header stay light.
     if name in ("encode", "decode"):
         from dqcodec.codec import api
 

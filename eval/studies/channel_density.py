@@ -7,7 +7,7 @@ pretrained VGG features both ways, K = 32 and 1024 codes, 10 runs, and reporting
 quantization (L2) error and the entropy of the codes: channels beat pixels on both.
 
 No pretrained VGG weights exist here, so the features are those of our own shipped codec's
-encoder: ``load_model("dq-q3").analysis``, (B, 3, H, W) images in [0, 1] -> (B, 192, H/8, W/8),
+encoder: ``load_checkpoint(WEIGHTS_DIR / "dq-q3")[0].analysis``, (B, 3, H, W) images in [0, 1] -> (B, 192, H/8, W/8),
 on BSDS500 images (never Kodak, which is the codec's test set).
 
 The reading reproduced (the paper's own text of Table 2 could not be retrieved here, so this
@@ -50,7 +50,7 @@ from dqcodec.codec.errors import DQCodecError
 from dqcodec.eval.studies.density_fit import fit_codebooks
 from dqcodec.eval.studies.report import frame_panel, mean_std, pyplot, save_figure, write_summary
 from dqcodec.models.quantizers import ProductQuantizer
-from dqcodec.models.registry import load_model
+from dqcodec.models.registry import WEIGHTS_DIR, load_checkpoint, model_names
 from dqcodec.train.data import default_train_dir, image_files, load_rgb, to_tensor
 
 ARMS = ("channel", "pixel")
@@ -175,10 +175,9 @@ def _stats(values: list[float]) -> dict:
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
-    try:
-        model, _, _ = load_model(args.model)
-    except KeyError:
-        raise DQCodecError(f"unknown model {args.model!r}") from None
+    if args.model not in model_names():
+        raise DQCodecError(f"unknown model {args.model!r}")
+    model = load_checkpoint(WEIGHTS_DIR / args.model)[0].double()  # float64, as the coding copy it was read from
     analysis = model.analysis
     channels = analysis.linear.out_channels
     block = analysis.unshuffle.downscale_factor
