@@ -58,6 +58,13 @@ def test_both_runtimes_write_the_same_bytes_and_decode_the_same_pixels(stem, mon
         assert np.array_equal(np.asarray(dqcodec.decode(light[name])), light_pixels[name])
 
 
+@pytest.mark.parametrize("path", sorted(FIXTURES.parent.glob("release-*/*.dqc")), ids=lambda path: f"{path.parent.name}/{path.name}")
+def test_files_of_earlier_releases_decode_the_same_under_both_runtimes(path, monkeypatch, fresh_cache):
+    light = np.asarray(dqcodec.decode(path))
+    _use_runtime(monkeypatch, registry.TORCH_RUNTIME)
+    assert np.array_equal(np.asarray(dqcodec.decode(path)), light)
+
+
 def _run_cli(argv: list[str], block_torch: bool, cwd: Path) -> subprocess.CompletedProcess:
     """``dqcodec ARGV`` in a fresh interpreter; its last stderr line lists the heavy modules it
     loaded. With ``block_torch``, importing torch and the other [train] modules fails, as in the
