@@ -85,6 +85,16 @@ def encode_images(net: nn.Module, images: np.ndarray, batch_size: int = 64, desc
                    int(np.prod(images.shape[1:])))
 
 
+@torch.no_grad()
+def encode_indices(net: nn.Module, images: np.ndarray, batch_size: int = 64, desc: str = "encoding") -> list[np.ndarray]:
+    """Per level, bottom first, the (N, M_l, h_l, w_l) int64 indices of (N, S, S, 3) uint8 ``images``
+    (what fitting an index prior needs, without evaluating the output head)."""
+    net.eval()
+    batches = [net.encode(to_batch(images[start : start + batch_size]))
+               for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False)]
+    return [np.concatenate([batch[level].numpy() for batch in batches]) for level in range(net.num_levels)]
+
+
 def _sides(indices: list[np.ndarray]) -> list[dict]:
     """The side information of each level: the indices of the level above (none for the top)."""
     return [{COARSE: indices[level + 1]} if level + 1 < len(indices) else {} for level in range(len(indices))]
@@ -97,19 +107,20 @@ def _usage(indices: np.ndarray, codebook_size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fit_index_prior(net: nn.Module, training: Encoded) -> list[ContextIndexModel]:
-    """Per level (bottom first), context tables counted over the training images' codes.
+def fit_index_prior(net: nn.Module, training: list[np.ndarray]) -> list[ContextIndexModel]:
+    """Per level (bottom first), context tables counted over the training images' codes
+    ``training`` (per level, (N, M_l, h_l, w_l) indices).
 
     Every code gets one extra count before the activity classes are set, so a code that no
     training image used stays in the alphabet (the tables give it the prior count's probability).
     """
     priors: list[ContextIndexModel] = []
-    for level, (quantizer, indices, side) in enumerate(zip(net.quantizers, training.indices, _sides(training.indices), strict=True)):
+    for level, (quantizer, indices, side) in enumerate(zip(net.quantizers, training, _sides(training), strict=True)):
         m_count, k_count = quantizer.num_codebooks, quantizer.codebook_size
         if level + 1 < net.num_levels:
             above = net.quantizers[level + 1]
             prior = CoarseConditionedIndexModel(m_count, k_count, COARSE, above.num_codebooks, above.codebook_size, factor=2)
-            prior.set_coarse_codes(above.codebooks.double(), _usage(training.indices[level + 1], above.codebook_size) + 1)
+            prior.set_coarse_codes(above.codebooks.double(), _usage(training[level + 1], above.codebook_size) + 1)
         else:
             prior = ContextIndexModel(m_count, k_count)
         prior.set_codes(quantizer.codebooks.double(), _usage(indices, k_count) + 1)

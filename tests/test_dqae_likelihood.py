@@ -11,7 +11,7 @@ import torch
 
 from dqcodec.codec.cli import main
 from dqcodec.eval.code_statistics import mean_off_diagonal, mutual_information, position_entropy
-from dqcodec.eval.likelihood import encode_images, fit_index_prior, split_likelihood
+from dqcodec.eval.likelihood import encode_images, encode_indices, fit_index_prior, split_likelihood
 from dqcodec.eval.studies import dqae_ablation, dqae_codes
 from dqcodec.eval.studies.dqae_training import PatchSets
 from dqcodec.models.dqae import DQAE, DQAEConfig
@@ -80,7 +80,8 @@ def test_honest_bits_add_the_index_bits_of_every_level():
     train_set, test_set = encode_images(net, _patches(32, 32, 1)), encode_images(net, _patches(12, 32, 2))
     assert [level.shape for level in test_set.indices] == [(12, 3, 8, 8), (12, 2, 4, 4)]
     assert test_set.dims == 3 * 32 * 32 and test_set.squared_error.shape == (12,)
-    priors = fit_index_prior(net, train_set)
+    assert all(np.array_equal(a, b) for a, b in zip(encode_indices(net, _patches(32, 32, 1)), train_set.indices, strict=True))
+    priors = fit_index_prior(net, train_set.indices)
     test = split_likelihood(priors, test_set)
     assert test.reconstruction_bits_per_dim == pytest.approx(test_set.reconstruction_bits.mean() / test_set.dims)
     assert len(test.index_bits_per_dim_by_level) == 2 and min(test.index_bits_per_dim_by_level) > 0

@@ -122,7 +122,7 @@ def run_likelihood(args: argparse.Namespace) -> int:
                         desc=f"encoding {train_split}")
     held_out = encode_images(net, _subset(_load_split(dataset, folder, size, test_split), args.test_images), args.batch_size,
                              desc=f"encoding {test_split}")
-    priors = fit_index_prior(net, fit)
+    priors = fit_index_prior(net, fit.indices)
     results = {test_split: split_likelihood(priors, held_out).as_dict(), train_split: split_likelihood(priors, fit).as_dict()}
     report = {"run": str(args.run), "source": settings["source"], "steps": settings["steps"], "config": asdict(net.config),
               "dataset": dataset, "data": str(folder), "size": size if dataset == "patches" else None,

@@ -14,7 +14,7 @@ patch data set (:mod:`dqcodec.eval.studies.dqae_training`) and measured on its h
 With M = 1 both quantizers are the same (one codebook on one projection, the same parameters
 drawn from the same seed), so that cell is trained once and shown in both columns.
 
-The default configuration is small (16-channel networks, short training on 16 px crops, 1 024
+The default configuration is small (16-channel networks, short training on 16 px crops, 512
 held-out patches) so that it finishes on 2 CPU cores within 30 minutes; ``--full`` is the
 paper-sized one for a GPU. Writes ``summary.json``, ``summary.md`` (a table per head) and
 ``ablation.png`` (L2 and bits/dim against M, one line per K and quantizer; the paper's Fig. 5).
@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from dqcodec.codec.errors import DQCodecError
-from dqcodec.eval.likelihood import encode_images, fit_index_prior, split_likelihood
+from dqcodec.eval.likelihood import encode_images, encode_indices, fit_index_prior, split_likelihood
 from dqcodec.eval.studies.dqae_training import TrainSettings, load_patch_sets, train_dqae
 from dqcodec.eval.studies.report import frame_panel, pyplot, save_figure, write_summary
 from dqcodec.models.dqae import DQAEConfig, parse_levels
@@ -61,7 +61,7 @@ class AblationConfig:
     seed: int = 0
     patch_size: int = 32
     fit_images: int = 512
-    test_images: int = 1024
+    test_images: int = 512
     threads: int = 1
     device: str = "cpu"
 
@@ -129,7 +129,7 @@ def measure_cell(config: AblationConfig, patches, head: str, size: int, count: i
     steps = config.mse_steps if head == "mse" else config.categorical_steps
     settings = TrainSettings(steps, config.batch_size, config.crop, config.learning_rate, config.seed, config.threads, config.device)
     net, seconds = train_dqae(network, patches, settings, work / f"{head}-{quantizer}-K{size}-M{count}")
-    priors = fit_index_prior(net, encode_images(net, patches.fit, desc="encoding fit patches"))
+    priors = fit_index_prior(net, encode_indices(net, patches.fit, desc="encoding fit patches"))
     test = split_likelihood(priors, encode_images(net, patches.test, desc="encoding test patches"))
     return {"head": head, "K": size, "M": count, "quantizer": quantizer, "steps": steps, "training_seconds": round(seconds, 1),
             **test.as_dict()}
