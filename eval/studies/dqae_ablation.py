@@ -14,8 +14,8 @@ patch data set (:mod:`dqcodec.eval.studies.dqae_training`) and measured on its h
 With M = 1 both quantizers are the same (one codebook on one projection, the same parameters
 drawn from the same seed), so that cell is trained once and shown in both columns.
 
-The default configuration is small (16-channel networks, short training on 16 px crops, 512
-held-out patches) so that it finishes on 2 CPU cores within 30 minutes; ``--full`` is the
+The default configuration is small (16-channel networks, short training, 512 held-out
+patches) so that it finishes on 2 CPU cores within 30 minutes; ``--full`` is the
 paper-sized one for a GPU. Writes ``summary.json``, ``summary.md`` (a table per head) and
 ``ablation.png`` (L2 and bits/dim against M, one line per K and quantizer; the paper's Fig. 5).
 """
@@ -54,9 +54,9 @@ class AblationConfig:
     residual_blocks: int = 1
     residual_channels: int = 8
     mse_steps: int = 300
-    categorical_steps: int = 60
+    categorical_steps: int = 40
     batch_size: int = 16
-    crop: int = 16
+    crop: int = 32
     learning_rate: float = 1e-3
     seed: int = 0
     patch_size: int = 32

@@ -50,9 +50,9 @@ class CodesConfig:
     residual_blocks: int = 1
     residual_channels: int = 16
     head: str = "mse"
-    steps: int = 800
+    steps: int = 600
     batch_size: int = 16
-    crop: int = 16
+    crop: int = 32
     learning_rate: float = 1e-3
     seed: int = 0
     patch_size: int = 32
