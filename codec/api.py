@@ -75,6 +75,7 @@ def encode_with_notes(
     max_pixels: int | None = None,
     tile_size: int | None = None,
     workers: int = 1,
+    lossless: bool = False,
 ) -> tuple[bytes, list[str]]:
     """Compress an image; returns (the .dqc bytes, one-line notes about input conversions).
 
@@ -88,14 +89,24 @@ def encode_with_notes(
         grows with the image). An image that one tile covers is coded whole.
     workers: tiles coded at once, in worker processes (:func:`~dqcodec.codec.tiles.ordered_map`);
         the file does not depend on it.
+    lossless: insist on a lossless model (``model``, e.g. a lossless DQ-AE made by
+        ``dqcodec export-lossless``; none ships): decoding gives back every pixel exactly. A
+        lossless model is lossless with or without it.
     """
+    if lossless and model is None:
+        raise DQCodecError("lossless coding needs a lossless model: give --model (a lossless DQ-AE made by "
+                           "'dqcodec export-lossless'; none ships with dqcodec)")
     key = resolve_model_name(quality, model)
     _check_workers(workers)
     tile_size = DEFAULT_TILE_SIZE if tile_size is None else tile_size
     net, info, fingerprint = _runtime(registry.load_model, key)
+    if lossless and not is_lossless(net):
+        raise DQCodecError(f"model {info['name']!r} is lossy; lossless coding needs a lossless model ('dqcodec export-lossless')")
     multiple = net.padding_multiple
     _check_tile_size(tile_size, multiple)
     loaded = load_image(image, max_pixels)
+    if is_lossless(net):
+        _check_exact(loaded)
     height, width, _ = loaded.pixels.shape
     overlap = min(tile_overlap(net), tile_size)
     if len(Tiling(width, height, tile_size, overlap)) == 1:
@@ -125,14 +136,18 @@ def encode(
     max_pixels: int | None = None,
     tile_size: int | None = None,
     workers: int = 1,
+    lossless: bool = False,
 ) -> bytes:
     """Compress an image to .dqc bytes (see :func:`encode_with_notes` for the inputs)."""
     return encode_with_notes(
-        image, quality=quality, model=model, max_pixels=max_pixels, tile_size=tile_size, workers=workers
+        image, quality=quality, model=model, max_pixels=max_pixels, tile_size=tile_size, workers=workers,
+        lossless=lossless,
     )[0]
 
 
-def decode(data: bytes | str | os.PathLike, max_pixels: int | None = None, workers: int = 1) -> Image.Image:
+def decode(
+    data: bytes | str | os.PathLike, max_pixels: int | None = None, workers: int = 1, model: str | None = None
+) -> Image.Image:
     """Decompress a .dqc file to a PIL image ("RGB", or "L" for grayscale originals), 8-bit.
 
     data: the .dqc bytes (bytes, bytearray or memoryview), or the path of a .dqc file (str or
@@ -140,13 +155,15 @@ def decode(data: bytes | str | os.PathLike, max_pixels: int | None = None, worke
     max_pixels: the pixel limit (as for :func:`encode_with_notes`), checked right after the
         header is parsed.
     workers: tiles decoded at once, in worker processes; the pixels do not depend on it.
+    model: a checkpoint (model files outside the package) that may have made the file; the
+        file's model is still found by its name and fingerprint.
 
     Tile by tile: memory holds the output image and a few tiles' work, not the image's indices.
     """
     _check_workers(workers)
     if isinstance(data, (str, os.PathLike)):
         data = read_bytes(data)
-    header, net, _, tile_streams = _read(data, max_pixels)
+    header, net, _, tile_streams = _read(data, max_pixels, model)
     outputs: list[Image.Image] = []  # made once the first tile has decoded: a few bytes claiming
     # a large image that cannot be decoded never get the image allocated
 
@@ -162,10 +179,10 @@ def decode(data: bytes | str | os.PathLike, max_pixels: int | None = None, worke
     return outputs[0]
 
 
-def inspect(data: bytes, max_pixels: int | None = None) -> dict:
+def inspect(data: bytes, max_pixels: int | None = None, model: str | None = None) -> dict:
     """What a .dqc file holds, with its real size next to the model's -log2 p estimate (which
-    decodes the indices, hence ``max_pixels`` as for :func:`decode`)."""
-    header, net, info, tile_streams = _read(data, max_pixels)
+    decodes the indices, hence ``max_pixels`` and ``model`` as for :func:`decode`)."""
+    header, net, info, tile_streams = _read(data, max_pixels, model)
     estimated = 0.0
     for tile, streams in tile_streams:
         levels = _decode_levels(net, tile, streams)
@@ -176,6 +193,7 @@ def inspect(data: bytes, max_pixels: int | None = None) -> dict:
         "model": header.model,
         "family": info["family"],
         "quality": info["quality"],
+        "lossless": is_lossless(net),
         "width": header.width,
         "height": header.height,
         "channels": header.channels,
@@ -189,6 +207,21 @@ def inspect(data: bytes, max_pixels: int | None = None) -> dict:
         "estimated_bits": estimated,
         "overhead_percent": 100.0 * (real_bits - estimated) / estimated if estimated > 0 else 0.0,
     }
+
+
+def is_lossless(net: CodingRuntime) -> bool:
+    """Whether ``net`` decodes its files to the very pixels it encoded (its ``lossless`` attribute)."""
+    return bool(getattr(net, "lossless", False))
+
+
+def _check_exact(loaded) -> None:
+    """Refuse an input that reading it changed (beyond dropping an opaque alpha channel): a
+    lossless file gives back the pixels it coded, which would not be the original's."""
+    changes = [note for note in loaded.notes if not note.endswith("(it was fully opaque)")]
+    if loaded.bit_depth != 8 or changes:
+        reason = changes[0] if changes else f"{loaded.bit_depth}-bit input"
+        raise DQCodecError(f"lossless coding keeps 8-bit RGB or grayscale pixels exactly, and this image is not one "
+                           f"({reason}); convert it first")
 
 
 def tile_overlap(net: CodingRuntime) -> int:
@@ -233,13 +266,18 @@ def _runtime(lookup, *args) -> tuple[CodingRuntime, dict, bytes]:
         raise DQCodecError(str(error)) from None
 
 
-def _read(data: bytes, max_pixels: int | None) -> tuple[Header, CodingRuntime, dict, list[tuple[Tile, list[bytes]]]]:
-    """Parse, check the pixel limit, find the model by name and fingerprint, check the geometry:
-    -> (header, model, the model's JSON info, each tile with its streams in raster order)."""
+def _read(
+    data: bytes, max_pixels: int | None, model: str | None = None
+) -> tuple[Header, CodingRuntime, dict, list[tuple[Tile, list[bytes]]]]:
+    """Parse, check the pixel limit, find the model by name and fingerprint (among the shipped
+    ones and the checkpoint ``model``), check the geometry: -> (header, model, the model's JSON
+    info, each tile with its streams in raster order)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DQCodecError(f"expected .dqc bytes, got {type(data).__name__}")
     header, streams = unpack(bytes(data))
     check_pixels(header.width, header.height, ".dqc file", max_pixels)
+    if model is not None:
+        resolve_model_name(model=model)  # registers a checkpoint, so that find_model sees it
     try:
         net, info, _ = _runtime(registry.find_model, header.model, header.fingerprint)
     except KeyError as error:

@@ -30,6 +30,8 @@ COMMANDS = {
     "content": ("dqcodec.eval.commands", "content", "flat colours, saturated photos and synthetic images through each model"),
     "likelihood": ("dqcodec.train.likelihood_command", "likelihood",
                    "bits/dim of a DQ-AE run or model: reconstruction term only, index bits, honest total"),
+    "export-lossless": ("dqcodec.train.lossless_export", "export_lossless",
+                        "make a lossless codec model of a trained DQ-AE (logistic-mixture head) for 'encode --lossless'"),
     "study": ("dqcodec.eval.studies.commands", "study",
               "reproduce a paper's study (static-prior, channel-density, soft-vqvae, dqae-ablation, dqae-codes)"),
 }

@@ -45,6 +45,16 @@ def _add_max_pixels_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=_positive_integer, metavar="N", help=_MAX_PIXELS_HELP)
 
 
+def _add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-m",
+        "--model",
+        metavar="PATH",
+        help="model files outside the package (e.g. a lossless DQ-AE) that may have made the file; "
+        "the file's model is still found by its name and fingerprint",
+    )
+
+
 def _add_workers_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers",
@@ -91,6 +101,12 @@ def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
     choice = parser.add_mutually_exclusive_group()
     choice.add_argument("-q", "--quality", type=int, metavar="Q", help=_QUALITY_HELP)
     choice.add_argument("-m", "--model", metavar="NAME", help=_MODEL_HELP)
+    parser.add_argument(
+        "--lossless",
+        action="store_true",
+        help="decode back to every original pixel: needs --model, a lossless DQ-AE model made by 'dqcodec "
+        "export-lossless' (needs the full install); 16-bit or transparent images are refused",
+    )
     _add_max_pixels_argument(parser)
     parser.add_argument(
         "--tile-size",
@@ -116,7 +132,7 @@ def _tile_size(text: str) -> int:
 def run_encode(args: argparse.Namespace) -> int:
     """Encode one image to OUT, or many into ``--output-dir``; returns the exit status."""
     if args.output_dir is not None:
-        return _encode_many(args.paths, Path(args.output_dir), args.quality, args.model, args.max_pixels, _tiling(args))
+        return _encode_many(args.paths, Path(args.output_dir), args.quality, args.model, args.max_pixels, _encoder_options(args))
     if len(args.paths) != 2:
         raise DQCodecError(
             "encode takes IN OUT (or several inputs with -o DIR), "
@@ -128,7 +144,7 @@ def run_encode(args: argparse.Namespace) -> int:
 
     image = _read_stdin() if source == STDIO else source
     data, notes = api.encode_with_notes(
-        image, quality=args.quality, model=args.model, max_pixels=args.max_pixels, **_tiling(args)
+        image, quality=args.quality, model=args.model, max_pixels=args.max_pixels, **_encoder_options(args)
     )
     for note in notes:
         print(f"dqcodec: note: {note}", file=sys.stderr)
@@ -139,13 +155,13 @@ def run_encode(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tiling(args: argparse.Namespace) -> dict:
-    """The encoder's tiling options from the command line."""
-    return {"tile_size": args.tile_size, "workers": args.workers}
+def _encoder_options(args: argparse.Namespace) -> dict:
+    """The encoder's options beside the model: tiling, workers and --lossless."""
+    return {"tile_size": args.tile_size, "workers": args.workers, "lossless": args.lossless}
 
 
 def _encode_many(
-    sources: list[str], folder: Path, quality: int | None, model: str | None, max_pixels: int | None, tiling: dict
+    sources: list[str], folder: Path, quality: int | None, model: str | None, max_pixels: int | None, options: dict
 ) -> int:
     """Encode each source to ``folder/<stem>.dqc``, going on past bad files; 2 if any failed.
 
@@ -177,7 +193,7 @@ def _encode_many(
     failures = 0
     for target, source in tqdm(targets.items(), desc="encoding", unit="image", disable=None):
         try:
-            data, notes = api.encode_with_notes(source, quality=quality, model=model, max_pixels=max_pixels, **tiling)
+            data, notes = api.encode_with_notes(source, quality=quality, model=model, max_pixels=max_pixels, **options)
             write_bytes_atomic(target, data)
         except DQCodecError as error:
             failures += 1
@@ -207,6 +223,7 @@ def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("input", metavar="IN", help="the .dqc file ('-' reads stdin)")
     parser.add_argument("output", metavar="OUT", help="the image to write ('-' writes PNG to stdout)")
+    _add_checkpoint_argument(parser)
     _add_max_pixels_argument(parser)
     _add_workers_argument(parser)
 
@@ -220,7 +237,7 @@ def run_decode(args: argparse.Namespace) -> int:
     _check_header(data, args.max_pixels)
     from dqcodec.codec import api
 
-    image = api.decode(data, max_pixels=args.max_pixels, workers=args.workers)
+    image = api.decode(data, max_pixels=args.max_pixels, workers=args.workers, model=args.model)
     if args.output == STDIO:
         png = io.BytesIO()
         image.save(png, format="PNG")
@@ -236,6 +253,7 @@ def add_info_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = "examples:\n  dqcodec info photo.dqc\n  dqcodec info photo.dqc --json"
     parser.add_argument("file", metavar="FILE", help="the .dqc file ('-' reads stdin)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    _add_checkpoint_argument(parser)
     _add_max_pixels_argument(parser)
 
 
@@ -245,7 +263,7 @@ def run_info(args: argparse.Namespace) -> int:
     _check_header(data, args.max_pixels)
     from dqcodec.codec import api
 
-    facts = api.inspect(data, max_pixels=args.max_pixels)
+    facts = api.inspect(data, max_pixels=args.max_pixels, model=args.model)
     if args.json:
         _print(json.dumps(facts, indent=2))
         return 0
@@ -253,6 +271,7 @@ def run_info(args: argparse.Namespace) -> int:
     rows = [
         ("file", args.file),
         ("model", f"{facts['model']} (family {facts['family']}, quality {facts['quality']})"),
+        ("coding", "lossless (decodes to the original pixels)" if facts["lossless"] else "lossy"),
         ("image", f"{facts['width']} x {facts['height']} {kind}, {facts['bit_depth']}-bit original"),
         ("tiles", _describe_tiles(facts)),
         ("size", f"{facts['bytes']:,} bytes, {facts['bpp']:.4f} bpp"),

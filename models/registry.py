@@ -138,6 +138,8 @@ ARCHITECTURES: dict[str, Architecture] = {
                         "fine_quantizer.projection.", "coarse_quantizer.projection."),
     ),
     "DQAE": Architecture("dqcodec.models.dqae:DQAE", "dqcodec.models.dqae:DQAEConfig"),  # a likelihood model (no compress): trained and stored, not coded
+    # The same network with its index priors, coded losslessly (made by 'dqcodec export-lossless').
+    "LosslessDQAE": Architecture("dqcodec.models.dqae_lossless:LosslessDQAE", "dqcodec.models.dqae_lossless:LosslessDQAEConfig"),
 }
 
 

@@ -20,6 +20,7 @@ class TorchRuntime:
     def __init__(self, arrays: dict[str, np.ndarray], info: dict):
         """``arrays``: the model file's tensors as stored; ``info``: its JSON description."""
         self.network = registry.build_network(arrays, info, f"model {info['name']!r}").double()
+        self.lossless = bool(getattr(self.network, "lossless", False))  # decodes to the original pixels
 
     @property
     def padding_multiple(self) -> int:

@@ -36,7 +36,7 @@ def fake_api_module() -> types.ModuleType:
     """A lossless stand-in for dqcodec.codec.api: the pixels are the only stream."""
     module = types.ModuleType("dqcodec.codec.api")
 
-    def encode_with_notes(image, quality=None, model=None, max_pixels=None, tile_size=None, workers=1):
+    def encode_with_notes(image, quality=None, model=None, max_pixels=None, tile_size=None, workers=1, lossless=False):
         if model not in (None, FAKE_MODEL):
             raise DQCodecError(f"unknown model '{model}'")
         loaded = load_image(image, max_pixels)
@@ -44,7 +44,7 @@ def fake_api_module() -> types.ModuleType:
         header = Header(FAKE_MODEL, FAKE_FINGERPRINT, width, height, loaded.channels, loaded.bit_depth, 1)
         return pack(header, [loaded.pixels.tobytes()]), loaded.notes
 
-    def decode(data, max_pixels=None, workers=1):
+    def decode(data, max_pixels=None, workers=1, model=None):
         header, streams = unpack(data)
         if header.model != FAKE_MODEL:
             raise DQCodecError(f"unknown model '{header.model}'")
@@ -55,13 +55,14 @@ def fake_api_module() -> types.ModuleType:
         pixels = np.frombuffer(streams[0], np.uint8).reshape(header.height, header.width, 3)
         return to_pil(pixels, header.channels)
 
-    def inspect(data, max_pixels=None):
+    def inspect(data, max_pixels=None, model=None):
         header, _ = unpack(data)
         decode(data)
         return {
             "model": header.model,
             "family": "fake",
             "quality": 1,
+            "lossless": True,
             "width": header.width,
             "height": header.height,
             "channels": header.channels,
