@@ -22,6 +22,7 @@ paper-sized one for a GPU. Writes ``summary.json``, ``summary.md`` (a table per 
 
 import argparse
 import dataclasses
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -122,17 +123,32 @@ def cells(config: AblationConfig) -> list[tuple[str, int, int, str]]:
 
 
 def measure_cell(config: AblationConfig, patches, head: str, size: int, count: int, quantizer: str, work: Path) -> dict:
-    """Train one cell (or reuse its finished run) and measure it on the held-out patches."""
+    """Train one cell (or reuse its finished run) and measure it on the held-out patches.
+
+    The measurement is kept in the run folder (``measured.json``) and reused by a later run of
+    the study on the same patches, so that a study split over processes (e.g. ``--heads mse``
+    and ``--heads categorical`` side by side) is gathered by one more run at no cost.
+    """
+    run = work / f"{head}-{quantizer}-K{size}-M{count}"
+    measured = {"fit_images": len(patches.fit), "test_images": len(patches.test)}
+    if (run / "measured.json").is_file():
+        kept = json.loads((run / "measured.json").read_text())
+        if kept["patches"] == measured:
+            return kept["cell"]
+    started = time.perf_counter()
     network = DQAEConfig(codebook_sizes=str(size), codebook_counts=str(count), code_dim=config.code_dim, quantizer=quantizer,
                          channels=config.channels, residual_blocks=config.residual_blocks,
                          residual_channels=config.residual_channels, head=head)
     steps = config.mse_steps if head == "mse" else config.categorical_steps
     settings = TrainSettings(steps, config.batch_size, config.crop, config.learning_rate, config.seed, config.threads, config.device)
-    net, seconds = train_dqae(network, patches, settings, work / f"{head}-{quantizer}-K{size}-M{count}")
+    net, seconds = train_dqae(network, patches, settings, run)
     priors = fit_index_prior(net, encode_indices(net, patches.fit, desc="encoding fit patches"))
     test = split_likelihood(priors, encode_images(net, patches.test, desc="encoding test patches"))
-    return {"head": head, "K": size, "M": count, "quantizer": quantizer, "steps": steps, "training_seconds": round(seconds, 1),
-            **test.as_dict()}
+    cell = {"head": head, "K": size, "M": count, "quantizer": quantizer, "steps": steps, "training_seconds": round(seconds, 1),
+            # training (when this run did it) and measuring
+            "cell_seconds": round(time.perf_counter() - started, 1), **test.as_dict()}
+    (run / "measured.json").write_text(json.dumps({"patches": measured, "cell": cell}) + "\n")
+    return cell
 
 
 def table(results: list[dict]) -> dict:
@@ -159,16 +175,21 @@ def claims(grid: dict) -> dict:
     return verdicts
 
 
-def _markdown(config: AblationConfig, grid: dict, verdicts: dict, patches_info: dict, wall_seconds: float) -> str:
+def _markdown(config: AblationConfig, results: list[dict], grid: dict, verdicts: dict, patches_info: dict,
+              wall_seconds: float) -> str:
+    steps = {"mse": f"MSE head {config.mse_steps} steps", "categorical": f"cross-entropy head {config.categorical_steps} steps"}
+    # A cell trained or measured by an earlier run of the study is reused; its own times are what it cost.
+    training = sum(cell["training_seconds"] for cell in results) / 60
     lines = [
         "# DQ-AE ablation: DQ vs coupled VQ over K and M (DQ paper, appendix Tables 1-2, Fig. 5)",
         "",
         f"One-level DQ-AE (stride 4: 8x8 codes per 32x32 patch), {config.channels} channels, {config.residual_blocks} "
         f"residual block(s) of {config.residual_channels}, D = {config.code_dim}; trained on {patches_info['data']} "
         f"({patches_info['train_images']} training patches; random {config.crop} px crops, batches of {config.batch_size}, "
-        f"Adam {config.learning_rate}, seed {config.seed}); MSE head {config.mse_steps} steps, cross-entropy head "
-        f"{config.categorical_steps} steps per cell; {config.device}, {config.threads} torch thread(s); {wall_seconds / 60:.1f} "
-        "min wall in all (training times per cell in summary.json).",
+        f"Adam {config.learning_rate}, seed {config.seed}); {', '.join(steps[head] for head in config.heads)} per cell; "
+        f"{config.device}, {config.threads} torch thread(s) per process; summed over the {len(results)} trained cells "
+        f"{training:.1f} min of training (this run of the study: "
+        f"{wall_seconds / 60:.1f} min wall, reusing the cells already in its --work folder).",
         "",
         f"Measured on {patches_info['test_images']} held-out test-split patches (whole 32x32). L2 = MSE per sub-pixel "
         "in 8-bit values²; bits/dim \"recon.\" = -log2 p(x | codes) / dims, the reconstruction term only (the paper's "
@@ -234,5 +255,5 @@ def write_report(config: AblationConfig, results: list[dict], patches_info: dict
     summary = {"study": "dqae-ablation", "paper": "Depthwise Quantization (DQ-AE), appendix Tables 1-2 and Fig. 5",
                "config": asdict(config), "data": patches_info, "measures": MEASURES, "cells": results,
                "claim_dq_below_coupled_vq_at_m_ge_3": verdicts, "wall_seconds": round(wall_seconds, 1)}
-    write_summary(out, summary, _markdown(config, grid, verdicts, patches_info, wall_seconds))
+    write_summary(out, summary, _markdown(config, results, grid, verdicts, patches_info, wall_seconds))
     _plot(grid, out / "ablation.png")
