@@ -25,7 +25,8 @@ from dqcodec.train.recipes import RECIPES
 
 MODELS = registry.model_names()
 # The issue's bound: every flat colour of the test set comes back within this many code values
-# at every level (measured with release 0.3.0: at most 2 for the DQ levels, 3 for SHVQ).
+# at every level (release 0.3.0, results/content/release-0.3.0.md: at most 2 for the DQ levels,
+# 0 for SHVQ; release 0.2.0: up to 115).
 FLAT_TOLERANCE = 4
 # PSNR (dB) that no level may fall below on the saturated and graphic images of the test set
 # (64 x 64): release 0.3.0's lowest level per image (dq-q1, 0.13 bpp on Kodak, on every image)
