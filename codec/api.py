@@ -86,7 +86,8 @@ def encode_with_notes(
         :data:`~dqcodec.codec.tiles.DEFAULT_TILE_SIZE`), each reaching the model's
         :func:`tile_overlap` into the next: a multiple of the model's padding multiple from
         :data:`~dqcodec.codec.tiles.MIN_TILE_SIZE` up, or 0 to code the image whole (memory then
-        grows with the image). An image that one tile covers is coded whole.
+        grows with the image). An image that one tile covers is coded whole. A model may set a
+        smaller default (its ``default_tile_size``: 256 for a lossless DQ-AE).
     workers: tiles coded at once, in worker processes (:func:`~dqcodec.codec.tiles.ordered_map`);
         the file does not depend on it.
     lossless: insist on a lossless model (``model``, e.g. a lossless DQ-AE made by
@@ -98,8 +99,9 @@ def encode_with_notes(
                            "'dqcodec export-lossless'; none ships with dqcodec)")
     key = resolve_model_name(quality, model)
     _check_workers(workers)
-    tile_size = DEFAULT_TILE_SIZE if tile_size is None else tile_size
     net, info, fingerprint = _runtime(registry.load_model, key)
+    if tile_size is None:  # a model whose work per pixel is large asks for smaller tiles
+        tile_size = getattr(net, "default_tile_size", None) or DEFAULT_TILE_SIZE
     if lossless and not is_lossless(net):
         raise DQCodecError(f"model {info['name']!r} is lossy; lossless coding needs a lossless model ('dqcodec export-lossless')")
     multiple = net.padding_multiple

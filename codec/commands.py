@@ -114,7 +114,7 @@ def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help=f"code the image in tiles of N x N pixels, so that memory is bounded by a tile (default: "
-        f"{DEFAULT_TILE_SIZE}; a multiple of the model's padding from {MIN_TILE_SIZE} up; 0 codes the image whole)",
+        f"{DEFAULT_TILE_SIZE}, 256 for a lossless DQ-AE; a multiple of the model's padding from {MIN_TILE_SIZE} up; 0 codes the image whole)",
     )
     _add_workers_argument(parser)
 

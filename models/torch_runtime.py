@@ -30,6 +30,11 @@ class TorchRuntime:
     def tile_overlap(self) -> int:
         return int(getattr(self.network, "tile_overlap", self.network.padding_multiple))
 
+    @property
+    def default_tile_size(self) -> int | None:
+        """The network's own default tile size, if it asks for one (``None``: the codec's)."""
+        return getattr(self.network, "default_tile_size", None)
+
     def levels(self, height: int, width: int) -> list[LevelSpec]:
         return self.network.levels(height, width)
 

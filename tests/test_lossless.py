@@ -161,3 +161,16 @@ def test_refusals_are_one_line_and_write_nothing(model, tmp_path, capsys):
     assert len(errors) == 4 and all(line.startswith("dqcodec: error:") for line in errors)
     assert "16-bit" in errors[2]
     assert not out.exists() and not (tmp_path / "x.json").exists()
+
+
+def test_study_measures_file_sizes_against_the_evaluated_bits(model):
+    from dqcodec.eval.studies.lossless import markdown, measure_set
+
+    net = load_checkpoint(model.with_suffix(""))[0]
+    result = measure_set("patches", [_image(32, 32, seed) for seed in (12, 13)], model, net, None)
+    assert result["decoded_exactly"] == 2
+    assert abs(result["streams_vs_evaluated_percent"]) < 2
+    assert result["file_bits_per_dim"] > result["stream_bits_per_dim"] > 0 and result["png_bits_per_dim"] > 0
+    summary = {"model": str(model), "description": "", "threads": 1, "jxl": "absent", "kodak_tile_size": 0,
+               "command": "dqcodec study lossless", "sets": [result], "minutes": 0.1}
+    assert "| patches | 2 |" in markdown(summary)

@@ -31,6 +31,10 @@ STUDIES = {
         "dqcodec.eval.studies.dqae_codes",
         "DQ paper, Figs. 3-4: code entropy and mutual information between codebooks (DQ vs VQ), top/bottom-only decoding",
     ),
+    "lossless": (
+        "dqcodec.eval.studies.lossless",
+        "lossless .dqc files of a DQ-AE: file size vs evaluated bits/dim, vs PNG, WebP and JPEG XL lossless, seconds",
+    ),
 }
 
 
