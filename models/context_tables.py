@@ -150,7 +150,14 @@ class ContextTables:
         """
         size = int(self.alphabet_sizes[m])
         level = np.asarray(self.code_level)[m, :size].astype(np.int64)
-        values = level[np.minimum(indices[:, m], size - 1)]
+        # Only the rows around the masked ones are read (neighbours lie 2 rows up to 1 row down):
+        # a level coded row by row would otherwise be scanned whole once per row.
+        rows = np.flatnonzero(mask.any(axis=1))
+        if len(rows) == 0:
+            return np.zeros((indices.shape[0], 0), dtype=np.int64)
+        top, bottom = max(0, rows[0] - 2), min(mask.shape[0], rows[-1] + 2)
+        mask = mask[top:bottom]
+        values = level[np.minimum(indices[:, m, top:bottom], size - 1)]
         total = np.zeros_like(values)
         count = np.zeros(values.shape[1:], dtype=np.int64)
         for dy, dx in _ANCHOR_NEIGHBOURS if phase == 0 else _CROSS_NEIGHBOURS:
