@@ -164,13 +164,15 @@ def test_refusals_are_one_line_and_write_nothing(model, tmp_path, capsys):
 
 
 def test_study_measures_file_sizes_against_the_evaluated_bits(model):
-    from dqcodec.eval.studies.lossless import markdown, measure_set
+    from dqcodec.eval.studies.lossless import determinism, markdown, measure_set
 
     net = load_checkpoint(model.with_suffix(""))[0]
     result = measure_set("patches", [_image(32, 32, seed) for seed in (12, 13)], model, net, None)
     assert result["decoded_exactly"] == 2
     assert abs(result["streams_vs_evaluated_percent"]) < 2
     assert result["file_bits_per_dim"] > result["stream_bits_per_dim"] > 0 and result["png_bits_per_dim"] > 0
+    checks = determinism(net, [_image(32, 32, 14), _image(32, 32, 15)])
+    assert all(check["indices_equal"] and check["integers_equal"] for check in checks.values())
     summary = {"model": str(model), "description": "", "threads": 1, "jxl": "absent", "kodak_tile_size": 0,
-               "command": "dqcodec study lossless", "sets": [result], "minutes": 0.1}
-    assert "| patches | 2 |" in markdown(summary)
+               "determinism": checks, "command": "dqcodec study lossless", "sets": [result], "minutes": 0.1}
+    assert "| patches | 2 |" in markdown(summary) and "2 threads" in markdown(summary)

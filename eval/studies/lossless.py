@@ -16,9 +16,14 @@ test split (the DQ-AE patch data set's, a fixed random subset: the one ``dqcodec
   where the binary is installed) of the same pixels;
 - encode and decode seconds per image (in this process, the model loaded once, ``--threads``
   torch threads).
+
+It also checks what the exactness rests on (:func:`determinism`): the float64 decoder's head
+parameters of a 256 x 256 Kodak crop with 1 and 2 torch threads and alone or in a batch of two,
+and the integers they round to.
 """
 
 import argparse
+import copy
 import io
 import shutil
 import statistics
@@ -125,6 +130,40 @@ def measure_set(name: str, images: list[np.ndarray], model: Path, net, tile_size
     }
 
 
+def determinism(net, crops: list[np.ndarray]) -> dict:
+    """Max |difference| of the float64 head parameters of ``crops[0]`` (H, W, 3) uint8 under 2
+    torch threads and in a batch with ``crops[1]``, against 1 thread alone; whether the code
+    indices and the rounded integer parameters are equal."""
+    import torch
+
+    from dqcodec.models.mixture_tables import quantize_parameters
+
+    network = copy.deepcopy(net).double()
+    batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).double() / 255
+    threads = torch.get_num_threads()
+    runs = {}
+    with torch.no_grad():
+        for name, (count, images) in {"1 thread": (1, batch[:1]), "2 threads": (2, batch[:1]),
+                                      "batch of 2": (1, batch)}.items():
+            torch.set_num_threads(count)
+            indices = network.encode(images)
+            runs[name] = ([level[:1].numpy() for level in indices], network.head_parameters(indices)[:1].numpy())
+    torch.set_num_threads(threads)
+    weights = network.pixel_weight.numpy()
+    reference_indices, reference = runs.pop("1 thread")
+    rounded = quantize_parameters(reference, network.config.mixture_components, weights)
+    checks = {}
+    for name, (indices, parameters) in runs.items():
+        other = quantize_parameters(parameters, network.config.mixture_components, weights)
+        checks[name] = {
+            "max_abs_parameter_difference": float(np.abs(parameters - reference).max()),
+            "indices_equal": all(np.array_equal(a, b) for a, b in zip(indices, reference_indices, strict=True)),
+            "integers_equal": all(np.array_equal(getattr(rounded, field), getattr(other, field))
+                                  for field in ("weights", "centres", "log_scales", "couplings")),
+        }
+    return checks
+
+
 def markdown(summary: dict) -> str:
     rows = ["| set | images | evaluated (honest) | streams | file (with header) | streams vs evaluated "
             "| PNG | WebP lossless | JPEG XL lossless | encode s | decode s | exact |",
@@ -137,15 +176,23 @@ def markdown(summary: dict) -> str:
             f"| {result['streams_vs_evaluated_percent']:+.2f} % | {result['png_bits_per_dim']:.3f} "
             f"| {result['webp_bits_per_dim']:.3f} | {jxl} | {result['encode_seconds_median']:.2f} "
             f"| {result['decode_seconds_median']:.2f} | {result['decoded_exactly']}/{result['images']} |")
+    checks = [f"- {name}: head parameters differ by at most {check['max_abs_parameter_difference']:.3g}; code indices "
+              f"{'equal' if check['indices_equal'] else 'DIFFERENT'}; rounded integers "
+              f"{'equal' if check['integers_equal'] else 'DIFFERENT'}" for name, check in summary["determinism"].items()]
     return "\n".join([
         "# Lossless .dqc files of a DQ-AE",
         "",
         f"Model: `{summary['model']}` ({summary['description']}). Bits per sub-pixel (bits/dim, 8-bit RGB); "
         f"'evaluated' is the honest bits/dim of `dqcodec likelihood` on the same images (float32 head + index prior); "
         f"seconds are medians per image, {summary['threads']} torch thread(s), the model loaded once; "
-        f"JPEG XL: {summary['jxl']}. Kodak tile size: {summary['kodak_tile_size']}.",
+        f"JPEG XL: {summary['jxl']}. Kodak files in tiles of {summary['kodak_tile_size']} (0: whole), evaluated on "
+        f"whole images; patches are one tile.",
         "",
         *rows,
+        "",
+        "Exactness (float64 decoder, 256 x 256 crops of the first two Kodak images, against 1 thread alone):",
+        "",
+        *checks,
         "",
         f"Reproduce: `{summary['command']}` ({summary['minutes']:.1f} min).",
     ])
@@ -174,12 +221,14 @@ def run(args: argparse.Namespace) -> int:
     patches = _subset(load_patches(folder, info["training"]["crop"], "test").images, args.patches)
     kodak = [np.asarray(Image.open(path).convert("RGB")) for path in sorted((folder / "kodak").glob("*.png"))[: args.kodak]]
     sets = [measure_set(f"patches {info['training']['crop']} px (test split)", list(patches), args.model, net, None)]
+    tile_size = net.default_tile_size if args.tile_size is None else args.tile_size
     if kodak:
-        sets.append(measure_set("Kodak", kodak, args.model, net, args.tile_size))
+        sets.append(measure_set("Kodak", kodak, args.model, net, tile_size))
+    crops = [np.asarray(Image.open(path).convert("RGB"))[:256, :256] for path in sorted((folder / "kodak").glob("*.png"))[:2]]
     summary = {
         "model": str(args.model), "description": info.get("description", ""), "threads": args.threads,
         "jxl": "cjxl -d 0 (libjxl, default effort)" if shutil.which("cjxl") else "absent (no cjxl binary)",
-        "kodak_tile_size": "dqcodec encode's default" if args.tile_size is None else args.tile_size,
+        "kodak_tile_size": tile_size, "determinism": determinism(net, crops),
         "command": (f"dqcodec study lossless --model {args.model} --patches {args.patches} --kodak {args.kodak}"
                     + (f" --tile-size {args.tile_size}" if args.tile_size is not None else "")),
         "sets": sets, "minutes": (time.perf_counter() - started) / 60,
