@@ -60,8 +60,8 @@ class LosslessDQAE(DQAE):
 
     lossless = True
     tile_overlap = 0  # tiles decode exactly: nothing to blend
-    # The float64 decoder runs at full resolution: a 256 tile holds ~1.5 GB at its peak (whole
-    # Kodak images several GB) and costs 0.1 % more bits than whole-image coding (README).
+    # The float64 decoder runs at full resolution: coding a 256 tile peaks at 1.5 GB, a whole
+    # Kodak image at 5.7 GB, and tiles of 256 cost 0.13 % more bytes on kodim01 (README).
     default_tile_size = 256
 
     def __init__(self, config: LosslessDQAEConfig):
@@ -114,8 +114,8 @@ class PixelMixtureModel:
     """The pixels as the last level of a file: M = 3 channels of K = 256 values, coded channel by
     channel (one coding step each), under :class:`~dqcodec.models.mixture_tables.PixelTables`.
 
-    The decoder network runs once per image: the tables of the last side seen are kept for the
-    three steps of the same codes.
+    The decoder network runs once per tile: the tables of the last codes seen are kept for the
+    three steps.
     """
 
     def __init__(self, network: LosslessDQAE):
