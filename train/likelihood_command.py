@@ -77,14 +77,9 @@ def load_dqae_run(run: Path):
                  "steps": training.get("steps"), "source": f"model {stem}"}
 
 
-def _subset(images: np.ndarray, count: int) -> np.ndarray:
-    """A fixed random subset of ``count`` images (all of them for 0 or more than there are)."""
-    if count <= 0 or count >= len(images):
-        return images
-    return images[np.sort(np.random.default_rng(0).permutation(len(images))[:count])]
-
-
-def _load_split(dataset: str, folder: Path, size: int, split: str) -> np.ndarray:
+def load_split(dataset: str, folder: Path, size: int, split: str) -> np.ndarray:
+    """(N, size, size, 3) uint8 images of one split of ``dataset`` (patches, cifar10, imagenet);
+    raises DQCodecError (one line) when the folder does not hold it."""
     from dqcodec.train.likelihood_data import load_cifar10, load_downsampled_imagenet, load_patches
 
     try:
@@ -102,6 +97,7 @@ def run_likelihood(args: argparse.Namespace) -> int:
 
     from dqcodec.eval.likelihood import encode_images, fit_index_prior, split_likelihood
     from dqcodec.paths import data_dir
+    from dqcodec.train.likelihood_data import fixed_subset
 
     for name in ("fit_images", "batch_size", "threads"):
         if getattr(args, name) < 1:
@@ -118,9 +114,9 @@ def run_likelihood(args: argparse.Namespace) -> int:
     if size % net.padding_multiple:
         raise DQCodecError(f"--size {size} is not a multiple of the model's {net.padding_multiple}")
     train_split, test_split = SPLITS[dataset]
-    fit = encode_images(net, _subset(_load_split(dataset, folder, size, train_split), args.fit_images), args.batch_size,
+    fit = encode_images(net, fixed_subset(load_split(dataset, folder, size, train_split), args.fit_images), args.batch_size,
                         desc=f"encoding {train_split}")
-    held_out = encode_images(net, _subset(_load_split(dataset, folder, size, test_split), args.test_images), args.batch_size,
+    held_out = encode_images(net, fixed_subset(load_split(dataset, folder, size, test_split), args.test_images), args.batch_size,
                              desc=f"encoding {test_split}")
     priors = fit_index_prior(net, fit.indices)
     results = {test_split: split_likelihood(priors, held_out).as_dict(), train_split: split_likelihood(priors, fit).as_dict()}

@@ -222,3 +222,11 @@ def likelihood_training_data(dataset: str, folder: Path, size: int):
         return ArrayData(f"{size}x{size} patches of the {len(files)} training-split images under {shown}",
                          lambda: load_patches(folder, size, "train"), tuple(files))
     raise DQCodecError(f"unknown data set {dataset!r}; use one of {', '.join(DATASETS)}")
+
+
+def fixed_subset(images: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
+    """A fixed random subset of ``count`` of (N, ...) ``images``, in their order (all of them
+    for 0 or more than there are); the same ``seed`` picks the same images in every run."""
+    if count <= 0 or count >= len(images):
+        return images
+    return images[np.sort(np.random.default_rng(seed).permutation(len(images))[:count])]

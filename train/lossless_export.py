@@ -38,7 +38,8 @@ def run_export_lossless(args: argparse.Namespace) -> int:
     from dqcodec.models.dqae_lossless import lossless_model
     from dqcodec.models.registry import save_model
     from dqcodec.paths import data_dir
-    from dqcodec.train.likelihood_command import SPLITS, _load_split, _subset, load_dqae_run
+    from dqcodec.train.likelihood_command import SPLITS, load_dqae_run, load_split
+    from dqcodec.train.likelihood_data import fixed_subset
 
     for name in ("fit_images", "batch_size", "threads"):
         if getattr(args, name) < 1:
@@ -54,7 +55,7 @@ def run_export_lossless(args: argparse.Namespace) -> int:
     if dataset not in SPLITS:
         raise DQCodecError(f"the run trained on --dataset {dataset}, which has no fixed training split to fit the prior on")
     folder = args.data or Path(settings["data"] or data_dir())
-    training = _subset(_load_split(dataset, folder, settings["crop"], SPLITS[dataset][0]), args.fit_images)
+    training = fixed_subset(load_split(dataset, folder, settings["crop"], SPLITS[dataset][0]), args.fit_images)
     priors = fit_index_prior(net, encode_indices(net, training, args.batch_size, desc="encoding training codes"))
     model = lossless_model(net, priors)
     description = (f"lossless DQ-AE from {settings['source']} (step {settings['steps']}); index prior fitted on the codes "

@@ -16,7 +16,7 @@ import torch
 
 from dqcodec.codec.errors import DQCodecError
 from dqcodec.models.dqae import DQAE, DQAEConfig
-from dqcodec.train.likelihood_data import ArrayData, LabelledImages, load_patches
+from dqcodec.train.likelihood_data import ArrayData, LabelledImages, fixed_subset, load_patches
 from dqcodec.train.loop import LoopConfig, train
 from dqcodec.train.recipes import RECIPES, DQAEOptions
 
@@ -37,12 +37,6 @@ class PatchSets:
                 "train_images": len(self.train), "fit_images": len(self.fit), "test_images": len(self.test)}
 
 
-def _subset(images: np.ndarray, count: int, seed: int) -> np.ndarray:
-    if count <= 0 or count >= len(images):
-        return images
-    return images[np.sort(np.random.default_rng(seed).permutation(len(images))[:count])]
-
-
 def load_patch_sets(folder: Path, size: int, fit_images: int, test_images: int) -> PatchSets:
     """Both splits of the patch data set; fixed random subsets for the prior fit and the test
     (0: all). Raises DQCodecError (one line) when the folder has no usable images."""
@@ -51,7 +45,7 @@ def load_patch_sets(folder: Path, size: int, fit_images: int, test_images: int) 
         test = load_patches(folder, size, "test").images
     except (OSError, ValueError) as error:
         raise DQCodecError(str(error)) from None
-    return PatchSets(Path(folder), size, train_images, _subset(train_images, fit_images, 1), _subset(test, test_images, 2))
+    return PatchSets(Path(folder), size, train_images, fixed_subset(train_images, fit_images, 1), fixed_subset(test, test_images, 2))
 
 
 @dataclass

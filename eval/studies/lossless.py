@@ -205,8 +205,7 @@ def run(args: argparse.Namespace) -> int:
     from dqcodec.models.dqae_lossless import LosslessDQAE
     from dqcodec.models.registry import load_checkpoint
     from dqcodec.paths import data_dir
-    from dqcodec.train.likelihood_command import _subset
-    from dqcodec.train.likelihood_data import load_patches
+    from dqcodec.train.likelihood_data import fixed_subset, load_patches
 
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
@@ -218,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
     if not isinstance(net, LosslessDQAE):
         raise DQCodecError(f"{args.model} is a {type(net).__name__}, not a lossless DQ-AE (dqcodec export-lossless)")
     folder = args.data or data_dir()
-    patches = _subset(load_patches(folder, info["training"]["crop"], "test").images, args.patches)
+    patches = fixed_subset(load_patches(folder, info["training"]["crop"], "test").images, args.patches)
     kodak = [np.asarray(Image.open(path).convert("RGB")) for path in sorted((folder / "kodak").glob("*.png"))[: args.kodak]]
     sets = [measure_set(f"patches {info['training']['crop']} px (test split)", list(patches), args.model, net, None)]
     tile_size = net.default_tile_size if args.tile_size is None else args.tile_size
