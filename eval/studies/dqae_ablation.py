@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from dqcodec.codec.errors import DQCodecError
 from dqcodec.eval.likelihood import encode_images, encode_indices, fit_index_prior, split_likelihood
-from dqcodec.eval.studies.dqae_training import TrainSettings, load_patch_sets, train_dqae
+from dqcodec.eval.studies.dqae_training import TrainSettings, add_run_options, load_patch_sets, train_dqae
 from dqcodec.eval.studies.report import frame_panel, pyplot, save_figure, write_summary
 from dqcodec.models.dqae import DQAEConfig, parse_levels
 from dqcodec.paths import data_dir
@@ -88,12 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--categorical-steps", type=int, default=None, metavar="N",
                         help=f"training steps of each cross-entropy cell (default {defaults.categorical_steps}; "
                              f"{FULL.categorical_steps} with --full)")
-    parser.add_argument("--data", type=Path, default=None, metavar="DIR",
-                        help="folder of the training images (default: the shared data; Kodak is never read)")
-    parser.add_argument("--work", type=Path, default=Path("runs") / "dqae-ablation", metavar="DIR",
-                        help="run folders of the trained cells; a rerun resumes or reuses them (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads (default %(default)s)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=defaults.device, help="where to train (default %(default)s)")
+    add_run_options(parser, "dqae-ablation", "the trained cells", defaults.threads, defaults.device)
 
 
 def _config(args: argparse.Namespace) -> AblationConfig:

@@ -30,7 +30,7 @@ import torch
 from dqcodec.codec.errors import DQCodecError
 from dqcodec.eval.code_statistics import mean_off_diagonal, mutual_information, position_entropy
 from dqcodec.eval.likelihood import encode_images, to_batch
-from dqcodec.eval.studies.dqae_training import TrainSettings, load_patch_sets, train_dqae
+from dqcodec.eval.studies.dqae_training import TrainSettings, add_run_options, load_patch_sets, train_dqae
 from dqcodec.eval.studies.report import pyplot, save_figure, write_summary
 from dqcodec.models.dqae import DQAE, DQAEConfig
 from dqcodec.paths import data_dir
@@ -68,12 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="K of the bottom and top level (default %(default)s)")
     parser.add_argument("--codebook-counts", default=defaults.codebook_counts, metavar="M,M",
                         help="M of the bottom and top level (default %(default)s)")
-    parser.add_argument("--data", type=Path, default=None, metavar="DIR",
-                        help="folder of the training images (default: the shared data; Kodak is never read)")
-    parser.add_argument("--work", type=Path, default=Path("runs") / "dqae-codes", metavar="DIR",
-                        help="run folders of the two models; a rerun resumes or reuses them (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads (default %(default)s)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=defaults.device, help="where to train (default %(default)s)")
+    add_run_options(parser, "dqae-codes", "the two models", defaults.threads, defaults.device)
 
 
 def _config(args: argparse.Namespace) -> CodesConfig:

@@ -6,6 +6,7 @@ study resumes where it stopped (a finished model is loaded from its state, not r
 each run's ``log.jsonl`` keeps its training curve.
 """
 
+import argparse
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -35,6 +36,17 @@ class PatchSets:
     def describe(self) -> dict:
         return {"data": f"{self.size}x{self.size} patches (fixed split) of the images under {self.folder}",
                 "train_images": len(self.train), "fit_images": len(self.fit), "test_images": len(self.test)}
+
+
+def add_run_options(parser: argparse.ArgumentParser, work: str, trained: str, threads: int, device: str) -> None:
+    """The options both DQ-AE studies share: data folder, run folders (default ``runs/<work>``,
+    holding the ``trained`` models), threads and device."""
+    parser.add_argument("--data", type=Path, default=None, metavar="DIR",
+                        help="folder of the training images (default: the shared data; Kodak is never read)")
+    parser.add_argument("--work", type=Path, default=Path("runs") / work, metavar="DIR",
+                        help=f"run folders of {trained}; a rerun resumes or reuses them (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=threads, help="torch CPU threads (default %(default)s)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=device, help="where to train (default %(default)s)")
 
 
 def load_patch_sets(folder: Path, size: int, fit_images: int, test_images: int) -> PatchSets:
