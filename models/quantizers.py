@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from dqcodec.models.lloyd import nearest_codes
+from dqcodec.models.lloyd import nearest_codes, squared_distances
 
 
 @dataclass
@@ -34,7 +34,8 @@ class QuantizerOutput:
         soft quantizers' own regulariser (SHVQ: the soft entropy term).
     perplexity: (M,) exp(entropy) of each codebook's usage in this batch.
     bits: (B,) -log2 p of the indices under the quantizer's rate model (marginal code
-        probabilities), the rate that the entropy-constrained assignment traded against.
+        probabilities), the rate that the entropy-constrained assignment traded against; with
+        ``rate_gradient`` its gradient is that of the soft rate (see ``CodebookQuantizer``).
     """
 
     quantized: torch.Tensor
@@ -75,6 +76,13 @@ class CodebookQuantizer(nn.Module):
     argmin_k ||x - c_k||^2 + lambda * (-log2 p_k), with p_k the codebook's EMA usage. With
     ``rate_lambda = 0`` (the default) this is nearest-neighbour VQ; a codec sets lambda to
     trade squared error (in latent units) for bits.
+
+    The hard rate has no gradient, so an encoder trained on (distortion + lambda * bits) only
+    ever lowers distortion, and its latents spread until they cost more bits. With
+    ``rate_gradient`` (and lambda > 0) the training pass's ``bits`` keep their hard value but
+    take the gradient of the *soft* rate: the expected bits under the Gibbs distribution of
+    the ECVQ cost, p(k | x) proportional to exp(-(||x - c_k||^2 + lambda * bits_k) / lambda),
+    so the encoder learns to move latents towards cheaper codes.
     """
 
     def __init__(
@@ -87,6 +95,7 @@ class CodebookQuantizer(nn.Module):
         eps: float = 1e-5,
         beta: float = 0.25,
         dead_code_threshold: float = 1e-3,
+        rate_gradient: bool = False,
     ):
         super().__init__()
         self.num_codebooks = num_codebooks
@@ -97,6 +106,7 @@ class CodebookQuantizer(nn.Module):
         self.eps = eps
         self.beta = beta
         self.dead_code_threshold = dead_code_threshold
+        self.rate_gradient = rate_gradient
         codebooks = torch.randn(num_codebooks, codebook_size, code_dim)
         self.register_buffer("codebooks", codebooks)
         self.register_buffer("ema_counts", torch.full((num_codebooks, codebook_size), 1.0 / codebook_size))
@@ -155,6 +165,9 @@ class CodebookQuantizer(nn.Module):
         bits = torch.gather(
             self.code_bits()[None].expand(b, -1, -1), 2, indices.reshape(b, m, -1)
         ).sum(dim=(1, 2))
+        if self.training and self.rate_gradient and self.rate_lambda > 0:
+            soft = self.soft_bits(slices)
+            bits = bits + soft - soft.detach()
         return QuantizerOutput(
             quantized=self.assemble(quantized),
             indices=indices,
@@ -162,6 +175,16 @@ class CodebookQuantizer(nn.Module):
             perplexity=perplexity(indices, self.codebook_size),
             bits=bits,
         )
+
+    def soft_bits(self, slices: torch.Tensor) -> torch.Tensor:
+        """(B, M, D, H', W') slices -> (B,) expected bits under the Gibbs distribution of the
+        ECVQ cost at temperature ``rate_lambda`` (differentiable in the slices)."""
+        b, m, d, h, w = slices.shape
+        vectors = slices.permute(1, 0, 3, 4, 2).reshape(m, b * h * w, d)
+        code_bits = self.code_bits().masked_fill(self.ema_counts <= 0, 1e4)  # pruned codes: never likely
+        cost = squared_distances(vectors, self.codebooks) / self.rate_lambda + code_bits[:, None, :]  # (M, N, K)
+        expected = (torch.softmax(-cost, dim=-1) * code_bits[:, None, :]).sum(-1)  # (M, N)
+        return expected.view(m, b, h * w).sum(dim=(0, 2))
 
     @torch.no_grad()
     def prune(self, usage: torch.Tensor) -> None:

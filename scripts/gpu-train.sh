@@ -8,8 +8,9 @@
 #   scripts/gpu-train.sh LEVEL [MINUTES]
 # It resumes level LEVEL from its committed weights checkpoints/hdq-qLEVEL (fresh optimizer), or,
 # when that level has none yet, from the nearest committed level with this level's lambda, or from
-# scratch; trains for at most MINUTES minutes (default 8: with install and export it stays under
-# 9), saves, exports, and leaves in $OUT (4 files, each under 16 MiB):
+# the block start (block PCA and ECVQ codebooks, fitted in about a minute); trains for at most
+# MINUTES minutes (default 8: with install and export it stays under 9), saves, exports, and
+# leaves in $OUT (4 files, each under 16 MiB):
 #   hdq-qLEVEL.safetensors, hdq-qLEVEL.json   the weights the next run resumes from (commit them
 #                                             to checkpoints/ here)
 #   log-qLEVEL.jsonl, training-qLEVEL.png     the training log and its plot (dqcodec plot-training)
@@ -33,7 +34,7 @@ ln -sf "$PWD"/dqcodec/* "$package"/
 for folder in codec models train eval; do ln -sfn "$PWD/$folder" "$package/$folder"; done
 export PYTHONPATH=/tmp/package:/tmp/site DQCODEC_DATA=$PWD/.traindata PYTHONUNBUFFERED=1
 
-start=(--rate-warmup 3000)  # from scratch: plain VQ for 3000 steps, then lambda ramps in over 3000
+start=()  # no committed level: the recipe's block start
 for candidate in $level 2 3 1 4; do
   if [[ -f checkpoints/hdq-q$candidate.json ]]; then start=(--init-from "checkpoints/hdq-q$candidate"); break; fi
 done

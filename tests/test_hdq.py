@@ -23,11 +23,10 @@ TINY = ["--channels", "12", "--latent-channels", "16", "--num-codebooks", "4", "
 
 
 def tiny_run(out, data, steps: int, *extra: str) -> list[str]:
-    # An untrained synthesis has a tiny gain, so lambda in latent units is large: a small lambda
-    # keeps several codes of every codebook in use.
+    # A tiny lambda keeps several codes of every codebook in use.
     return ["train", "--arch", "hdq", "--out", str(out), "--data", str(data), "--lambda", "1e-9", *TINY,
             "--init-crops", "8", "--table-crops", "8", "--fit-crop", "64", "--batch-size", "2", "--crop", "64",
-            "--threads", "1", "--validation-images", "0", "--rate-warmup", "2", "--gain-every", "2",
+            "--threads", "1", "--validation-images", "0", "--gain-every", "2",
             "--steps", str(steps), *extra]
 
 
@@ -174,3 +173,29 @@ def test_plot_training_draws_the_log(tmp_path, training_images, capsys):
     assert (tmp_path / "run" / "training.png").stat().st_size > 1000
     assert main(["plot-training", str(tmp_path / "missing")]) == 2
     assert "cannot read the training log" in capsys.readouterr().err
+
+
+def test_the_block_start_is_a_block_transform_codec():
+    """After set_hdq_block_transform with all 768 axes kept, the (zero) nonlinear branches add
+    nothing and synthesis(projections(analysis(x))) gives back x: training starts from the block PCA
+    codec, and only quantization loses anything."""
+    from dqcodec.train.initialize import balanced_groups, block_pca, set_hdq_block_transform
+
+    torch.manual_seed(0)
+    config = HDQConfig(channels=8, latent_channels=768, num_codebooks=192, codebook_size=4, code_dim=4,
+                       coarse_channels=4, coarse_codebooks=1, coarse_codebook_size=4, coarse_code_dim=2)
+    net = HierarchicalDQCodec(config)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(4)]
+    set_hdq_block_transform(net, *block_pca(images, 16))
+    image = torch.from_numpy(images[0]).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        latent = net.analysis(image)
+        slices = net.fine_quantizer.projection(latent)
+        coarse = net.coarse_synthesis(net.coarse_quantizer.projection(net.coarse_analysis(latent)))
+        rebuilt = net.synthesis(torch.cat([slices, coarse], dim=1))
+    assert torch.allclose(rebuilt, image, atol=1e-4)
+    # Balanced groups: every axis once, and group g holds the g-th largest axis.
+    order = balanced_groups(4, 3)
+    assert sorted(order) == list(range(12)) and order[::3] == [0, 1, 2, 3]
+    assert order == [0, 7, 8, 1, 6, 9, 2, 5, 10, 3, 4, 11]

@@ -70,6 +70,28 @@ def test_rate_term_moves_assignments_to_cheaper_codes():
     assert constrained > plain
 
 
+def test_rate_gradient_keeps_the_hard_bits_and_pulls_latents_towards_cheap_codes():
+    """With rate_gradient the training pass reports the same bits, and following -d bits / d z
+    moves the slices towards the nearly free code 0, so fewer of them cost the expensive codes."""
+    torch.manual_seed(0)
+    # decay 1: the training pass leaves the codebooks and their usage as they are.
+    hard, soft = (DepthwiseQuantizer(6, 3, 16, 2, rate_lambda=0.5, decay=1.0, rate_gradient=flag) for flag in (False, True))
+    soft.load_state_dict(hard.state_dict())
+    counts = torch.ones(3, 16)
+    counts[:, 0] = 100.0
+    for quantizer in (hard, soft):
+        quantizer.load_codebooks(hard.codebooks.clone(), counts)
+    z = torch.randn(2, 6, 8, 8, requires_grad=True)
+    bits_hard, bits_soft = hard.eval()(z).bits, soft.train()(z).bits
+    assert torch.allclose(bits_hard, bits_soft)
+    bits_soft.sum().backward()
+    assert z.grad.abs().sum() > 0
+    assert hard(z).bits.grad_fn is None  # the hard rate alone has no gradient to give
+    soft.eval()
+    moved = (z - 0.05 * z.grad / z.grad.abs().max()).detach()
+    assert soft(moved).bits.sum() < soft(z.detach()).bits.sum()
+
+
 def test_pruned_codes_are_never_assigned():
     quantizer = _quantizer().eval()
     usage = torch.ones(3, 16)

@@ -129,6 +129,47 @@ def set_block_transform(net: DQCodecNet, mean: torch.Tensor, axes: torch.Tensor)
     synthesis.bias.copy_(mean)
 
 
+def balanced_groups(num_groups: int, group_size: int) -> list[int]:
+    """Axes 0 .. G*S - 1, sorted by falling variance, dealt into G groups of S with similar
+    summed log-variance: group g takes the g-th axis from the top, then alternately from the
+    bottom and the top of each next band of G axes ("snake" order). Returns the G*S axis numbers,
+    group after group.
+
+    Why: a D-dim codebook of K codes resolves about K^(1/D) steps per dimension, so axes of
+    widely different variance in one codebook (the block PCA's mean colours with its next axes)
+    leave the big one coarse; balanced groups need about the same number of codes each. Measured
+    on 8 Kodak images, block PCA of 16 x 16 blocks, 192 axes, D = 4, K = 128, lambda = 0.012:
+    23.8 dB at 0.24 bpp (marginal entropy) with consecutive groups, 27.8 dB at 0.35 bpp balanced.
+    """
+    return [band * num_groups + (group if band % 2 == 0 else num_groups - 1 - group)
+            for group in range(num_groups) for band in range(group_size)]
+
+
+@torch.no_grad()
+def set_hdq_block_transform(net, mean: torch.Tensor, axes: torch.Tensor) -> None:
+    """Start the hierarchical codec's fine level as a block transform codec: analysis linear
+    path = the first C principal axes of 16 x 16 blocks (centred), fine projections = those axes in
+    balanced groups (:func:`balanced_groups`), synthesis linear path = the inverse.
+
+    ``mean`` (3*16*16,), ``axes`` (3*16*16, 3*16*16) from :func:`block_pca`; the nonlinear branches
+    start at zero (:mod:`dqcodec.models.conv_transforms`), so the network is this linear codec.
+    """
+    latent = net.config.latent_channels
+    quantizer = net.fine_quantizer
+    slice_channels = quantizer.out_channels
+    if slice_channels > latent:
+        raise ValueError(f"num_codebooks * code_dim = {slice_channels} exceeds latent_channels = {latent}")
+    kept = axes[:, :latent]
+    net.analysis.linear.weight.copy_(kept.T.reshape(latent, -1, 1, 1))
+    net.analysis.linear.bias.copy_(-(kept.T @ mean))
+    order = balanced_groups(quantizer.num_codebooks, quantizer.code_dim)
+    quantizer.projection.weight.zero_()
+    quantizer.projection.bias.zero_()
+    quantizer.projection.weight[torch.arange(slice_channels), order, 0, 0] = 1.0
+    net.synthesis.linear.weight.copy_(kept[:, order].reshape(-1, slice_channels, 1, 1))
+    net.synthesis.linear.bias.copy_(mean)
+
+
 @torch.no_grad()
 def sample_slices(net: DQCodecNet, images: list[FittingImage], count: int, generator: torch.Generator) -> torch.Tensor:
     """(count, M, D) projected latent slices of random blocks of the fitting images."""

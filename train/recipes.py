@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from dqcodec.models.lloyd import kmeans_plus_plus
+from dqcodec.models.lloyd import kmeans_plus_plus, lloyd, sample_centres
 from dqcodec.paths import data_dir
 from dqcodec.train.data import ImageFolder, RandomCrops, load_rgb, to_tensor
 from dqcodec.train.initialize import (
@@ -32,6 +32,7 @@ from dqcodec.train.initialize import (
     load_fitting_image,
     sample_slices,
     set_block_transform,
+    set_hdq_block_transform,
 )
 from dqcodec.train.likelihood_data import DATASETS, likelihood_training_data
 
@@ -218,13 +219,13 @@ def _fit_tables(net: nn.Module, options, files: list[Path]) -> None:
 class HDQOptions:
     """Start, gain tracking and table fit of the hierarchical DQ codec (``--arch hdq``)."""
 
-    init_crops: int = option(64, "training crops whose latents seed the codebooks (k-means++)", init_only=True)
-    gain_every: int = option(25, "steps between measurements of the synthesis gains (lambda in latent units)")
-    rate_warmup: int = option(
-        1000, "steps of plain VQ (lambda 0 in the assignment), followed by as many over which lambda ramps up", init_only=True
+    init_crops: int = option(
+        256, "training crops whose 16 x 16 blocks give the block PCA and seed the codebooks", init_only=True
     )
+    ecvq_iterations: int = option(15, "Lloyd iterations of the fine codebooks (the first third without rate)", init_only=True)
+    gain_every: int = option(25, "steps between measurements of the synthesis gains (lambda in latent units)")
     table_crops: int = option(192, "training crops the context tables are counted over at export")
-    fit_crop: int = option(256, "size in pixels of the crops that seed the codebooks and count the tables")
+    fit_crop: int = option(256, "size in pixels of the crops that start the network and count the tables")
 
 
 GAIN_KEPT = 0.9  # share of the old synthesis gains kept when they are re-measured
@@ -238,29 +239,43 @@ def _crops(files: list[Path], count: int, size: int, seed: int) -> torch.Tensor:
 
 @torch.no_grad()
 def _initialise_hdq(net: nn.Module, options: HDQOptions, files: list[Path], generator: torch.Generator, log) -> None:
-    """Codebooks by k-means++ seeding on the latents of the initial network, then the first gain measurement."""
+    """A block transform codec to start from: block PCA of 16 x 16 blocks in the linear paths (the
+    nonlinear branches start at zero), fine codebooks by entropy-constrained Lloyd iterations on
+    the projected crops, coarse codebooks by k-means++ on the coarse latents."""
     crops = _crops(files, options.init_crops, options.fit_crop, int(torch.randint(0, 2**31, (1,), generator=generator)))
-    latent = net.analysis(crops)
-    for quantizer, features in ((net.fine_quantizer, latent), (net.coarse_quantizer, net.coarse_analysis(latent))):
-        slices = quantizer.project(features)  # (B, M, D, h, w)
-        vectors = slices.permute(1, 0, 3, 4, 2).reshape(quantizer.num_codebooks, -1, quantizer.code_dim)
-        codebooks = torch.stack([kmeans_plus_plus(points, quantizer.codebook_size, generator) for points in vectors])
-        quantizer.load_codebooks(codebooks, torch.full_like(quantizer.ema_counts, 1.0 / quantizer.codebook_size))
-    net.eval()  # no codebook update on this pass
+    pixels = list((crops * 255).round().byte().permute(0, 2, 3, 1).numpy())
+    set_hdq_block_transform(net, *block_pca(pixels, 16))
+    latent = torch.cat([net.analysis(batch) for batch in crops.split(16)])
+    coarse = net.coarse_quantizer
+    coarse_points = _slice_points(coarse, torch.cat([net.coarse_analysis(part) for part in latent.split(16)]))
+    seeds = torch.stack([kmeans_plus_plus(points, coarse.codebook_size, generator) for points in coarse_points])
+    coarse.load_codebooks(seeds, torch.full_like(coarse.ema_counts, 1.0 / coarse.codebook_size))
+    fine = net.fine_quantizer
+    fine_points = _slice_points(fine, latent)
+    start = sample_centres(fine_points, fine.codebook_size, generator)
+    fine.load_codebooks(start, torch.full_like(fine.ema_counts, 1.0 / fine.codebook_size))
+    net.eval()  # no codebook update on the gain measurement
     net.gain_update = 0.0
-    net(crops[: min(8, len(crops))])
-    fine, coarse = net.synthesis_gains.tolist()
-    log(f"initialised: k-means++ codebooks on {len(crops)} crops; synthesis gains {fine:.3g} (fine), {coarse:.3g} (coarse)")
+    net(crops[:8])
+    plain = lloyd(fine_points, start, options.ecvq_iterations // 3, chunk=8192)
+    fitted = lloyd(fine_points, plain.centres, options.ecvq_iterations - options.ecvq_iterations // 3,
+                   net.rate_lambdas()[0], plain.counts.clamp_min(1e-3), chunk=8192)
+    # Unused codes keep a tiny count: the rate term keeps them out of use, yet they stay valid.
+    fine.load_codebooks(fitted.centres, fitted.counts.clamp_min(1e-3))
+    used = (fitted.counts > 0).sum(dim=1).float().mean().item()
+    log(f"initialised: block PCA of 16 x 16 blocks on {len(crops)} crops, fine codebooks by ECVQ (mean {used:.0f} "
+        f"codes in use), synthesis gains {net.synthesis_gains[0]:.3g} (fine), {net.synthesis_gains[1]:.3g} (coarse)")
+
+
+def _slice_points(quantizer, features: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) features -> (M, B*h*w, D) the vectors each codebook quantizes."""
+    slices = quantizer.project(features)
+    return slices.permute(1, 0, 3, 4, 2).reshape(quantizer.num_codebooks, -1, quantizer.code_dim).contiguous()
 
 
 def _before_hdq_step(net: nn.Module, options: HDQOptions, step: int, total_steps: int, fresh: bool) -> None:
-    """Re-measure the synthesis gains every ``gain_every`` steps. In a run from scratch the
-    assignment's lambda is 0 for ``rate_warmup`` steps (a random synthesis has a tiny gain, so
-    lambda in latent units would be huge and collapse every codebook to one code), then ramps up
-    linearly over as many steps; a run from a trained model uses the whole lambda at once."""
+    """Re-measure the synthesis gains (lambda in latent units) every ``gain_every`` steps."""
     net.gain_update = GAIN_KEPT if step % options.gain_every == 0 else None
-    warmup = options.rate_warmup if fresh else 0
-    net.rate_scale = min(1.0, max(0.0, step / warmup - 1.0)) if warmup > 0 else 1.0
 
 
 @torch.no_grad()
@@ -271,7 +286,6 @@ def _fit_hdq_tables(net: nn.Module, options: HDQOptions, files: list[Path]) -> N
     crops = _crops(files, options.table_crops, options.fit_crop, seed=0).split(8)
     quantizers = {"coarse": net.coarse_quantizer, "fine": net.fine_quantizer}
     usage = {name: torch.zeros_like(q.ema_counts) for name, q in quantizers.items()}
-    net.rate_scale = 1.0  # the whole lambda, as coding uses it
     for batch in tqdm(crops, desc="code usage", unit="batch", leave=False):
         for level in net.nearest_indices(batch):
             indices = torch.from_numpy(level.indices).transpose(0, 1).reshape(len(usage[level.name]), -1)
@@ -291,11 +305,12 @@ def _fit_hdq_tables(net: nn.Module, options: HDQOptions, files: list[Path]) -> N
 
 def _describe_hdq(net: nn.Module, options: HDQOptions, steps: int) -> str:
     return (
-        f"random initial transforms, codebooks by k-means++ on {options.init_crops} crops; {steps} Adam steps on "
-        f"(SSE + lambda * marginal bits) with straight-through EMA codebooks and ECVQ assignment (lambda in latent "
-        f"units from synthesis gains measured every {options.gain_every} steps; 0 for {options.rate_warmup} steps, then "
-        f"ramped up over as many); context tables counted over "
-        f"{options.table_crops} crops of {options.fit_crop} px in 2 rounds"
+        f"block start: block PCA of 16 x 16 blocks on {options.init_crops} crops of {options.fit_crop} px in the linear "
+        f"paths (nonlinear branches at zero), fine codebooks by {options.ecvq_iterations} Lloyd iterations (entropy-"
+        f"constrained after the first third), coarse codebooks by k-means++; {steps} Adam steps on (SSE + lambda * "
+        f"marginal bits) with straight-through EMA codebooks, ECVQ assignment of the fine level (lambda in latent units "
+        f"from synthesis gains measured every {options.gain_every} steps) and nearest-code assignment of the coarse "
+        f"level; context tables counted over {options.table_crops} crops of {options.fit_crop} px in 2 rounds"
     )
 
 
