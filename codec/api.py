@@ -12,6 +12,7 @@ architecture; the registry picks it (plain numpy for the block codecs), so this 
 no torch.
 """
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ from dqcodec.codec.limits import check_pixels
 from dqcodec.codec.rangecoder import RangeDecoder, RangeEncoder
 from dqcodec.codec.tiles import DEFAULT_TILE_SIZE, MIN_TILE_SIZE, Tile, Tiling, ordered_map
 from dqcodec.models import registry
-from dqcodec.models.interface import CodingRuntime, CompressedLevels, IndexLevel, LevelSpec, estimated_bits
+from dqcodec.models.interface import MAX_RATE_LAMBDA, CodingRuntime, CompressedLevels, IndexLevel, LevelSpec, estimated_bits
 
 DEFAULT_FAMILY = "dq"
 
@@ -76,6 +77,7 @@ def encode_with_notes(
     tile_size: int | None = None,
     workers: int = 1,
     lossless: bool = False,
+    rate_lambda: float | None = None,
 ) -> tuple[bytes, list[str]]:
     """Compress an image; returns (the .dqc bytes, one-line notes about input conversions).
 
@@ -93,6 +95,10 @@ def encode_with_notes(
     lossless: insist on a lossless model (``model``, e.g. a lossless DQ-AE made by
         ``dqcodec export-lossless``; none ships): decoding gives back every pixel exactly. A
         lossless model is lossless with or without it.
+    rate_lambda: the encoder's rate-distortion trade-off (squared error of [0, 1] RGB values per
+        bit; smaller spends more bits) in place of the model's own, for rates between the trained
+        levels. The encoder picks each index by distortion + lambda * bits under the model's
+        tables; the file decodes with the same model, whatever lambda made it.
     """
     if lossless and model is None:
         raise DQCodecError("lossless coding needs a lossless model: give --model (a lossless DQ-AE made by "
@@ -104,6 +110,7 @@ def encode_with_notes(
         tile_size = getattr(net, "default_tile_size", None) or DEFAULT_TILE_SIZE
     if lossless and not is_lossless(net):
         raise DQCodecError(f"model {info['name']!r} is lossy; lossless coding needs a lossless model ('dqcodec export-lossless')")
+    _check_rate_lambda(rate_lambda, net, info)
     multiple = net.padding_multiple
     _check_tile_size(tile_size, multiple)
     loaded = load_image(image, max_pixels)
@@ -127,7 +134,8 @@ def encode_with_notes(
 
     crops = (loaded.pixels[tile.top : tile.bottom, tile.left : tile.right] for tile in header.tiling.tiles())
     workers = min(workers, len(header.tiling))
-    streams = [stream for tile in ordered_map(_encode_tile, net, crops, workers, _one_thread) for stream in tile]
+    encoder = (net, rate_lambda)
+    streams = [stream for tile in ordered_map(_encode_tile, encoder, crops, workers, _one_thread) for stream in tile]
     return pack(header, streams), loaded.notes
 
 
@@ -139,11 +147,12 @@ def encode(
     tile_size: int | None = None,
     workers: int = 1,
     lossless: bool = False,
+    rate_lambda: float | None = None,
 ) -> bytes:
     """Compress an image to .dqc bytes (see :func:`encode_with_notes` for the inputs)."""
     return encode_with_notes(
         image, quality=quality, model=model, max_pixels=max_pixels, tile_size=tile_size, workers=workers,
-        lossless=lossless,
+        lossless=lossless, rate_lambda=rate_lambda,
     )[0]
 
 
@@ -233,13 +242,25 @@ def tile_overlap(net: CodingRuntime) -> int:
     return int(getattr(net, "tile_overlap", net.padding_multiple))
 
 
-def _encode_tile(net: CodingRuntime, pixels: np.ndarray) -> list[bytes]:
+def _check_rate_lambda(rate_lambda: float | None, net: CodingRuntime, info: dict) -> None:
+    if rate_lambda is None:
+        return
+    if is_lossless(net):
+        raise DQCodecError(f"model {info['name']!r} is lossless: it has no rate-distortion trade-off to set")
+    if isinstance(rate_lambda, bool) or not (isinstance(rate_lambda, (int, float)) and math.isfinite(rate_lambda) and 0 < rate_lambda <= MAX_RATE_LAMBDA):
+        raise DQCodecError(f"the rate-distortion lambda must be a number above 0 and at most {MAX_RATE_LAMBDA:g}, "
+                           f"got {rate_lambda!r}")
+
+
+def _encode_tile(encoder: tuple[CodingRuntime, float | None], pixels: np.ndarray) -> list[bytes]:
     """One tile's (h, w, 3) uint8 pixels -> its streams, coarse to fine: padded to the model's
-    multiple (edge replication), the model's levels of indices, range-coded level by level."""
+    multiple (edge replication), the model's levels of indices (chosen with the encoder's
+    rate_lambda, None: the model's own), range-coded level by level."""
+    net, rate_lambda = encoder
     multiple = net.padding_multiple
     height, width, _ = pixels.shape
     padded = np.pad(pixels, ((0, -height % multiple), (0, -width % multiple), (0, 0)), mode="edge")
-    levels = net.compress(padded.transpose(2, 0, 1)[None].astype(np.float64) / 255.0)
+    levels = net.compress(padded.transpose(2, 0, 1)[None].astype(np.float64) / 255.0, rate_lambda)
     specs = net.levels(*padded.shape[:2])
     return [_encode_level(spec, level, levels[:i]) for i, (spec, level) in enumerate(zip(specs, levels, strict=True))]
 

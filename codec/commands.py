@@ -18,6 +18,7 @@ from dqcodec.codec.errors import DQCodecError, output_error
 from dqcodec.codec.imageio import check_output_path, output_format, read_bytes, save_image, write_bytes_atomic
 from dqcodec.codec.limits import DEFAULT_MAX_PIXELS, ENVIRONMENT_VARIABLE, check_pixels
 from dqcodec.codec.tiles import DEFAULT_TILE_SIZE, MIN_TILE_SIZE
+from dqcodec.models.interface import MAX_RATE_LAMBDA
 
 STDIO = "-"  # as IN: read standard input; as OUT: write standard output
 
@@ -107,6 +108,16 @@ def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
         help="decode back to every original pixel: needs --model, a lossless DQ-AE model made by 'dqcodec "
         "export-lossless' (needs the full install); 16-bit or transparent images are refused",
     )
+    parser.add_argument(
+        "--lambda",
+        dest="rate_lambda",
+        type=_rate_lambda,
+        default=None,
+        metavar="L",
+        help="the encoder's rate-distortion trade-off in place of the model's own, for rates between the "
+        "levels: squared error of [0, 1] RGB values per bit, smaller spends more bits (the levels' own are "
+        "listed by 'dqcodec models'); the file decodes with the same model",
+    )
     _add_max_pixels_argument(parser)
     parser.add_argument(
         "--tile-size",
@@ -117,6 +128,16 @@ def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
         f"{DEFAULT_TILE_SIZE}, 256 for a lossless DQ-AE; a multiple of the model's padding from {MIN_TILE_SIZE} up; 0 codes the image whole)",
     )
     _add_workers_argument(parser)
+
+
+def _rate_lambda(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value <= MAX_RATE_LAMBDA:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number above 0 and at most {MAX_RATE_LAMBDA:g}, got {text!r}")
+    return value
 
 
 def _tile_size(text: str) -> int:
@@ -156,8 +177,8 @@ def run_encode(args: argparse.Namespace) -> int:
 
 
 def _encoder_options(args: argparse.Namespace) -> dict:
-    """The encoder's options beside the model: tiling, workers and --lossless."""
-    return {"tile_size": args.tile_size, "workers": args.workers, "lossless": args.lossless}
+    """The encoder's options beside the model: tiling, workers, --lossless and --lambda."""
+    return {"tile_size": args.tile_size, "workers": args.workers, "lossless": args.lossless, "rate_lambda": args.rate_lambda}
 
 
 def _encode_many(

@@ -165,27 +165,28 @@ class BlockCodec(nn.Module):
         linear.bias.add_((error_fit[3] - correction @ slice_fit[3]).to(linear.bias))
         return float(error.abs().max())
 
-    def rate_lambdas(self) -> np.ndarray:
-        """(M,) ``config.rate_lambda`` (squared pixel error, values in [0, 1], summed over the
-        colour channels, per bit) in the units of each codebook's slice: an error e on codebook
-        m's D values costs about gain_m * ||e||^2 of pixel error through the linear synthesis,
-        gain_m the mean squared norm of its D synthesis columns."""
+    def rate_lambdas(self, rate_lambda: float | None = None) -> np.ndarray:
+        """(M,) ``rate_lambda`` (None: ``config.rate_lambda``; squared pixel error, values in
+        [0, 1], summed over the colour channels, per bit) in the units of each codebook's slice:
+        an error e on codebook m's D values costs about gain_m * ||e||^2 of pixel error through
+        the linear synthesis, gain_m the mean squared norm of its D synthesis columns."""
         columns = self.synthesis.linear.weight.detach().double()[:, :, 0, 0]  # (3 P^2, M * D)
         gains = (columns**2).sum(dim=0).view(self.entropy.num_codebooks, -1).mean(dim=1)
-        return self.config.rate_lambda / gains.clamp_min(1e-12).numpy()
+        pixel_lambda = self.config.rate_lambda if rate_lambda is None else rate_lambda
+        return pixel_lambda / gains.clamp_min(1e-12).numpy()
 
     @torch.no_grad()
-    def compress(self, image: torch.Tensor) -> CompressedLevels:
+    def compress(self, image: torch.Tensor, rate_lambda: float | None = None) -> CompressedLevels:
         """(B, 3, H, W) image in [0, 1], H and W multiples of P -> one level of (B, M, H/P, W/P) indices.
 
         Each index minimises distortion + lambda * (-log2 p) under the context tables, in coding
         order (:func:`~dqcodec.models.context_tables.choose_indices`); a model that holds guard codes
         (:meth:`holds_guard_codes`) starts each predicted codebook on the nearest codes, so that
         a flat area of a guard colour stays on its exact code (earlier models keep their choices:
-        the same weights still write the same files).
+        the same weights still write the same files). ``rate_lambda``: pixel units; None: the model's own.
         """
         slices = self.code_slices(image).double().numpy()
-        indices = choose_indices(slices, self.code_values(), self.entropy, self.rate_lambdas(),
+        indices = choose_indices(slices, self.code_values(), self.entropy, self.rate_lambdas(rate_lambda),
                                  nearest_first_rows=self.holds_guard_codes())
         return [IndexLevel(LEVEL_NAME, indices)]
 

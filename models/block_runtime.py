@@ -111,13 +111,13 @@ class BlockRuntime:
         b, _, h, w = features.shape
         return features.reshape(b, self.entropy.num_codebooks, -1, h, w)
 
-    def rate_lambdas(self) -> np.ndarray:
-        """(M,) the rate-distortion trade-off in each codebook's slice units (as
-        ``BlockCodec.rate_lambdas``: pixel error per bit over the mean squared norm of the
-        codebook's synthesis columns)."""
+    def rate_lambdas(self, rate_lambda: float | None = None) -> np.ndarray:
+        """(M,) the rate-distortion trade-off ``rate_lambda`` (pixel units; None: the model's) in
+        each codebook's slice units (as ``BlockCodec.rate_lambdas``: pixel error per bit over the
+        mean squared norm of the codebook's synthesis columns)."""
         columns = self.synthesis[0]  # (3 P^2, M * D)
         gains = (columns**2).sum(axis=0).reshape(self.entropy.num_codebooks, -1).mean(axis=1)
-        return self.rate_lambda / np.maximum(gains, 1e-12)
+        return (self.rate_lambda if rate_lambda is None else rate_lambda) / np.maximum(gains, 1e-12)
 
     def _holds_guard_codes(self) -> bool:
         """Whether every codebook has a code in use near the value of every guard colour (as
@@ -136,10 +136,11 @@ class BlockRuntime:
                 return False
         return True
 
-    def compress(self, image: np.ndarray) -> CompressedLevels:
+    def compress(self, image: np.ndarray, rate_lambda: float | None = None) -> CompressedLevels:
         """(B, 3, H, W) float64 image in [0, 1] -> one level of (B, M, H/P, W/P) indices, each
-        minimising distortion + lambda * (-log2 p) under the context tables in coding order."""
-        indices = choose_indices(self.code_slices(image), self.code_values, self.entropy, self.rate_lambdas(),
+        minimising distortion + lambda * (-log2 p) under the context tables in coding order
+        (``rate_lambda`` in pixel units; None: the model's own)."""
+        indices = choose_indices(self.code_slices(image), self.code_values, self.entropy, self.rate_lambdas(rate_lambda),
                                  nearest_first_rows=self.nearest_first_rows)
         return [IndexLevel(LEVEL_NAME, indices)]
 

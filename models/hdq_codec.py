@@ -99,9 +99,11 @@ class HierarchicalDQCodec(nn.Module):
             LevelSpec(FINE, (self.config.num_codebooks, fine, coarse), self.fine_entropy),
         ]
 
-    def rate_lambdas(self) -> tuple[float, float]:
-        """(fine, coarse) rate_lambda in latent units: squared latent error per bit (0 for the coarse level)."""
-        return self.config.rate_lambda / max(self.synthesis_gains[0].item(), 1e-12), 0.0
+    def rate_lambdas(self, rate_lambda: float | None = None) -> tuple[float, float]:
+        """(fine, coarse) ``rate_lambda`` (pixel units; None: the model's) in latent units: squared
+        latent error per bit (0 for the coarse level)."""
+        pixel_lambda = self.config.rate_lambda if rate_lambda is None else rate_lambda
+        return pixel_lambda / max(self.synthesis_gains[0].item(), 1e-12), 0.0
 
     def _set_assignment_lambdas(self) -> None:
         self.fine_quantizer.rate_lambda, self.coarse_quantizer.rate_lambda = self.rate_lambdas()
@@ -163,14 +165,14 @@ class HierarchicalDQCodec(nn.Module):
         return [IndexLevel(COARSE, coarse.numpy()), IndexLevel(FINE, fine.numpy())]
 
     @torch.no_grad()
-    def compress(self, image: torch.Tensor) -> CompressedLevels:
+    def compress(self, image: torch.Tensor, rate_lambda: float | None = None) -> CompressedLevels:
         """(B, 3, H, W) image in [0, 1], H and W multiples of 64 -> coarse and fine indices.
 
         Each index minimises latent distortion + lambda * (-log2 p) under the real context tables
         in coding order (:func:`~dqcodec.models.context_tables.choose_indices`); the fine level's tables
-        read the coarse indices chosen first.
+        read the coarse indices chosen first. ``rate_lambda``: pixel units; None: the model's own.
         """
-        fine_lambda, coarse_lambda = self.rate_lambdas()
+        fine_lambda, coarse_lambda = self.rate_lambdas(rate_lambda)
         latent = self.analysis(image)
         coarse_slices = self.coarse_quantizer.project(self.coarse_analysis(latent)).double().numpy()
         coarse = choose_indices(coarse_slices, self._codewords(self.coarse_quantizer), self.coarse_entropy, coarse_lambda)

@@ -50,6 +50,9 @@ RATE_LAMBDA_HELP = (
     "rate-distortion trade-off: squared pixel error (RGB values in [0, 1], summed over pixels and "
     "channels) per bit; smaller means more bits and higher quality"
 )
+# The largest rate_lambda an encoder accepts in place of a model's own (``dqcodec encode --lambda``):
+# 25 times the lowest level's, where nearly every index is already its codebook's cheapest.
+MAX_RATE_LAMBDA = 1.0
 
 
 @dataclass
@@ -166,8 +169,9 @@ class CodingRuntime(Protocol):
     def levels(self, height: int, width: int) -> list[LevelSpec]:
         """The index levels, coarse to fine, of a padded ``height`` x ``width`` image."""
 
-    def compress(self, image: np.ndarray) -> CompressedLevels:
-        """(B, 3, H, W) float64 padded image in [0, 1] -> its levels of indices, coarse to fine."""
+    def compress(self, image: np.ndarray, rate_lambda: float | None = None) -> CompressedLevels:
+        """(B, 3, H, W) float64 padded image in [0, 1] -> its levels of indices, coarse to fine,
+        chosen with the rate-distortion trade-off ``rate_lambda`` (pixel units; None: the model's own)."""
 
     def decompress(self, levels: CompressedLevels) -> np.ndarray:
         """Levels of indices -> (B, 3, H, W) float64 image clamped to [0, 1]."""

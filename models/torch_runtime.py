@@ -39,9 +39,12 @@ class TorchRuntime:
         return self.network.levels(height, width)
 
     @torch.no_grad()
-    def compress(self, image: np.ndarray) -> CompressedLevels:
-        """(B, 3, H, W) float64 image in [0, 1] -> the network's levels of indices."""
-        return self.network.compress(torch.from_numpy(image))
+    def compress(self, image: np.ndarray, rate_lambda: float | None = None) -> CompressedLevels:
+        """(B, 3, H, W) float64 image in [0, 1] -> the network's levels of indices, chosen with
+        ``rate_lambda`` (pixel units; None: the model's own, and the only choice of a lossless model)."""
+        if rate_lambda is None:
+            return self.network.compress(torch.from_numpy(image))
+        return self.network.compress(torch.from_numpy(image), rate_lambda)
 
     @torch.no_grad()
     def decompress(self, levels: CompressedLevels) -> np.ndarray:

@@ -36,7 +36,8 @@ def fake_api_module() -> types.ModuleType:
     """A lossless stand-in for dqcodec.codec.api: the pixels are the only stream."""
     module = types.ModuleType("dqcodec.codec.api")
 
-    def encode_with_notes(image, quality=None, model=None, max_pixels=None, tile_size=None, workers=1, lossless=False):
+    def encode_with_notes(image, quality=None, model=None, max_pixels=None, tile_size=None, workers=1, lossless=False,
+                          rate_lambda=None):
         if model not in (None, FAKE_MODEL):
             raise DQCodecError(f"unknown model '{model}'")
         loaded = load_image(image, max_pixels)
@@ -284,6 +285,16 @@ def test_quality_and_model_together(tmp_path, capsys):
         main(["encode", str(tmp_path / "in.png"), str(tmp_path / "out.dqc"), "--quality", "2", "--model", "x"])
     assert caught.value.code == 2
     assert "not allowed with" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-0.01", "nan", "inf", "2", "abc"])
+def test_encode_refuses_a_bad_lambda(tmp_path, capsys, value):
+    to_pil(PIXELS, 3).save(tmp_path / "in.png")
+    with pytest.raises(SystemExit) as caught:
+        main(["encode", str(tmp_path / "in.png"), str(tmp_path / "out.dqc"), "--lambda", value])
+    assert caught.value.code == 2
+    assert f"argument --lambda: expected a number" in capsys.readouterr().err
+    assert not (tmp_path / "out.dqc").exists()
 
 
 @pytest.mark.parametrize("paths", [["a.png"], ["a.png", "b.png", "c.dqc"]])

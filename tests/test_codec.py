@@ -79,6 +79,23 @@ def test_default_and_named_model_selection():
         dqcodec.encode(_photo(), model="no-such-model")
 
 
+def test_an_encode_time_lambda_moves_along_the_curve_and_decodes_with_the_same_model():
+    image = _photo(128, 96)
+    own = dqcodec.encode(image, model="dq-q3")
+    assert dqcodec.encode(image, model="dq-q3", rate_lambda=0.006) == own  # dq-q3's own lambda
+    coarser, finer = (dqcodec.encode(image, model="dq-q3", rate_lambda=value) for value in (0.02, 0.002))
+    assert len(coarser) < len(own) < len(finer)
+    psnrs = [_psnr(image, np.asarray(dqcodec.decode(data))) for data in (coarser, own, finer)]
+    assert psnrs[0] < psnrs[1] < psnrs[2]
+    assert unpack(finer)[0].model == "dq-q3"
+
+
+@pytest.mark.parametrize("value", [0, -1e-3, float("nan"), float("inf"), 1.5, True, "0.01"])
+def test_a_bad_encode_time_lambda_is_refused(value):
+    with pytest.raises(dqcodec.DQCodecError, match="lambda must be a number above 0"):
+        dqcodec.encode(_photo(), model="dq-q1", rate_lambda=value)
+
+
 def test_encoding_twice_gives_the_same_file():
     pixels = _photo()
     assert dqcodec.encode(pixels) == dqcodec.encode(pixels)

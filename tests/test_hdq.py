@@ -75,6 +75,15 @@ def test_round_trip_is_exact_and_two_streams_match_the_estimate(tiny_model):
     assert payload_bits <= 1.01 * estimate + 2 * 32  # each stream ends on a 32-bit word
 
 
+def test_an_encode_time_lambda_reaches_the_hdq_encoder(tiny_model):
+    stem, data = tiny_model
+    pixels = np.asarray(Image.open(data / "0.png"))
+    own = dqcodec.encode(pixels, model=f"{stem}.json")
+    cheap = dqcodec.encode(pixels, model=f"{stem}.json", rate_lambda=0.5)
+    assert len(cheap) < len(own)
+    assert np.asarray(dqcodec.decode(cheap)).shape == pixels.shape
+
+
 def test_decoding_does_not_depend_on_threads_batch_or_process(tiny_model, tmp_path):
     stem, data = tiny_model
     images = [np.asarray(Image.open(data / f"{i}.png")) for i in range(2)]
