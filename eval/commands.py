@@ -13,6 +13,7 @@ from pathlib import Path
 from dqcodec.codec.errors import DQCodecError
 from dqcodec.eval.results import RDCurve, load_curve
 from dqcodec.eval.runner import RDCodec
+from dqcodec.models.interface import MAX_RATE_LAMBDA
 from dqcodec.paths import data_dir, kodak_dir
 
 METRIC_TITLES = {"psnr": "PSNR-RGB", "ms-ssim": "MS-SSIM-RGB (dB)"}
@@ -74,22 +75,34 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="use only the first N images")
     parser.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads (default: 1)")
+    parser.add_argument(
+        "--lambdas", type=float, nargs="+", default=None, metavar="L",
+        help="for dqcodec models: encode each at every one of these encoder trade-offs (encode --lambda) "
+        "instead of at its own; the results go to <codec>-lambdas.json",
+    )
 
 
 def run_eval(args: argparse.Namespace) -> int:
     import torch
 
+    from dqcodec.eval.ours import at_lambdas
     from dqcodec.eval.rd import load_images, sweep
     from dqcodec.eval.results import write_results
 
     images_dir = args.images or kodak_dir()
     out_dir = args.out or Path("results") / images_dir.name
     _check_counts(args)
+    if args.lambdas and not all(0 < value <= MAX_RATE_LAMBDA for value in args.lambdas):  # also refuses nan
+        raise DQCodecError(f"--lambdas must be numbers above 0 and at most {MAX_RATE_LAMBDA:g}")
     torch.set_num_threads(args.threads)
 
     codecs = []
     for name in args.codec:
         codec = resolve_codec(name)
+        if args.lambdas:
+            if codec.kind != "dqcodec":
+                raise DQCodecError(f"--lambdas applies to dqcodec models, not to {name!r}")
+            codec = at_lambdas(codec, args.lambdas)
         reason = codec.unavailable_reason()
         if reason is None:
             codecs.append(codec)

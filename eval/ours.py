@@ -31,12 +31,13 @@ def default_model_name() -> str:
     return api.resolve_model_name()
 
 
-def run_model(image: np.ndarray, model: str) -> Coded:
-    """Encode ``image`` ((H, W, 3) uint8) with ``model`` (a name or checkpoint path) and decode the bytes again."""
+def run_model(image: np.ndarray, model: str, rate_lambda: float | None = None) -> Coded:
+    """Encode ``image`` ((H, W, 3) uint8) with ``model`` (a name or checkpoint path; at the encoder
+    trade-off ``rate_lambda``, None: the model's own) and decode the bytes again."""
     from dqcodec.codec import api
 
     start = time.perf_counter()
-    data = api.encode(image, model=model)
+    data = api.encode(image, model=model, rate_lambda=rate_lambda)
     encode_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -87,6 +88,21 @@ def our_codec(spec: str) -> RDCodec | None:
                 run=run_model,
             )
     return None
+
+
+def at_lambdas(codec: RDCodec, lambdas: list[float]) -> RDCodec:
+    """``codec`` (one of ours) with each of its models encoded at every encoder trade-off in
+    ``lambdas`` (``dqcodec encode --lambda``) instead of at its own: the curve one model spans."""
+    ordered = sorted(lambdas, reverse=True)  # lowest rate first
+    return RDCodec(
+        name=f"{codec.name}-lambdas",
+        label=f"{codec.label}, encoder lambda swept",
+        description=f"{codec.description}, encoded at lambda {', '.join(f'{value:g}' for value in ordered)}",
+        kind=codec.kind,
+        parameter=f"({codec.parameter}, encoder lambda)",
+        points=tuple((model, value) for model in codec.points for value in ordered),
+        run=lambda image, point: run_model(image, *point),
+    )
 
 
 def family_names() -> list[str]:

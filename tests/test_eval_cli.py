@@ -127,11 +127,14 @@ class FakeApi:
         return model or "fake-q50"
 
     @staticmethod
-    def encode(image, quality=None, model=None):
+    def encode(image, quality=None, model=None, rate_lambda=None):
         import io
 
         buffer = io.BytesIO()
-        Image.fromarray(np.asarray(image)).save(buffer, format="JPEG", quality=int((model or "fake-q50").split("-q")[1]))
+        jpeg_quality = int((model or "fake-q50").split("-q")[1])
+        if rate_lambda is not None:  # a stand-in for the encoder trade-off: smaller lambda, higher quality
+            jpeg_quality = min(95, max(5, round(jpeg_quality * 0.01 / rate_lambda)))
+        Image.fromarray(np.asarray(image)).save(buffer, format="JPEG", quality=jpeg_quality)
         return buffer.getvalue()
 
     @staticmethod
@@ -175,6 +178,18 @@ def test_eval_sweeps_every_level_of_a_family(fake_dqcodec, image_dir, tmp_path):
     assert content["quality"]["values"] == ["fake-q20", "fake-q60"]  # lowest quality level first
     assert content["results"]["bpp"][0] < content["results"]["bpp"][1]
     assert content["results"]["estimated_bpp"] == pytest.approx([0.99 * bpp for bpp in content["results"]["bpp"]])
+
+
+def test_eval_sweeps_the_encoder_lambda_of_a_model(fake_dqcodec, image_dir, tmp_path, capsys):
+    argv = ["eval", "--codec", "fake-q60", "--images", str(image_dir), "--out", str(tmp_path), "--lambdas", "0.005", "0.02"]
+    assert main(argv) == 0
+    content = json.loads((tmp_path / "fake-q60-lambdas.json").read_text())
+    assert content["quality"]["values"] == [["fake-q60", 0.02], ["fake-q60", 0.005]]  # lowest rate first
+    assert content["results"]["bpp"][0] < content["results"]["bpp"][1]
+    for bad in (["--lambdas", "0"], ["--lambdas", "nan"], ["--codec", "jpeg", "--lambdas", "0.01"]):
+        assert main(["eval", "--codec", "fake-q60", "--images", str(image_dir), "--out", str(tmp_path), *bad]) == 2
+    errors = capsys.readouterr().err
+    assert "--lambdas must be numbers above 0" in errors and "--lambdas applies to dqcodec models" in errors
 
 
 def test_compare_cli_draws_ours_next_to_matched_jpeg(fake_dqcodec, image_dir, tmp_path, capsys):
