@@ -52,6 +52,9 @@ class HDQConfig:
     coarse_codebook_size: int = field(default=64, metadata={"help": "coarse level: codes per codebook"})
     coarse_code_dim: int = field(default=4, metadata={"help": "coarse level: dimension of each projection"})
     coarse_buckets: int = field(default=3, metadata={"help": "fine tables per context, chosen by coarse activity"})
+    predicted_codebooks: int = field(
+        default=3, metadata={"help": "first fine codebooks coded with DPCM-like contexts (they hold the block mean colours)"}
+    )
     rate_lambda: float = field(default=0.01, metadata={"help": RATE_LAMBDA_HELP, "flag": "--lambda"})
 
 
@@ -78,7 +81,7 @@ class HierarchicalDQCodec(nn.Module):
         self.coarse_entropy = ContextIndexModel(config.coarse_codebooks, config.coarse_codebook_size)
         self.fine_entropy = CoarseConditionedIndexModel(
             config.num_codebooks, config.codebook_size, COARSE, config.coarse_codebooks,
-            config.coarse_codebook_size, COARSE_FACTOR, config.coarse_buckets,
+            config.coarse_codebook_size, COARSE_FACTOR, config.coarse_buckets, config.predicted_codebooks,
         )
         # (fine, coarse) pixel squared error per squared error of one latent dimension.
         self.register_buffer("synthesis_gains", torch.ones(2))
