@@ -157,9 +157,10 @@ def test_refusals_are_one_line_and_write_nothing(model, tmp_path, capsys):
     assert main(["encode", "--lossless", "--model", "dq-q1", str(photo), str(out)]) == 2  # a lossy model
     assert main(["encode", "--model", str(model), str(deep), str(out)]) == 2  # 16-bit: not kept exactly
     assert main(["export-lossless", "dq-q1", str(tmp_path / "x")]) == 2
+    assert main(["encode", "--model", str(model), "--lambda", "0.01", str(photo), str(out)]) == 2  # no trade-off to set
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 4 and all(line.startswith("dqcodec: error:") for line in errors)
-    assert "16-bit" in errors[2]
+    assert len(errors) == 5 and all(line.startswith("dqcodec: error:") for line in errors)
+    assert "16-bit" in errors[2] and "no rate-distortion trade-off" in errors[4]
     assert not out.exists() and not (tmp_path / "x.json").exists()
 
 
