@@ -6,9 +6,11 @@ recipe starts it as the block PCA, so a fresh codec codes like a block transform
 nonlinear branch follows Ballé et al.'s factorized-prior transforms (four 5x5 stride-2
 convolutions with GDN, total stride 16; the synthesis mirrors them with IGDN and transposed
 convolutions) and starts at zero (its last layer's weights are zero), so training can only
-refine the block codec it starts from: CPU minutes go further from a good start than from noise. The coarse level reads the fine latent and adds a factor 4 of stride (64 in
-all); its decoded values come back up through ``CoarseSynthesis`` and join the fine level's
-quantized features at the synthesis input, the top-down path of the DQ paper's DQ-AE.
+refine the block codec it starts from: CPU minutes go further from a good start than from
+noise. The coarse level reads the fine latent and adds a factor 4 of stride (64 in all); its
+decoded values come back up through ``CoarseSynthesis`` and join the fine level's quantized
+features at the input of the synthesis' nonlinear branch, the top-down path of the DQ paper's
+DQ-AE.
 All shapes are (B, channels, H, W).
 """
 

@@ -71,10 +71,21 @@ def load_start_model(stem: Path, network: type[nn.Module]) -> tuple[nn.Module, d
     """
     if not Path(f"{stem}.json").is_file() and (WEIGHTS_DIR / f"{stem}.json").is_file():
         stem = WEIGHTS_DIR / str(stem)
+    return load_model_as(stem, network, f"--init-from {stem}")
+
+
+def load_model_as(stem: Path, network: type[nn.Module], label: str, wanted: str | None = None) -> tuple[nn.Module, dict]:
+    """(network, its JSON info): the exported model ``stem`` (path without extension), which must
+    be a ``network``.
+
+    Raises DQCodecError (one line, starting with ``label``) when its files are missing or
+    damaged, or when it is another architecture (``wanted`` says what was expected; default
+    "a <network class>").
+    """
     try:
         net, info, _ = load_checkpoint(stem)
-    except (OSError, ValueError, KeyError) as error:
-        raise DQCodecError(f"--init-from {stem}: cannot load the model ({error})") from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DQCodecError(f"{label}: cannot load the model ({error})") from None
     if not isinstance(net, network):
-        raise DQCodecError(f"--init-from {stem} is a {type(net).__name__}, not a {network.__name__}")
+        raise DQCodecError(f"{label} is a {type(net).__name__}, not {wanted or 'a ' + network.__name__}")
     return net, info

@@ -50,7 +50,7 @@ def load_dqae_run(run: Path):
     from safetensors.torch import load_file
 
     from dqcodec.models.dqae import DQAE, DQAEConfig
-    from dqcodec.models.registry import load_checkpoint
+    from dqcodec.train.checkpoint import load_model_as
 
     if run.is_dir():
         settings_path, state_path = run / "run.json", run / "state.safetensors"
@@ -66,12 +66,7 @@ def load_dqae_run(run: Path):
         return net.eval(), {"dataset": settings["options"]["dataset"], "data": settings["loop"]["data"],
                             "crop": settings["loop"]["crop"], "steps": steps, "source": f"run folder {run}"}
     stem = run.with_suffix("") if run.suffix in (".json", ".safetensors") else run
-    try:
-        net, info, _ = load_checkpoint(stem)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DQCodecError(f"{run}: neither a run folder nor a loadable model ({error})") from None
-    if not isinstance(net, DQAE):
-        raise DQCodecError(f"{run} is a {type(net).__name__}, not a DQ-AE")
+    net, info = load_model_as(stem, DQAE, f"{run} (not a run folder)", "a DQ-AE")
     training = info.get("training", {})
     return net, {"dataset": training.get("dataset", "patches"), "data": None, "crop": training.get("crop", 32),
                  "steps": training.get("steps"), "source": f"model {stem}"}

@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dqcodec.codec.errors import DQCodecError
 
 DEFAULT_MODEL = Path("runs/dqae-2level/model/dqae-k256-128-lossless.json")
 
@@ -203,19 +202,14 @@ def run(args: argparse.Namespace) -> int:
 
     from dqcodec.eval.studies.report import write_summary
     from dqcodec.models.dqae_lossless import LosslessDQAE
-    from dqcodec.models.registry import load_checkpoint
     from dqcodec.paths import data_dir
+    from dqcodec.train.checkpoint import load_model_as
     from dqcodec.train.likelihood_data import fixed_subset, load_patches
 
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
     stem = args.model.with_suffix("") if args.model.suffix == ".json" else args.model
-    try:
-        net, info, _ = load_checkpoint(stem)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DQCodecError(f"{args.model}: not a loadable model ({error})") from None
-    if not isinstance(net, LosslessDQAE):
-        raise DQCodecError(f"{args.model} is a {type(net).__name__}, not a lossless DQ-AE (dqcodec export-lossless)")
+    net, info = load_model_as(stem, LosslessDQAE, str(args.model), "a lossless DQ-AE (dqcodec export-lossless)")
     folder = args.data or data_dir()
     patches = fixed_subset(load_patches(folder, info["training"]["crop"], "test").images, args.patches)
     kodak = [np.asarray(Image.open(path).convert("RGB")) for path in sorted((folder / "kodak").glob("*.png"))[: args.kodak]]
