@@ -61,6 +61,11 @@ class HDQConfig:
 class HierarchicalDQCodec(nn.Module):
     """Two-level depthwise-quantized convolutional codec; images (B, 3, H, W) in [0, 1]."""
 
+    # Coded in float32: float64 convolutions made decoding 2.7x slower (0.76 s against 0.28 s
+    # per Kodak image on 2 threads), past the hyperprior's time. The indices stay exact; measured
+    # on Kodak, 758 of 28.3 M decoded 8-bit values differ between 1 and 2 threads.
+    coding_dtype = torch.float32
+
     def __init__(self, config: HDQConfig):
         super().__init__()
         self.config = config

@@ -1,9 +1,11 @@
 """A codec network in torch as a coding runtime: for architectures without a numpy runtime.
 
 The neural codecs (e.g. :mod:`dqcodec.models.hdq_codec`, convolutional transforms) are coded by
-the network itself, in float64 so that decoded pixels do not depend on the machine's threading
-(float32 convolutions differ by ~1e-9 between thread counts, enough to flip a rounded 8-bit pixel
-now and then). Needs torch (``pip install "dqcodec[train]"``); the registry names this runtime in
+the network itself, in the dtype the network names (``coding_dtype``; float64 by default), so
+that decoded pixels do not depend on the machine's threading: float32 convolutions differ by
+~1e-9 between thread counts, enough to flip a rounded 8-bit pixel now and then. A network that
+must decode faster than float64 allows names float32: its indices stay exact (they never pass
+through the network), only such rare pixel flips remain (README says how rare). Needs torch (``pip install "dqcodec[train]"``); the registry names this runtime in
 the entries of such architectures (:mod:`dqcodec.models.registry`).
 """
 
@@ -15,11 +17,14 @@ from dqcodec.models.interface import CompressedLevels, LevelSpec
 
 
 class TorchRuntime:
-    """A model file's network (float64, eval mode, never modified after) with numpy in and out."""
+    """A model file's network (in its ``coding_dtype``, eval mode, never modified after) with
+    numpy in and out."""
 
     def __init__(self, arrays: dict[str, np.ndarray], info: dict):
         """``arrays``: the model file's tensors as stored; ``info``: its JSON description."""
-        self.network = registry.build_network(arrays, info, f"model {info['name']!r}").double()
+        network = registry.build_network(arrays, info, f"model {info['name']!r}")
+        self.dtype = getattr(network, "coding_dtype", torch.float64)
+        self.network = network.to(self.dtype)
         self.lossless = bool(getattr(self.network, "lossless", False))  # decodes to the original pixels
 
     @property
@@ -42,11 +47,12 @@ class TorchRuntime:
     def compress(self, image: np.ndarray, rate_lambda: float | None = None) -> CompressedLevels:
         """(B, 3, H, W) float64 image in [0, 1] -> the network's levels of indices, chosen with
         ``rate_lambda`` (pixel units; None: the model's own, and the only choice of a lossless model)."""
+        pixels = torch.from_numpy(image).to(self.dtype)
         if rate_lambda is None:
-            return self.network.compress(torch.from_numpy(image))
-        return self.network.compress(torch.from_numpy(image), rate_lambda)
+            return self.network.compress(pixels)
+        return self.network.compress(pixels, rate_lambda)
 
     @torch.no_grad()
     def decompress(self, levels: CompressedLevels) -> np.ndarray:
         """Levels of indices -> (B, 3, H, W) float64 image clamped to [0, 1]."""
-        return self.network.decompress(levels).numpy()
+        return self.network.decompress(levels).double().numpy()
