@@ -71,9 +71,7 @@ class HierarchicalDQCodec(nn.Module):
         self.config = config
         self.analysis = ConvAnalysis(config.channels, config.latent_channels)
         self.coarse_analysis = CoarseAnalysis(config.latent_channels, config.channels, config.coarse_channels)
-        self.fine_quantizer = DepthwiseQuantizer(
-            config.latent_channels, config.num_codebooks, config.codebook_size, config.code_dim, rate_gradient=True
-        )
+        self.fine_quantizer = self._fine_quantizer(config)
         # No commitment loss on the coarse level: its latent reaches the image only through the
         # nonlinear branch, which starts at zero, so the commitment term alone would pull every
         # coarse latent onto one code (measured: perplexity 9 -> 1.1 in 120 steps) before the
@@ -84,16 +82,26 @@ class HierarchicalDQCodec(nn.Module):
         self.coarse_synthesis = CoarseSynthesis(self.coarse_quantizer.out_channels, config.channels)
         self.synthesis = ConvSynthesis(self.fine_quantizer.out_channels, config.channels, config.channels)
         self.coarse_entropy = ContextIndexModel(config.coarse_codebooks, config.coarse_codebook_size)
-        self.fine_entropy = CoarseConditionedIndexModel(
-            config.num_codebooks, config.codebook_size, COARSE, config.coarse_codebooks,
-            config.coarse_codebook_size, COARSE_FACTOR, config.coarse_buckets, config.predicted_codebooks,
-        )
+        self.fine_entropy = self._fine_entropy(config)
         # (fine, coarse) pixel squared error per squared error of one latent dimension.
         self.register_buffer("synthesis_gains", torch.ones(2))
         # Set by the training recipe before a pass that re-measures the gains (that pass resets
         # it): the weight kept by the old gains (0: replace them); None: no measurement.
         self.gain_update: float | None = None
         self._set_assignment_lambdas()
+
+    @staticmethod
+    def _fine_quantizer(config: HDQConfig) -> DepthwiseQuantizer:
+        return DepthwiseQuantizer(
+            config.latent_channels, config.num_codebooks, config.codebook_size, config.code_dim, rate_gradient=True
+        )
+
+    @staticmethod
+    def _fine_entropy(config: HDQConfig) -> CoarseConditionedIndexModel:
+        return CoarseConditionedIndexModel(
+            config.num_codebooks, config.codebook_size, COARSE, config.coarse_codebooks,
+            config.coarse_codebook_size, COARSE_FACTOR, config.coarse_buckets, config.predicted_codebooks,
+        )
 
     @property
     def padding_multiple(self) -> int:
@@ -119,6 +127,17 @@ class HierarchicalDQCodec(nn.Module):
     def set_rate_lambda(self, rate_lambda: float) -> None:
         """Change the rate-distortion trade-off (``--init-from`` with another ``--lambda``)."""
         self.config.rate_lambda = rate_lambda
+        self._set_assignment_lambdas()
+
+    def set_codebook_size(self, codebook_size: int) -> None:
+        """K codes per fine codebook (``--init-from`` with another ``--codebook-size``). The
+        projections stay; the codebooks and the fine tables start anew, to be fitted (the
+        training recipe refits the codebooks of a model started with a new size or lambda)."""
+        projection = self.fine_quantizer.projection.state_dict()
+        self.config.codebook_size = codebook_size
+        self.fine_quantizer = self._fine_quantizer(self.config)
+        self.fine_quantizer.projection.load_state_dict(projection)
+        self.fine_entropy = self._fine_entropy(self.config)
         self._set_assignment_lambdas()
 
     def reconstruct(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:

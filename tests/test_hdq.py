@@ -58,6 +58,32 @@ def test_training_logs_exports_and_describes_the_model(tiny_model):
     assert {"fine_gain", "coarse_gain", "perplexity", "coarse_perplexity"} <= set(log[-1])
 
 
+def test_a_new_lambda_and_codebook_size_refit_the_fine_codebooks_of_a_trained_model(tiny_model, tmp_path):
+    """--init-from with another --lambda / --codebook-size: another rate level from the same transforms."""
+    stem, data = tiny_model
+    export = ["--export", "hdq-tiny-k8", "--family", "hdq-test", "--quality", "2", "--weights-dir", str(tmp_path / "w"),
+              "--measure-images", "0"]
+    assert main(tiny_run(tmp_path / "run", data, 0, "--init-from", str(stem), "--codebook-size", "8", "--lambda", "1e-4",
+                         *export)) == 0
+    start, new = (registry.load_checkpoint(path)[0] for path in (stem, tmp_path / "w" / "hdq-tiny-k8"))
+    info = json.loads((tmp_path / "w" / "hdq-tiny-k8.json").read_text())
+    assert info["training"]["init_from"]["changed"] == {"codebook_size": 8, "rate_lambda": 1e-4}
+    assert new.fine_quantizer.codebooks.shape == (4, 8, 2)
+    for name in ("analysis", "synthesis", "coarse_analysis", "coarse_synthesis"):
+        old_state, new_state = getattr(start, name).state_dict(), getattr(new, name).state_dict()
+        assert all(torch.equal(old_state[key], new_state[key]) for key in old_state)
+    assert torch.equal(start.fine_quantizer.projection.weight, new.fine_quantizer.projection.weight)
+    image = torch.from_numpy(np.asarray(Image.open(data / "0.png"))[:64, :64].copy()).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        slices = new.fine_quantizer.project(new.analysis(image)).permute(1, 0, 3, 4, 2).reshape(4, -1, 2)
+        fitted = torch.cdist(slices, new.fine_quantizer.codebooks).amin(dim=-1).pow(2).mean()
+        unfitted = torch.cdist(slices, HierarchicalDQCodec(new.config).fine_quantizer.codebooks).amin(dim=-1).pow(2).mean()
+    assert fitted < 0.5 * unfitted
+    pixels = np.asarray(Image.open(data / "1.png"))
+    decoded = np.asarray(dqcodec.decode(dqcodec.encode(pixels, model=str(tmp_path / "w" / "hdq-tiny-k8.json"))))
+    assert decoded.shape == pixels.shape
+
+
 def test_round_trip_is_exact_and_two_streams_match_the_estimate(tiny_model):
     stem, data = tiny_model
     pixels = np.asarray(Image.open(data / "0.png"))

@@ -122,24 +122,25 @@ def run_train(args: argparse.Namespace) -> int:
     config_given = _pick(sources["config"], given)
     if loop.init_from is not None:
         net, start_info = load_start_model(loop.init_from, ARCHITECTURES[recipe.architecture].network)
-        _apply_init_from(net, recipe, sources, config_given, given)
+        changed = _apply_init_from(net, recipe, sources, config_given, given)
     else:
         try:
             config = sources["config"](**config_given)
         except ValueError as error:  # a config that checks its own values (e.g. dqae's per-level lists)
             raise DQCodecError(str(error)) from None
         torch.manual_seed(loop.seed)  # the initial weights of a fresh network follow --seed
-        net, start_info = ARCHITECTURES[recipe.architecture].network(config), None
+        net, start_info, changed = ARCHITECTURES[recipe.architecture].network(config), None, ()
     if getattr(net.config, "rate_lambda", 1.0) <= 0:  # codecs; a likelihood model (dqae) has no lambda
         raise DQCodecError("--lambda must be positive")
     _check_run_folder(loop, args.arch, net.config, options)
     torch.set_num_threads(loop.threads)
     started = time.time()
-    net = train(net, recipe, options, loop, fresh=loop.init_from is None)
+    net = train(net, recipe, options, loop, fresh=loop.init_from is None, changed=changed)
     if not hasattr(net, "compress"):
         args.measure_images = 0  # a likelihood model (dqae) writes no files to measure on Kodak
     if args.export:
-        history = {"init_from": {"model": start_info["name"], "training": start_info.get("training", {})}} if start_info else {}
+        history = {"init_from": {"model": start_info["name"], "changed": {name: getattr(net.config, name) for name in changed},
+                                 "training": start_info.get("training", {})}} if start_info else {}
         export_and_measure(args, recipe.summarize(net.config), started,
                            lambda stem, info: export(net, recipe, options, loop, stem, info), history)
     return 0
@@ -167,12 +168,15 @@ def _refuse_foreign_options(arch: str, given: dict) -> None:
         raise DQCodecError(f"--{foreign[0].replace('_', '-')} is not an option of --arch {arch}")
 
 
-def _apply_init_from(net, recipe, sources: dict, config_given: dict, given: dict) -> None:
-    """Honour the architecture options given with --init-from, or refuse them in one line."""
+def _apply_init_from(net, recipe, sources: dict, config_given: dict, given: dict) -> tuple[str, ...]:
+    """Honour the architecture options given with --init-from, or refuse them in one line;
+    returns the names of the config fields that changed."""
+    changed = []
     for name, value in config_given.items():
         current = getattr(net.config, name)
         if value == current:
             continue
+        changed.append(name)
         if name not in recipe.mutable:
             flag = _flag(next(f for f in dataclasses.fields(sources["config"]) if f.name == name))
             raise DQCodecError(f"{flag} {value} differs from the --init-from model's {current}; "
@@ -181,6 +185,7 @@ def _apply_init_from(net, recipe, sources: dict, config_given: dict, given: dict
     for item in dataclasses.fields(sources["options"]):
         if item.metadata.get("init_only") and item.name in given:
             raise DQCodecError(f"{_flag(item)} acts on a fresh start only; the --init-from model is already initialised")
+    return tuple(changed)
 
 
 def _check_run_folder(loop, arch: str, config, options) -> None:

@@ -67,9 +67,12 @@ def rd_loss(out, batch: torch.Tensor, rate_lambda: float) -> tuple[torch.Tensor,
     return (sse + rate_lambda * out.bits.float().sum()) / pixels + out.quantizer_loss.float(), sse
 
 
-def train(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, fresh: bool, log=print) -> nn.Module:
-    """Train ``net`` (fresh: initialised by the recipe first) for ``loop.steps`` in total, resuming
-    from ``loop.out/state.*`` when it exists; returns the trained network (in train mode, on the CPU)."""
+def train(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, fresh: bool, log=print,
+          changed: tuple[str, ...] = ()) -> nn.Module:
+    """Train ``net`` for ``loop.steps`` in total, resuming from ``loop.out/state.*`` when it exists;
+    returns the trained network (in train mode, on the CPU). A new run first initialises a
+    ``fresh`` network by the recipe, or adapts a network started from a model whose config
+    fields ``changed`` (``Recipe.adapt``)."""
     rank, world = _distributed_rank()
     torch.manual_seed(loop.seed)
     generator = torch.Generator().manual_seed(loop.seed)
@@ -85,6 +88,8 @@ def train(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, fresh: bool
     else:
         if fresh:
             recipe.initialise(net, options, files, generator, log)
+        elif changed:
+            recipe.adapt(net, options, files, generator, log, changed)
         step = 0
         if rank == 0:
             save_state(state_path, net, optimizer, step, generator)

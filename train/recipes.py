@@ -59,6 +59,8 @@ class Recipe:
     """How to train one architecture with :func:`dqcodec.train.loop.train`.
 
     initialise(net, options, files, generator, log): set a fresh network's weights from the data.
+    adapt(net, options, files, generator, log, changed): fit what the config fields ``changed``
+        (e.g. a new lambda) invalidate in a network started from a model (``--init-from``).
     before_step(net, options, step, total_steps, fresh): called before every optimisation step;
         ``fresh`` is False for a run that started from a model (``--init-from``).
     finish(net, options, files): prepare the trained network for export (integer tables).
@@ -80,6 +82,7 @@ class Recipe:
     finish: Callable
     describe: Callable
     estimate: str  # what CodecOutput.bits is, for the log
+    adapt: Callable = _nothing
     before_step: Callable = _nothing
     summarize: Callable = _config_summary
     loop_defaults: dict = field(default_factory=dict)
@@ -220,9 +223,10 @@ class HDQOptions:
     """Start, gain tracking and table fit of the hierarchical DQ codec (``--arch hdq``)."""
 
     init_crops: int = option(
-        256, "training crops whose 16 x 16 blocks give the block PCA and seed the codebooks", init_only=True
+        256, "training crops whose 16 x 16 blocks give the block PCA and seed the codebooks (also the crops the "
+        "fine codebooks are refitted on when --init-from comes with a new --lambda or --codebook-size)"
     )
-    ecvq_iterations: int = option(15, "Lloyd iterations of the fine codebooks (the first third without rate)", init_only=True)
+    ecvq_iterations: int = option(15, "Lloyd iterations of the fine codebooks (the first third without rate)")
     gain_every: int = option(25, "steps between measurements of the synthesis gains (lambda in latent units)")
     table_crops: int = option(192, "training crops the context tables are counted over at export")
     fit_crop: int = option(256, "size in pixels of the crops that start the network and count the tables")
@@ -257,14 +261,39 @@ def _initialise_hdq(net: nn.Module, options: HDQOptions, files: list[Path], gene
     net.eval()  # no codebook update on the gain measurement
     net.gain_update = 0.0
     net(crops[:8])
-    plain = lloyd(fine_points, start, options.ecvq_iterations // 3, chunk=8192)
-    fitted = lloyd(fine_points, plain.centres, options.ecvq_iterations - options.ecvq_iterations // 3,
-                   net.rate_lambdas()[0], plain.counts.clamp_min(1e-3), chunk=8192)
-    # Unused codes keep a tiny count: the rate term keeps them out of use, yet they stay valid.
-    fine.load_codebooks(fitted.centres, fitted.counts.clamp_min(1e-3))
-    used = (fitted.counts > 0).sum(dim=1).float().mean().item()
+    used = _fit_fine_codebooks(net, options, fine_points, start)
     log(f"initialised: block PCA of 16 x 16 blocks on {len(crops)} crops, fine codebooks by ECVQ (mean {used:.0f} "
         f"codes in use), synthesis gains {net.synthesis_gains[0]:.3g} (fine), {net.synthesis_gains[1]:.3g} (coarse)")
+
+
+def _fit_fine_codebooks(net: nn.Module, options: HDQOptions, points: torch.Tensor, start: torch.Tensor) -> float:
+    """Fit the fine codebooks to (M, N, D) ``points`` from (M, K, D) ``start`` by Lloyd iterations,
+    the first third plain, the rest entropy-constrained at the network's lambda; returns the
+    mean number of codes in use."""
+    plain = lloyd(points, start, options.ecvq_iterations // 3, chunk=8192)
+    fitted = lloyd(points, plain.centres, options.ecvq_iterations - options.ecvq_iterations // 3,
+                   net.rate_lambdas()[0], plain.counts.clamp_min(1e-3), chunk=8192)
+    # Unused codes keep a tiny count: the rate term keeps them out of use, yet they stay valid.
+    net.fine_quantizer.load_codebooks(fitted.centres, fitted.counts.clamp_min(1e-3))
+    return (fitted.counts > 0).sum(dim=1).float().mean().item()
+
+
+@torch.no_grad()
+def _adapt_hdq(net: nn.Module, options: HDQOptions, files: list[Path], generator: torch.Generator, log,
+               changed: tuple[str, ...]) -> None:
+    """A model started with a new lambda or codebook size (``--init-from``): its fine codebooks
+    are fitted anew, by the Lloyd iterations of a fresh start, on its own latents of
+    ``init_crops`` training crops. This makes another rate level from a trained network in
+    minutes: its transforms serve other rates better than a block start does."""
+    if not {"rate_lambda", "codebook_size"} & set(changed):
+        return
+    net.eval()
+    crops = _crops(files, options.init_crops, options.fit_crop, int(torch.randint(0, 2**31, (1,), generator=generator)))
+    latent = torch.cat([net.analysis(batch) for batch in crops.split(16)])
+    points = _slice_points(net.fine_quantizer, latent)
+    used = _fit_fine_codebooks(net, options, points, sample_centres(points, net.config.codebook_size, generator))
+    log(f"fine codebooks fitted anew for lambda {net.config.rate_lambda}, K {net.config.codebook_size} on "
+        f"{len(crops)} crops (mean {used:.0f} codes in use)")
 
 
 def _slice_points(quantizer, features: torch.Tensor) -> torch.Tensor:
@@ -392,6 +421,8 @@ RECIPES: dict[str, Recipe] = {
         initialise=_initialise_hdq,
         finish=_fit_hdq_tables,
         describe=_describe_hdq,
+        adapt=_adapt_hdq,
+        mutable=("rate_lambda", "codebook_size"),
         estimate="marginal-rate ECVQ estimate of both levels",
         before_step=_before_hdq_step,
         summarize=lambda c: (f"hierarchical DQ codec, fine M={c.num_codebooks} K={c.codebook_size} D={c.code_dim} "
