@@ -191,8 +191,10 @@ class CodebookQuantizer(nn.Module):
         """Sort each codebook's codes by ``usage`` (M, K), most used first; drop unused ones.
 
         Dropped codes get a zero EMA count, which keeps them out of every later assignment.
+        The sort is stable, so pruning again by the same usage leaves the codes where they are
+        (levels that share a network keep identical coarse codes).
         """
-        order = usage.argsort(dim=1, descending=True)
+        order = usage.argsort(dim=1, descending=True, stable=True)
         self.load_codebooks(self.codebooks.gather(1, order[..., None].expand(-1, -1, self.code_dim)), usage.gather(1, order))
 
     @torch.no_grad()

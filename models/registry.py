@@ -89,6 +89,9 @@ class Architecture:
         whose tables are stored cut to each codebook's alphabet.
     half_precision: state-dict prefixes of float tensors stored as float16 (convolution weights,
         where float16 costs nothing measurable and halves the file); the rest stays float32.
+    shareable: state-dict prefixes of the tensors that the levels of one family may share (the
+        transforms of levels that differ only in codebooks and tables): saved with ``shared``,
+        they are stored once, in a shared weights file beside the models (:func:`save_model`).
     """
 
     network_class: type | str
@@ -98,6 +101,7 @@ class Architecture:
     packed_tables: tuple[str, ...] = ()
     fingerprint: Callable[[bytes, dict], bytes] = standard_fingerprint
     half_precision: tuple[str, ...] = ()
+    shareable: tuple[str, ...] = ()
 
     @property
     def network(self) -> type:
@@ -136,6 +140,10 @@ ARCHITECTURES: dict[str, Architecture] = {
         packed_tables=("coarse_entropy", "fine_entropy"),
         half_precision=("analysis.", "coarse_analysis.", "synthesis.", "coarse_synthesis.",
                         "fine_quantizer.projection.", "coarse_quantizer.projection."),
+        # Levels refitted from one network (--init-from with a new --lambda or --codebook-size)
+        # differ only in their fine codebooks and tables.
+        shareable=("analysis.", "coarse_analysis.", "synthesis.", "coarse_synthesis.", "fine_quantizer.projection.",
+                   "coarse_quantizer.", "coarse_entropy.", "synthesis_gains"),
     ),
     "DQAE": Architecture("dqcodec.models.dqae:DQAE", "dqcodec.models.dqae:DQAEConfig"),  # a likelihood model (no compress): trained and stored, not coded
     # The same network with its index priors, coded losslessly (made by 'dqcodec export-lossless').
@@ -185,9 +193,16 @@ def model_names(weights_dir: Path = WEIGHTS_DIR) -> list[str]:
     return [m["name"] for m in list_models(weights_dir)]
 
 
-def save_model(model: nn.Module, stem: Path, info: dict) -> None:
+def save_model(model: nn.Module, stem: Path, info: dict, shared: str | None = None) -> None:
     """Write ``stem.safetensors`` and ``stem.json`` as the model's architecture stores them;
-    ``info`` needs name, family, quality."""
+    ``info`` needs name, family, quality.
+
+    shared: the name of a shared weights file ``<stem's folder>/<shared>.safetensors`` that gets
+        the architecture's shareable tensors (written when it does not exist yet; when it does,
+        they must be identical to what it holds); the model's own file keeps the rest and its
+        JSON names the shared file (``"shared_weights"``).
+    Raises ValueError when ``shared`` is not a plain name, or its file holds other tensors.
+    """
     name = architecture_name(model)
     architecture = ARCHITECTURES[name]
     tensors = {}
@@ -199,23 +214,62 @@ def save_model(model: nn.Module, stem: Path, info: dict) -> None:
     for prefix in architecture.packed_tables:
         tensors[f"{prefix}.frequencies"] = pack_tables(tensors[f"{prefix}.frequencies"], tensors[f"{prefix}.alphabet_sizes"])
     stem.parent.mkdir(parents=True, exist_ok=True)
+    if shared is not None:
+        tensors = _share(tensors, architecture.shareable, Path(stem).parent, shared)
+        info = {**info, "shared_weights": shared}
     Path(f"{stem}.safetensors").write_bytes(save_safetensors_bytes(tensors))
     description = {"architecture": name, "config": asdict(model.config), **info}
     Path(f"{stem}.json").write_text(json.dumps(description, indent=2) + "\n")
     clear_cache()
 
 
+def _share(tensors: dict[str, np.ndarray], prefixes: tuple[str, ...], folder: Path, shared: str) -> dict[str, np.ndarray]:
+    """Move the tensors under ``prefixes`` to the shared file ``folder/shared.safetensors`` (or
+    check that they equal its contents); returns the tensors left for the model's own file."""
+    if not shared or Path(shared).name != shared or not prefixes:
+        raise ValueError(f"shared weights {shared!r}: need a file name (no folder) and an architecture that shares tensors")
+    common = {key: array for key, array in tensors.items() if key.startswith(prefixes)}
+    path = folder / f"{shared}.safetensors"
+    if path.is_file():
+        existing = load_safetensors_bytes(path.read_bytes())
+        for key in sorted(set(common) | set(existing)):
+            if key not in common or key not in existing or existing[key].dtype != common[key].dtype \
+                    or not np.array_equal(existing[key], common[key]):
+                raise ValueError(f"tensor {key} differs from the shared weights {path}: not a level of the same network")
+    else:
+        path.write_bytes(save_safetensors_bytes(common))
+    return {key: array for key, array in tensors.items() if key not in common}
+
+
+def _weight_bytes(stem: Path, info: dict) -> tuple[bytes, bytes]:
+    """(the model's own safetensors bytes, its shared weights' bytes or b"")."""
+    own = Path(f"{stem}.safetensors").read_bytes()
+    shared = info.get("shared_weights")
+    if shared is None:
+        return own, b""
+    if not isinstance(shared, str) or Path(shared).name != shared:
+        raise ValueError(f"{stem}.json: shared_weights must name a file beside it, not {shared!r}")
+    return own, (Path(stem).parent / f"{shared}.safetensors").read_bytes()
+
+
 def read_model(stem: Path) -> tuple[dict[str, np.ndarray], dict, bytes]:
-    """Read ``stem.safetensors`` + ``stem.json`` -> (arrays as stored, info, fingerprint); no torch.
+    """Read ``stem.safetensors`` + ``stem.json`` (and the shared weights its JSON names) ->
+    (arrays as stored, info, fingerprint); no torch. The fingerprint covers the shared weights.
 
     Raises FileNotFoundError or ValueError when the files are missing or name no known architecture.
     """
-    weight_bytes = Path(f"{stem}.safetensors").read_bytes()
     info = json.loads(Path(f"{stem}.json").read_text())
     if info.get("architecture") not in ARCHITECTURES:
         raise ValueError(f"{stem}.json: unknown architecture {info.get('architecture')!r}")
     architecture = ARCHITECTURES[info["architecture"]]
-    return load_safetensors_bytes(weight_bytes), info, architecture.fingerprint(weight_bytes, info["config"])
+    own, shared = _weight_bytes(stem, info)
+    arrays = load_safetensors_bytes(own)
+    if shared:
+        common = load_safetensors_bytes(shared)
+        if set(common) & set(arrays):
+            raise ValueError(f"{stem}.safetensors repeats tensors of its shared weights {info['shared_weights']}")
+        arrays = {**common, **arrays}
+    return arrays, info, architecture.fingerprint(own + shared, info["config"])
 
 
 def build_network(arrays: dict[str, np.ndarray], info: dict, source: str = "model") -> nn.Module:
@@ -260,7 +314,7 @@ def file_fingerprint(stem: Path) -> bytes:
     architecture = ARCHITECTURES.get(info.get("architecture"))
     if architecture is None:
         raise ValueError(f"{stem}.json: unknown architecture {info.get('architecture')!r}")
-    return architecture.fingerprint(Path(f"{stem}.safetensors").read_bytes(), info["config"])
+    return architecture.fingerprint(b"".join(_weight_bytes(stem, info)), info["config"])
 
 
 # Checkpoints outside the package that this process was asked to use: model name -> stems.

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.numpy import load_file, save
 
 import dqcodec
 from dqcodec.codec.cli import main
@@ -82,6 +83,39 @@ def test_a_new_lambda_and_codebook_size_refit_the_fine_codebooks_of_a_trained_mo
     pixels = np.asarray(Image.open(data / "1.png"))
     decoded = np.asarray(dqcodec.decode(dqcodec.encode(pixels, model=str(tmp_path / "w" / "hdq-tiny-k8.json"))))
     assert decoded.shape == pixels.shape
+
+
+def test_levels_refitted_from_one_network_store_it_once(tiny_model, tmp_path, capsys):
+    stem, data = tiny_model
+    weights = tmp_path / "w"
+
+    def level(name: str, *changes: str, source=stem) -> list[str]:
+        return tiny_run(tmp_path / f"run-{name}", data, 0, "--init-from", str(source), *changes, "--export", name,
+                        "--family", "hdq-test", "--quality", "1", "--weights-dir", str(weights), "--measure-images", "0",
+                        "--share-weights", "hdq-test-shared")
+
+    assert main(level("low")) == 0
+    assert main(level("high", "--codebook-size", "8", "--lambda", "1e-4")) == 0
+    shared = load_file(weights / "hdq-test-shared.safetensors")
+    assert "analysis.linear.weight" in shared and not any(key.startswith("fine_") and "projection" not in key for key in shared)
+    own = load_file(weights / "high.safetensors")
+    assert set(own) & set(shared) == set() and "fine_quantizer.codebooks" in own
+    assert json.loads((weights / "high.json").read_text())["shared_weights"] == "hdq-test-shared"
+    pixels = np.asarray(Image.open(data / "2.png"))
+    files = {name: dqcodec.encode(pixels, model=str(weights / f"{name}.json")) for name in ("low", "high")}
+    decoded = {name: np.asarray(dqcodec.decode(data)) for name, data in files.items()}
+    assert all(image.shape == pixels.shape for image in decoded.values())
+    assert registry.file_fingerprint(weights / "low") != registry.file_fingerprint(weights / "high")
+    # Another network cannot join: one line, exit status 2, nothing written.
+    assert main(tiny_run(tmp_path / "run-other", data, 1, "--export", "other", "--family", "hdq-test", "--quality", "3",
+                         "--weights-dir", str(weights), "--measure-images", "0", "--share-weights", "hdq-test-shared")) == 2
+    assert "differs from the shared weights" in capsys.readouterr().err and not (weights / "other.json").exists()
+    # The shared weights are part of each level's fingerprint: changed, its files are refused.
+    changed = {**shared, "synthesis_gains": shared["synthesis_gains"] * 2}
+    (weights / "hdq-test-shared.safetensors").write_bytes(save(changed))
+    registry.clear_cache()
+    with pytest.raises(dqcodec.DQCodecError, match="fingerprint"):
+        dqcodec.decode(files["low"])
 
 
 def test_round_trip_is_exact_and_two_streams_match_the_estimate(tiny_model):

@@ -142,7 +142,7 @@ def run_train(args: argparse.Namespace) -> int:
         history = {"init_from": {"model": start_info["name"], "changed": {name: getattr(net.config, name) for name in changed},
                                  "training": start_info.get("training", {})}} if start_info else {}
         export_and_measure(args, recipe.summarize(net.config), started,
-                           lambda stem, info: export(net, recipe, options, loop, stem, info), history)
+                           lambda stem, info: export(net, recipe, options, loop, stem, info, args.share_weights), history)
     return 0
 
 
@@ -162,7 +162,7 @@ def _pick(source: type, given: dict) -> dict:
 def _refuse_foreign_options(arch: str, given: dict) -> None:
     """An option of another architecture is an error, not silently ignored."""
     known = {item.name for source in _sources(arch).values() for item in dataclasses.fields(source)}
-    export = {"export", "family", "quality", "weights_dir", "measure_images"}
+    export = {"export", "family", "quality", "weights_dir", "measure_images", "share_weights"}
     foreign = sorted(key for key in given if key not in known | export)
     if foreign:
         raise DQCodecError(f"--{foreign[0].replace('_', '-')} is not an option of --arch {arch}")
@@ -222,7 +222,10 @@ def export_and_measure(args: argparse.Namespace, description: str, started: floa
         "training": {"machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads", **history},
     }
     stem = (args.weights_dir or WEIGHTS_DIR) / args.export
-    export(stem, info)
+    try:
+        export(stem, info)
+    except ValueError as error:  # --share-weights that name another network's transforms
+        raise DQCodecError(f"--export {args.export}: {error}") from None
     model = json.loads(Path(f"{stem}.json").read_text())
     model["training"]["minutes_this_run"] = round((time.time() - started) / 60, 1)
     if args.measure_images > 0:
@@ -241,6 +244,9 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--quality", type=int, default=None, help="quality level for --export")
     group.add_argument("--weights-dir", type=Path, default=None,
                        help="where --export writes NAME.safetensors/.json (default: the package's shipped models)")
+    group.add_argument("--share-weights", metavar="SHARED", default=None,
+                       help="store the transforms once, in SHARED.safetensors beside the model, for the levels of a family "
+                            "refitted from one network (hdq); the file is written by the first level and checked by the others")
     group.add_argument("--measure-images", type=int, default=24,
                        help="Kodak images to measure the exported model on (default 24, all; 0 skips)")
 

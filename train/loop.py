@@ -175,8 +175,10 @@ def validate(net: nn.Module, files: list[Path]) -> dict:
     return {"psnr": float(np.mean(psnrs)), "bpp_estimate": float(np.mean(bpps))}
 
 
-def export(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, stem: Path, info: dict) -> None:
-    """Finish the network for coding (the recipe's tables), then save it as model ``stem``."""
+def export(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, stem: Path, info: dict,
+           shared: str | None = None) -> None:
+    """Finish the network for coding (the recipe's tables), then save it as model ``stem``
+    (its shareable tensors in the shared weights file ``shared``, see ``registry.save_model``)."""
     net.eval()
     data = recipe.data(options, loop)
     recipe.finish(net, options, data.files)
@@ -191,7 +193,7 @@ def export(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, stem: Path
     training = {"data": data.describe(), "recipe": described,
                 **used_options, **settings, **info.get("training", {}),
                 "throughput": {**speed, "device": loop.device, "threads": loop.threads, "processes": _distributed_rank()[1]}}
-    save_model(net, stem, {**info, "training": training})
+    save_model(net, stem, {**info, "training": training}, shared)
 
 
 def _move_optimizer(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
