@@ -19,7 +19,9 @@ import itertools
 
 import numpy as np
 
-from dqcodec.models.context_tables import CONTEXTS_PER_PHASE, NUM_PHASES, StoredContextTables, choose_indices, unpack_tables
+from dqcodec.models.context_tables import (
+    CONTEXTS_PER_PHASE, NUM_PHASES, ROWS_SUFFIX, StoredContextTables, choose_indices, unpack_tables,
+)
 from dqcodec.models.interface import CompressedLevels, IndexLevel, LevelSpec
 
 LEVEL_NAME = "blocks"
@@ -88,7 +90,8 @@ class BlockRuntime:
             num_predicted=int(config["predicted_codebooks"]),
             code_class=arrays["entropy.code_class"].astype(np.int32),
             code_level=arrays["entropy.code_level"].astype(np.int32),
-            frequencies=unpack_tables(arrays["entropy.frequencies"], sizes, (num_codebooks, NUM_PHASES, CONTEXTS_PER_PHASE, codebook_size)).astype(np.int32),
+            frequencies=unpack_tables(arrays["entropy.frequencies"], sizes, (num_codebooks, NUM_PHASES, CONTEXTS_PER_PHASE, codebook_size),
+                                      arrays.get(f"entropy.{ROWS_SUFFIX}")).astype(np.int32),
             alphabet_sizes=sizes,
         )
         self.nearest_first_rows = self._holds_guard_codes()

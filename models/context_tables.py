@@ -280,29 +280,45 @@ def quantize_table(counts: np.ndarray) -> np.ndarray:
     return (np.floor(probs * (TABLE_PRECISION - k)) + 1).astype(np.int32)
 
 
-# How the tables are stored in a model file: narrowed integer types, and each codebook's tables
-# cut to its alphabet (most codebooks use a handful of codes: this keeps shipped files small).
+# How the tables are stored in a model file: narrowed integer types, each codebook's tables cut
+# to its alphabet (most codebooks use a handful of codes), and each distinct table of a codebook
+# stored once, with the row every (phase, context) reads (``ROWS_SUFFIX``): contexts never seen
+# in training all hold one table, over half of an hdq model's. This keeps shipped files small.
 STORAGE_DTYPES = {"frequencies": np.uint16, "code_class": np.uint8, "code_level": np.int32}
+ROWS_SUFFIX = "table_rows"
 
 
-def pack_tables(tables: np.ndarray, alphabet_sizes: np.ndarray) -> np.ndarray:
-    """(M, P, C, K) tables -> 1-D array of each codebook's (P, C, K_m) part."""
-    return np.concatenate([tables[m, :, :, :size].ravel() for m, size in enumerate(alphabet_sizes)])
+def pack_tables(tables: np.ndarray, alphabet_sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(M, P, C, K) tables -> (1-D array of each codebook's distinct (K_m,) tables, in sorted
+    order, codebook after codebook; (M, P, C) uint16 row of its codebook's tables each reads)."""
+    packed, rows = [], []
+    for m, size in enumerate(alphabet_sizes):
+        distinct, row = np.unique(tables[m, :, :, :size].reshape(-1, size), axis=0, return_inverse=True)
+        packed.append(distinct.ravel())
+        rows.append(row.reshape(tables.shape[1:3]))
+    return np.concatenate(packed), np.stack(rows).astype(np.uint16)
 
 
-def unpack_tables(packed: np.ndarray, alphabet_sizes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def unpack_tables(packed: np.ndarray, alphabet_sizes: np.ndarray, shape: tuple[int, ...],
+                  rows: np.ndarray | None = None) -> np.ndarray:
     """Inverse of :func:`pack_tables`; entries beyond each alphabet are 1 (never used).
+    ``rows`` None: the layout of model files from before the distinct tables (every table
+    stored, in (P, C) order), which still decode.
 
-    Raises ValueError when ``packed`` does not fit ``alphabet_sizes`` and ``shape``.
+    Raises ValueError when ``packed`` does not fit ``alphabet_sizes``, ``shape`` and ``rows``.
     """
     m_count, phases, contexts, k_count = shape
     sizes = [int(size) for size in alphabet_sizes]
-    if len(sizes) != m_count or max(sizes) > k_count or packed.size != phases * contexts * sum(sizes):
+    if rows is None:
+        rows = np.broadcast_to(np.arange(phases * contexts).reshape(phases, contexts), (m_count, phases, contexts))
+    if len(sizes) != m_count or max(sizes) > k_count or rows.shape != (m_count, phases, contexts):
+        raise ValueError("entropy tables do not match the model configuration")
+    counts = [int(rows[m].max()) + 1 for m in range(m_count)]
+    if packed.size != sum(count * size for count, size in zip(counts, sizes)):
         raise ValueError("entropy tables do not match the model configuration")
     tables = np.ones(shape, dtype=packed.dtype)
     offset = 0
-    for m, size in enumerate(sizes):
-        count = phases * contexts * size
-        tables[m, :, :, :size] = packed[offset : offset + count].reshape(phases, contexts, size)
-        offset += count
+    for m, (count, size) in enumerate(zip(counts, sizes)):
+        tables[m, :, :, :size] = packed[offset : offset + count * size].reshape(count, size)[rows[m]]
+        offset += count * size
     return tables

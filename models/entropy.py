@@ -66,9 +66,14 @@ class ContextIndexModel(nn.Module, ContextTables):
         self.code_level.copy_((codebooks[:, :, 0] * LEVEL_SCALE).round().int())
 
     @torch.no_grad()
-    def fit(self, index_batches: Iterable[tuple[np.ndarray, Side]], prior_count: float = 0.05) -> None:
+    def fit(self, index_batches: Iterable[tuple[np.ndarray, Side]], prior_count: float = 0.05, backoff: int = 0) -> None:
         """Count the tables over (indices (B, M, H, W), side) pairs of training data (after
-        :meth:`set_codes`); ``prior_count`` is added to every cell, so unseen symbols stay codable."""
+        :meth:`set_codes`); ``prior_count`` is added to every cell, so unseen symbols stay codable.
+
+        backoff: a context seen fewer times than this takes its codebook's table of that phase
+            (all its contexts counted together): a table counted from a handful of symbols codes
+            new images no better, and the identical tables are stored once (``pack_tables``).
+        """
         m_count, _, context_count, k_count = self.frequencies.shape
         cells = context_count * k_count
         counts = np.zeros((m_count, NUM_PHASES, cells))
@@ -77,5 +82,7 @@ class ContextIndexModel(nn.Module, ContextTables):
                 context = self.contexts(indices, step.codebook, step.phase, step.mask, side).reshape(-1)
                 symbols = step.symbols(indices)
                 counts[step.codebook, step.phase] += np.bincount(context * k_count + symbols, minlength=cells)
-        counts = counts.reshape(m_count, NUM_PHASES, context_count, k_count) + prior_count
+        counts = counts.reshape(m_count, NUM_PHASES, context_count, k_count)
+        rare = counts.sum(axis=-1, keepdims=True) < backoff
+        counts = np.where(rare, counts.sum(axis=2, keepdims=True), counts) + prior_count
         self.frequencies.copy_(torch.from_numpy(quantize_table(counts)))

@@ -64,8 +64,9 @@ class CoarseConditionedIndexModel(ContextIndexModel):
         self.coarse_class.copy_(activity_classes(codebooks, usage))
 
     @torch.no_grad()
-    def fit(self, index_batches: Iterable[tuple[np.ndarray, Side]], prior_count: float = 0.05) -> None:
-        """Set the bucket edges to quantiles of the coarse activity, then count the tables."""
+    def fit(self, index_batches: Iterable[tuple[np.ndarray, Side]], prior_count: float = 0.05, backoff: int = 0) -> None:
+        """Set the bucket edges to quantiles of the coarse activity, then count the tables (as
+        :meth:`ContextIndexModel.fit`)."""
         batches = list(index_batches)
         activity = np.concatenate([self.coarse_activity(side[self.coarse_name]).ravel() for _, side in batches])
         quantiles = np.quantile(activity, np.arange(1, self.side_buckets) / self.side_buckets)
@@ -73,4 +74,4 @@ class CoarseConditionedIndexModel(ContextIndexModel):
         for i in range(1, len(edges)):  # strictly rising: every bucket spans at least one value
             edges[i] = max(edges[i], edges[i - 1] + 1)
         self.coarse_edges.copy_(torch.from_numpy(edges).int())
-        super().fit(batches, prior_count)
+        super().fit(batches, prior_count, backoff)

@@ -35,7 +35,7 @@ import numpy as np
 from safetensors.numpy import load as load_safetensors_bytes
 from safetensors.numpy import save as save_safetensors_bytes
 
-from dqcodec.models.context_tables import STORAGE_DTYPES, pack_tables, unpack_tables
+from dqcodec.models.context_tables import ROWS_SUFFIX, STORAGE_DTYPES, pack_tables, unpack_tables
 from dqcodec.models.interface import CodingRuntime
 
 if TYPE_CHECKING:
@@ -212,7 +212,8 @@ def save_model(model: nn.Module, stem: Path, info: dict, shared: str | None = No
         storage = architecture.integer_dtypes.get(key, floats if array.dtype.kind == "f" else array.dtype)
         tensors[key] = array.astype(storage)
     for prefix in architecture.packed_tables:
-        tensors[f"{prefix}.frequencies"] = pack_tables(tensors[f"{prefix}.frequencies"], tensors[f"{prefix}.alphabet_sizes"])
+        tensors[f"{prefix}.frequencies"], tensors[f"{prefix}.{ROWS_SUFFIX}"] = pack_tables(
+            tensors[f"{prefix}.frequencies"], tensors[f"{prefix}.alphabet_sizes"])
     stem.parent.mkdir(parents=True, exist_ok=True)
     if shared is not None:
         tensors = _share(tensors, architecture.shareable, Path(stem).parent, shared)
@@ -286,7 +287,8 @@ def build_network(arrays: dict[str, np.ndarray], info: dict, source: str = "mode
     for prefix in architecture.packed_tables:
         tables, sizes = f"{prefix}.frequencies", f"{prefix}.alphabet_sizes"
         if tables in arrays and sizes in arrays:
-            arrays[tables] = unpack_tables(arrays[tables], arrays[sizes], tuple(reference[tables].shape))
+            arrays[tables] = unpack_tables(arrays[tables], arrays[sizes], tuple(reference[tables].shape),
+                                           arrays.get(f"{prefix}.{ROWS_SUFFIX}"))
     state = {}
     for key, tensor in reference.items():
         if key not in arrays:

@@ -6,6 +6,7 @@ import torch
 
 from dqcodec.codec.errors import DQCodecError
 from dqcodec.codec.rangecoder import RangeDecoder, RangeEncoder
+from dqcodec.models.context_tables import pack_tables, unpack_tables
 from dqcodec.models.entropy import ContextIndexModel, quantize_table
 
 
@@ -90,3 +91,29 @@ def test_one_symbol_alphabets_cost_nothing():
 def test_a_stream_of_odd_length_is_refused():
     with pytest.raises(DQCodecError):
         RangeDecoder(b"abc")
+
+
+def test_rare_contexts_back_off_to_their_codebooks_table():
+    model, indices = _fitted_model(np.random.default_rng(3))
+    model.fit([(indices, {})], backoff=10**9)  # every context is rare
+    tables = model.frequencies.numpy().copy()
+    assert (tables == tables[:, :, :1]).all()  # one table per codebook and phase
+    model.fit([(indices, {})], backoff=0)
+    assert not (model.frequencies.numpy() == tables).all()
+
+
+def test_distinct_tables_are_stored_once_and_unpack_exactly():
+    rng = np.random.default_rng(0)
+    tables = rng.integers(1, 500, size=(3, 2, 64, 8)).astype(np.uint16)
+    tables[:, :, 10:] = tables[:, :, :1]  # most contexts share one table, as unseen contexts do
+    sizes = np.array([8, 5, 1])
+    packed, rows = pack_tables(tables, sizes)
+    assert rows.shape == (3, 2, 64) and packed.size <= 2 * 10 * sizes.sum()  # per phase: the 10 distinct tables
+    unpacked = unpack_tables(packed, sizes, tables.shape, rows)
+    for m, size in enumerate(sizes):
+        assert np.array_equal(unpacked[m, :, :, :size], tables[m, :, :, :size]) and (unpacked[m, :, :, size:] == 1).all()
+    # Model files from before: every table stored in (phase, context) order, no rows.
+    legacy = np.concatenate([tables[m, :, :, :size].ravel() for m, size in enumerate(sizes)])
+    assert np.array_equal(unpack_tables(legacy, sizes, tables.shape), unpacked)
+    with pytest.raises(ValueError, match="do not match"):
+        unpack_tables(packed[:-1], sizes, tables.shape, rows)

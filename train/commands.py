@@ -190,7 +190,8 @@ def _apply_init_from(net, recipe, sources: dict, config_given: dict, given: dict
 
 def _check_run_folder(loop, arch: str, config, options) -> None:
     """Write OUT/run.json on the first run; a later run of the same folder must say the same,
-    except for the settings in _RESUMABLE_CHANGES (so --steps can be raised to train on)."""
+    except for the settings in _RESUMABLE_CHANGES (so --steps can be raised to train on) and for
+    settings that dqcodec gained after the run started (absent from its run.json)."""
     settings = {"arch": arch, "config": dataclasses.asdict(config), "options": dataclasses.asdict(options),
                 "loop": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(loop).items()}}
     path = loop.out / "run.json"
@@ -198,7 +199,7 @@ def _check_run_folder(loop, arch: str, config, options) -> None:
         before = json.loads(path.read_text())
         for group in ("config", "options", "loop"):
             for key, value in settings[group].items():
-                if key not in _RESUMABLE_CHANGES and key != "out" and before[group].get(key) != value:
+                if key not in _RESUMABLE_CHANGES and key != "out" and key in before[group] and before[group][key] != value:
                     raise DQCodecError(f"{loop.out} was started with {key} = {before[group].get(key)!r}, not {value!r}; "
                                        "use a new --out to change it")
         if before["arch"] != arch:

@@ -229,6 +229,7 @@ class HDQOptions:
     ecvq_iterations: int = option(15, "Lloyd iterations of the fine codebooks (the first third without rate)")
     gain_every: int = option(25, "steps between measurements of the synthesis gains (lambda in latent units)")
     table_crops: int = option(192, "training crops the context tables are counted over at export")
+    table_backoff: int = option(64, "contexts seen fewer times than this in those crops take their codebook's table")
     fit_crop: int = option(256, "size in pixels of the crops that start the network and count the tables")
 
 
@@ -328,8 +329,9 @@ def _fit_hdq_tables(net: nn.Module, options: HDQOptions, files: list[Path]) -> N
     for round_index in range(2):
         levels = [net.nearest_indices(batch) if round_index == 0 else net.compress(batch)
                   for batch in tqdm(crops, desc=f"context tables {round_index + 1}/2", unit="batch", leave=False)]
-        net.coarse_entropy.fit((coarse.indices, {}) for coarse, _ in levels)
-        net.fine_entropy.fit((fine.indices, {"coarse": coarse.indices}) for coarse, fine in levels)
+        net.coarse_entropy.fit(((coarse.indices, {}) for coarse, _ in levels), backoff=options.table_backoff)
+        net.fine_entropy.fit(((fine.indices, {"coarse": coarse.indices}) for coarse, fine in levels),
+                             backoff=options.table_backoff)
 
 
 def _describe_hdq(net: nn.Module, options: HDQOptions, steps: int) -> str:
@@ -339,7 +341,8 @@ def _describe_hdq(net: nn.Module, options: HDQOptions, steps: int) -> str:
         f"constrained after the first third), coarse codebooks by k-means++; {steps} Adam steps on (SSE + lambda * "
         f"marginal bits) with straight-through EMA codebooks, ECVQ assignment of the fine level (lambda in latent units "
         f"from synthesis gains measured every {options.gain_every} steps) and nearest-code assignment of the coarse "
-        f"level; context tables counted over {options.table_crops} crops of {options.fit_crop} px in 2 rounds"
+        f"level; context tables counted over {options.table_crops} crops of {options.fit_crop} px in 2 rounds, contexts seen "
+        f"fewer than {options.table_backoff} times backed off to their codebook's table"
     )
 
 
