@@ -66,7 +66,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--codec", action="append", required=True, metavar="NAME",
         help="codec to sweep (repeatable): a dqcodec model family (all its levels), a model name, a checkpoint "
-        "path, or jpeg, jpeg444, webp, jpeg2000, avif, avif420, hevc, hevc420, bpg, jpegxl",
+        "path, a folder of checkpoints of one family (all its levels), or jpeg, jpeg444, webp, jpeg2000, avif, avif420, hevc, hevc420, bpg, jpegxl",
     )
     parser.add_argument("--images", type=Path, default=None, metavar="DIR", help=f"image folder (default: {kodak_dir()})")
     parser.add_argument(

@@ -1,15 +1,18 @@
-"""dqcodec's own models as RD codecs: a shipped family (all its levels), one model, or a checkpoint.
+"""dqcodec's own models as RD codecs: a shipped family (all its levels), one model, a checkpoint, or a
+folder of checkpoints of one family.
 
 Everything goes through the public API (:mod:`dqcodec.codec.api`), so the rate is the size of
 the real ``.dqc`` file, header included, and decoding reads nothing but those bytes. The
 model's own estimate of the payload (-log2 p, from ``api.inspect``) is kept beside it.
 """
 
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 
+from dqcodec.codec.errors import DQCodecError
 from dqcodec.eval.runner import Coded, RDCodec
 
 
@@ -50,10 +53,16 @@ def run_model(image: np.ndarray, model: str, rate_lambda: float | None = None) -
 def our_codec(spec: str) -> RDCodec | None:
     """The RD codec that ``spec`` names, or None when it names nothing of ours.
 
-    ``spec`` is an existing checkpoint path (one RD point), a model family such as ``dq`` (one RD
-    point per shipped quality level, lowest first) or one shipped model's name (one RD point).
+    ``spec`` is an existing checkpoint path (one RD point), a folder of checkpoints of one family
+    (one RD point per level, lowest quality first: e.g. ``checkpoints``, the hdq levels that are
+    not shipped yet), a model family such as ``dq`` (one RD point per shipped quality level) or
+    one shipped model's name (one RD point).
+
+    Raises DQCodecError when a folder holds no checkpoint, or checkpoints of several families.
     """
     path = Path(spec)
+    if path.is_dir():
+        return _checkpoint_family(path)
     if path.exists():
         return RDCodec(
             name=path.stem,
@@ -88,6 +97,25 @@ def our_codec(spec: str) -> RDCodec | None:
                 run=run_model,
             )
     return None
+
+
+def _checkpoint_family(folder: Path) -> RDCodec:
+    """The checkpoints ``folder/*.json`` of one family as one RD codec, lowest quality first."""
+    infos = sorted(((json.loads(path.read_text()), path) for path in folder.glob("*.json")),
+                   key=lambda item: item[0].get("quality", 0))
+    families = {info.get("family") for info, _ in infos}
+    if len(families) != 1:
+        raise DQCodecError(f"{folder}: a folder codec needs checkpoints of one family, found {sorted(map(str, families))}")
+    family = families.pop()
+    return RDCodec(
+        name=family,
+        label=f"dqcodec {family}",
+        description=f"dqcodec {family} checkpoints in {folder}, qualities {', '.join(str(info['quality']) for info, _ in infos)}",
+        kind="dqcodec",
+        parameter="checkpoint path",
+        points=tuple(str(path) for _, path in infos),
+        run=run_model,
+    )
 
 
 def at_lambdas(codec: RDCodec, lambdas: list[float]) -> RDCodec:

@@ -7,8 +7,9 @@
 # Step 2, on the GPU machine, from the repository root, with .whl and .traindata carried:
 #   scripts/gpu-train.sh LEVEL [MINUTES]
 # It resumes level LEVEL from its committed weights checkpoints/hdq-qLEVEL (fresh optimizer), or,
-# when that level has none yet, from the nearest committed level with this level's lambda, or from
-# the block start (block PCA and ECVQ codebooks, fitted in about a minute); trains for at most
+# when that level has none yet, from the nearest committed level with this level's lambda (its
+# fine codebooks refitted at that lambda), or from the block start (block PCA and ECVQ codebooks,
+# fitted in about a minute); trains for at most
 # MINUTES minutes (default 8: with install and export it stays under 9), saves, exports, and
 # leaves in $OUT (4 files, each under 16 MiB):
 #   hdq-qLEVEL.safetensors, hdq-qLEVEL.json   the weights the next run resumes from (commit them

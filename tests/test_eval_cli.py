@@ -1,6 +1,7 @@
 """The evaluation commands end to end on two small synthetic images: eval, bdrate, plot, and the comparison figure."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,7 +132,7 @@ class FakeApi:
         import io
 
         buffer = io.BytesIO()
-        jpeg_quality = int((model or "fake-q50").split("-q")[1])
+        jpeg_quality = int(Path(model or "fake-q50").stem.split("-q")[1])  # a name or a checkpoint path
         if rate_lambda is not None:  # a stand-in for the encoder trade-off: smaller lambda, higher quality
             jpeg_quality = min(95, max(5, round(jpeg_quality * 0.01 / rate_lambda)))
         Image.fromarray(np.asarray(image)).save(buffer, format="JPEG", quality=jpeg_quality)
@@ -178,6 +179,20 @@ def test_eval_sweeps_every_level_of_a_family(fake_dqcodec, image_dir, tmp_path):
     assert content["quality"]["values"] == ["fake-q20", "fake-q60"]  # lowest quality level first
     assert content["results"]["bpp"][0] < content["results"]["bpp"][1]
     assert content["results"]["estimated_bpp"] == pytest.approx([0.99 * bpp for bpp in content["results"]["bpp"]])
+
+
+def test_eval_sweeps_a_folder_of_checkpoints_of_one_family(fake_dqcodec, image_dir, tmp_path, capsys):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for name, quality in (("fake-q60", 2), ("fake-q20", 1)):
+        (folder / f"{name}.json").write_text(json.dumps({"name": name, "family": "fakeckpt", "quality": quality}))
+    assert main(["eval", "--codec", str(folder), "--images", str(image_dir), "--out", str(tmp_path)]) == 0
+    content = json.loads((tmp_path / "fakeckpt.json").read_text())
+    assert content["quality"]["values"] == [str(folder / "fake-q20.json"), str(folder / "fake-q60.json")]
+    assert content["results"]["bpp"][0] < content["results"]["bpp"][1]
+    (folder / "other-q40.json").write_text(json.dumps({"name": "other-q40", "family": "other", "quality": 1}))
+    assert main(["eval", "--codec", str(folder), "--images", str(image_dir), "--out", str(tmp_path)]) == 2
+    assert "checkpoints of one family" in capsys.readouterr().err
 
 
 def test_eval_sweeps_the_encoder_lambda_of_a_model(fake_dqcodec, image_dir, tmp_path, capsys):
