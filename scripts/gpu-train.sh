@@ -2,8 +2,9 @@
 # GPU runbook, step 2 of 2: train one level of the hierarchical DQ codec on a GPU machine.
 #
 # Step 1, here (a checkout with ../shared beside it, network to the package registries):
-#   PHOTO_SCALE=0.1 ../shared/scripts/gpu-bundle.sh    # wheels -> .whl/, images -> .traindata/ (git-ignored;
-#                                                     # 66.4 MB with the tree; 0.15 exceeds the 64 MiB that travels)
+#   PHOTO_SCALE=0.1 ../shared/scripts/gpu-bundle.sh && rm -rf .traindata/photos
+#   # wheels -> .whl/, BSDS500 + 6 Kodak images -> .traindata/ (git-ignored; photos at a tenth of
+#   # their size are smaller than the 256-pixel crops, so they only took room in the 64 MiB that travels)
 # Step 2, on the GPU machine, from the repository root, with .whl and .traindata carried:
 #   scripts/gpu-train.sh LEVEL [MINUTES]
 # It resumes level LEVEL from its committed weights checkpoints/hdq-qLEVEL (fresh optimizer), or,

@@ -17,6 +17,7 @@ from dqcodec.models import registry
 from dqcodec.models.context_tables import TABLE_PRECISION
 from dqcodec.models.hdq_codec import HDQConfig, HierarchicalDQCodec
 from dqcodec.models.interface import estimated_bits
+from dqcodec.train.training_log import read_log
 
 TINY = ["--channels", "12", "--latent-channels", "16", "--num-codebooks", "4", "--codebook-size", "16",
         "--code-dim", "2", "--coarse-channels", "8", "--coarse-codebooks", "2", "--coarse-codebook-size", "8",
@@ -247,6 +248,15 @@ def test_plot_training_draws_the_log(tmp_path, training_images, capsys):
     assert (tmp_path / "run" / "training.png").stat().st_size > 1000
     assert main(["plot-training", str(tmp_path / "missing")]) == 2
     assert "cannot read the training log" in capsys.readouterr().err
+
+
+def test_steps_redone_after_a_resume_count_once_and_their_time_twice(tmp_path):
+    # Invocation 1 logged steps 1-4 and saved its state at step 2; invocation 2 resumed there.
+    lines = [{"step": step, "seconds": seconds} for step, seconds in ((1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (3, 1.5), (4, 3.0))]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    records = read_log(tmp_path)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert [r["wall_seconds"] for r in records] == [1.0, 2.0, 5.5, 7.0]
 
 
 def test_the_block_start_is_a_block_transform_codec():

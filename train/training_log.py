@@ -18,7 +18,9 @@ from dqcodec.codec.errors import DQCodecError
 
 def read_log(run: Path) -> list[dict]:
     """The records of ``run/log.jsonl`` (or of the file ``run``), each with ``wall_seconds``
-    (training time summed over the invocations up to that step). Raises DQCodecError when
+    (training time summed over the invocations up to that step). Steps logged after the last
+    saved state of an invocation that was stopped are done again by the next one: only the
+    redone records stay (the time of both is in ``wall_seconds``). Raises DQCodecError when
     the log is missing or unreadable."""
     path = run / "log.jsonl" if run.is_dir() else run
     try:
@@ -29,12 +31,16 @@ def read_log(run: Path) -> list[dict]:
     if not records:
         raise DQCodecError(f"the training log {path} has no steps yet")
     offset, previous = 0.0, 0.0
+    kept = []
     for record in records:
         if record["seconds"] < previous:  # a resumed invocation starts its clock again
             offset += previous
         previous = record["seconds"]
         record["wall_seconds"] = offset + record["seconds"]
-    return records
+        while kept and kept[-1]["step"] >= record["step"]:  # redone after resuming from an earlier state
+            kept.pop()
+        kept.append(record)
+    return kept
 
 
 def throughput(records: list[dict], pixels_per_step: int) -> dict:
