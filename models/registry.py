@@ -193,6 +193,19 @@ def model_names(weights_dir: Path = WEIGHTS_DIR) -> list[str]:
     return [m["name"] for m in list_models(weights_dir)]
 
 
+def round_to_storage(model: nn.Module) -> None:
+    """Round ``model``'s float tensors in place to the precision :func:`save_model` stores them
+    in (float16 where the architecture says so), so that what is fitted to the network before it
+    is saved (context tables, code usage) is fitted to the network that will be loaded."""
+    import torch
+
+    architecture = ARCHITECTURES[architecture_name(model)]
+    with torch.no_grad():
+        for key, tensor in model.state_dict().items():
+            if tensor.is_floating_point() and key.startswith(architecture.half_precision):
+                tensor.copy_(tensor.half())
+
+
 def save_model(model: nn.Module, stem: Path, info: dict, shared: str | None = None) -> None:
     """Write ``stem.safetensors`` and ``stem.json`` as the model's architecture stores them;
     ``info`` needs name, family, quality.

@@ -90,13 +90,15 @@ def test_levels_refitted_from_one_network_store_it_once(tiny_model, tmp_path, ca
     stem, data = tiny_model
     weights = tmp_path / "w"
 
-    def level(name: str, *changes: str, source=stem) -> list[str]:
-        return tiny_run(tmp_path / f"run-{name}", data, 0, "--init-from", str(source), *changes, "--export", name,
-                        "--family", "hdq-test", "--quality", "1", "--weights-dir", str(weights), "--measure-images", "0",
+    def level(name: str, *start: str) -> list[str]:
+        return tiny_run(tmp_path / f"run-{name}", data, 0, *start, "--export", name, "--family", "hdq-test",
+                        "--quality", "1", "--weights-dir", str(weights), "--measure-images", "0",
                         "--share-weights", "hdq-test-shared")
 
-    assert main(level("low")) == 0
-    assert main(level("high", "--codebook-size", "8", "--lambda", "1e-4")) == 0
+    # As scripts/hdq-levels.sh does: a level trained (here: resumed from the tiny model), then
+    # another refitted from its export, whose float16 weights its tables were fitted to.
+    assert main(level("low", "--init-from", str(stem), "--steps", "1")) == 0
+    assert main(level("high", "--init-from", str(weights / "low"), "--codebook-size", "8", "--lambda", "1e-4")) == 0
     shared = load_file(weights / "hdq-test-shared.safetensors")
     assert "analysis.linear.weight" in shared and not any(key.startswith("fine_") and "projection" not in key for key in shared)
     own = load_file(weights / "high.safetensors")
@@ -117,6 +119,22 @@ def test_levels_refitted_from_one_network_store_it_once(tiny_model, tmp_path, ca
     registry.clear_cache()
     with pytest.raises(dqcodec.DQCodecError, match="fingerprint"):
         dqcodec.decode(files["low"])
+
+
+def test_an_exported_network_is_the_one_its_tables_were_fitted_to(tmp_path):
+    """Export rounds the weights to their stored precision before the tables are fitted, so the
+    loaded model (float16 transforms) is bit for bit the network the tables were counted on."""
+    torch.manual_seed(0)
+    net = HierarchicalDQCodec(HDQConfig(channels=8, latent_channels=8, num_codebooks=2, codebook_size=8, code_dim=2,
+                                        coarse_channels=4, coarse_codebooks=1, coarse_codebook_size=4, coarse_code_dim=2))
+    weight = net.analysis.linear.weight.detach().clone()
+    registry.round_to_storage(net)
+    assert not torch.equal(weight, net.analysis.linear.weight) and torch.equal(weight.half().float(), net.analysis.linear.weight)
+    registry.save_model(net, tmp_path / "m", {"name": "m", "family": "hdq-test", "quality": 1})
+    loaded = registry.load_checkpoint(tmp_path / "m")[0].state_dict()
+    for key, tensor in net.state_dict().items():
+        if tensor.is_floating_point():
+            assert torch.equal(loaded[key], tensor), key
 
 
 def test_round_trip_is_exact_and_two_streams_match_the_estimate(tiny_model):

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from dqcodec.eval.metrics import psnr, psnr_from_mse
-from dqcodec.models.registry import save_model
+from dqcodec.models.registry import round_to_storage, save_model
 from dqcodec.paths import kodak_dir
 from dqcodec.train.checkpoint import load_state, save_state
 from dqcodec.train.data import load_rgb, to_tensor
@@ -180,6 +180,7 @@ def export(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, stem: Path
     """Finish the network for coding (the recipe's tables), then save it as model ``stem``
     (its shareable tensors in the shared weights file ``shared``, see ``registry.save_model``)."""
     net.eval()
+    round_to_storage(net)
     data = recipe.data(options, loop)
     recipe.finish(net, options, data.files)
     settings = {k: v for k, v in asdict(loop).items() if k not in ("out", "data", "init_from")}
