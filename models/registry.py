@@ -249,7 +249,8 @@ def _share(tensors: dict[str, np.ndarray], prefixes: tuple[str, ...], folder: Pa
         for key in sorted(set(common) | set(existing)):
             if key not in common or key not in existing or existing[key].dtype != common[key].dtype \
                     or not np.array_equal(existing[key], common[key]):
-                raise ValueError(f"tensor {key} differs from the shared weights {path}: not a level of the same network")
+                raise ValueError(f"tensor {key} differs from the shared weights {path}: a level of another network, "
+                                 "or one whose tables were fitted on other data (--data)")
     else:
         path.write_bytes(save_safetensors_bytes(common))
     return {key: array for key, array in tensors.items() if key not in common}

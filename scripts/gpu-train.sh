@@ -2,9 +2,10 @@
 # GPU runbook, step 2 of 2: train one level of the hierarchical DQ codec on a GPU machine.
 #
 # Step 1, here (a checkout with ../shared beside it, network to the package registries):
-#   PHOTO_SCALE=0.1 ../shared/scripts/gpu-bundle.sh && rm -rf .traindata/photos
-#   # wheels -> .whl/, BSDS500 + 6 Kodak images -> .traindata/ (git-ignored; photos at a tenth of
-#   # their size are smaller than the 256-pixel crops, so they only took room in the 64 MiB that travels)
+#   PHOTO_SCALE=0.1 ../shared/scripts/gpu-bundle.sh && rm -rf .traindata/photos .traindata/kodak/kodim[12]*.png
+#   # wheels -> .whl/, BSDS500 + 3 Kodak images (validation) -> .traindata/ (git-ignored). Photos at
+#   # a tenth of their size are smaller than the 256-pixel crops, so they only took room in the
+#   # 64 MiB that travels, and 3 validation images keep the total under it with some margin.
 # Step 2, on the GPU machine, from the repository root, with .whl and .traindata carried:
 #   scripts/gpu-train.sh LEVEL [MINUTES]
 # It resumes level LEVEL from its committed weights checkpoints/hdq-qLEVEL (fresh optimizer), or,
@@ -45,7 +46,7 @@ echo "level $level, lambda $lambda, start: ${start[*]}, at most $minutes minutes
 run=/tmp/run-q$level
 python3 -m dqcodec.codec.cli train --arch hdq --out "$run" "${start[@]}" --lambda "$lambda" \
   --data "$PWD/.traindata" --device cuda --batch-size 16 --crop 256 --lr 1e-4 --steps 10000000 --max-minutes "$minutes" \
-  --validate-every 500 --validation-images 6 --checkpoint-every 1000 \
+  --validate-every 500 --validation-images 3 --checkpoint-every 1000 \
   --export "hdq-q$level" --family hdq --quality "$level" --weights-dir "$out" --measure-images 0
 cp "$run/log.jsonl" "$out/log-q$level.jsonl"
 python3 -m dqcodec.codec.cli plot-training "$run" -o "$out/training-q$level.png"
