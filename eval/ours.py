@@ -64,38 +64,16 @@ def our_codec(spec: str) -> RDCodec | None:
     if path.is_dir():
         return _checkpoint_family(path)
     if path.exists():
-        return RDCodec(
-            name=path.stem,
-            label=f"dqcodec {path.stem}",
-            description=f"dqcodec checkpoint {path}",
-            kind="dqcodec",
-            parameter="checkpoint path",
-            points=(str(path),),
-            run=run_model,
-        )
+        return _ours(path.stem, f"dqcodec checkpoint {path}", "checkpoint path", (str(path),))
     models = list_models()
     family = sorted((m for m in models if m["family"] == spec), key=lambda m: m["quality"])
     if family:
-        return RDCodec(
-            name=spec,
-            label=f"dqcodec {spec}",
-            description=f"dqcodec {spec} family, qualities {', '.join(str(m['quality']) for m in family)}",
-            kind="dqcodec",
-            parameter="model name",
-            points=tuple(m["name"] for m in family),
-            run=run_model,
-        )
+        return _ours(spec, f"dqcodec {spec} family, qualities {', '.join(str(m['quality']) for m in family)}",
+                     "model name", tuple(m["name"] for m in family))
     for model in models:
         if model["name"] == spec:
-            return RDCodec(
-                name=spec,
-                label=f"dqcodec {spec}",
-                description=f"dqcodec model {spec} ({model['family']} family, quality {model['quality']})",
-                kind="dqcodec",
-                parameter="model name",
-                points=(spec,),
-                run=run_model,
-            )
+            return _ours(spec, f"dqcodec model {spec} ({model['family']} family, quality {model['quality']})",
+                         "model name", (spec,))
     return None
 
 
@@ -107,15 +85,15 @@ def _checkpoint_family(folder: Path) -> RDCodec:
     if len(families) != 1:
         raise DQCodecError(f"{folder}: a folder codec needs checkpoints of one family, found {sorted(map(str, families))}")
     family = families.pop()
-    return RDCodec(
-        name=family,
-        label=f"dqcodec {family}",
-        description=f"dqcodec {family} checkpoints in {folder}, qualities {', '.join(str(info['quality']) for info, _ in infos)}",
-        kind="dqcodec",
-        parameter="checkpoint path",
-        points=tuple(str(path) for _, path in infos),
-        run=run_model,
-    )
+    qualities = ", ".join(str(info["quality"]) for info, _ in infos)
+    return _ours(family, f"dqcodec {family} checkpoints in {folder}, qualities {qualities}", "checkpoint path",
+                 tuple(str(path) for _, path in infos))
+
+
+def _ours(name: str, description: str, parameter: str, points: tuple) -> RDCodec:
+    """An RD codec of dqcodec models: one point per model (a name or a checkpoint path)."""
+    return RDCodec(name=name, label=f"dqcodec {name}", description=description, kind="dqcodec",
+                   parameter=parameter, points=points, run=run_model)
 
 
 def at_lambdas(codec: RDCodec, lambdas: list[float]) -> RDCodec:

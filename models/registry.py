@@ -103,6 +103,10 @@ class Architecture:
     half_precision: tuple[str, ...] = ()
     shareable: tuple[str, ...] = ()
 
+    def float_storage(self, key: str) -> type:
+        """The dtype a float tensor of state-dict name ``key`` is stored in."""
+        return np.float16 if key.startswith(self.half_precision) else np.float32
+
     @property
     def network(self) -> type:
         return resolve(self.network_class)
@@ -202,8 +206,8 @@ def round_to_storage(model: nn.Module) -> None:
     architecture = ARCHITECTURES[architecture_name(model)]
     with torch.no_grad():
         for key, tensor in model.state_dict().items():
-            if tensor.is_floating_point() and key.startswith(architecture.half_precision):
-                tensor.copy_(tensor.half())
+            if tensor.is_floating_point():
+                tensor.copy_(torch.from_numpy(tensor.cpu().numpy().astype(architecture.float_storage(key))))
 
 
 def save_model(model: nn.Module, stem: Path, info: dict, shared: str | None = None) -> None:
@@ -221,7 +225,7 @@ def save_model(model: nn.Module, stem: Path, info: dict, shared: str | None = No
     tensors = {}
     for key, tensor in model.state_dict().items():
         array = tensor.detach().cpu().numpy()
-        floats = np.float16 if key.startswith(architecture.half_precision) else np.float32
+        floats = architecture.float_storage(key)
         storage = architecture.integer_dtypes.get(key, floats if array.dtype.kind == "f" else array.dtype)
         tensors[key] = array.astype(storage)
     for prefix in architecture.packed_tables:

@@ -5,8 +5,9 @@ the network itself, in the dtype the network names (``coding_dtype``; float64 by
 that decoded pixels do not depend on the machine's threading: float32 convolutions differ by
 ~1e-9 between thread counts, enough to flip a rounded 8-bit pixel now and then. A network that
 must decode faster than float64 allows names float32: its indices stay exact (they never pass
-through the network), only such rare pixel flips remain (README says how rare). Needs torch (``pip install "dqcodec[train]"``); the registry names this runtime in
-the entries of such architectures (:mod:`dqcodec.models.registry`).
+through the network), only such rare pixel flips remain (README says how rare). Needs torch
+(``pip install "dqcodec[train]"``); the registry names this runtime in the entries of such
+architectures (:mod:`dqcodec.models.registry`).
 """
 
 import numpy as np

@@ -285,9 +285,8 @@ def _adapt_hdq(net: nn.Module, options: HDQOptions, files: list[Path], generator
     """A model started with a new lambda or codebook size (``--init-from``): its fine codebooks
     are fitted anew, by the Lloyd iterations of a fresh start, on its own latents of
     ``init_crops`` training crops. This makes another rate level from a trained network in
-    minutes: its transforms serve other rates better than a block start does."""
-    if not {"rate_lambda", "codebook_size"} & set(changed):
-        return
+    minutes: its transforms serve other rates better than a block start does. (``changed`` is
+    within the recipe's ``mutable`` fields, both of which call for new codebooks.)"""
     net.eval()
     crops = _crops(files, options.init_crops, options.fit_crop, int(torch.randint(0, 2**31, (1,), generator=generator)))
     latent = torch.cat([net.analysis(batch) for batch in crops.split(16)])
