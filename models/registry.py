@@ -144,11 +144,13 @@ ARCHITECTURES: dict[str, Architecture] = {
         packed_tables=("coarse_entropy", "fine_entropy"),
         half_precision=("analysis.", "coarse_analysis.", "synthesis.", "coarse_synthesis.",
                         "fine_quantizer.projection.", "coarse_quantizer.projection."),
-        # Levels refitted from one network (--init-from with a new --lambda or --codebook-size)
-        # differ only in their fine codebooks and tables.
-        shareable=("analysis.", "coarse_analysis.", "synthesis.", "coarse_synthesis.", "fine_quantizer.projection.",
-                   "coarse_quantizer.", "coarse_entropy.", "synthesis_gains"),
+        # Levels of one network (refitted by --init-from with a new --lambda or --codebook-size,
+        # or trained jointly by --arch hdq-family) differ only in their fine quantizers and tables.
+        shareable=("analysis.", "coarse_analysis.", "synthesis.", "coarse_synthesis.", "coarse_quantizer.",
+                   "coarse_entropy.", "synthesis_gains"),
     ),
+    # Trained only: its levels are exported as HierarchicalDQCodec models (HDQFamily.level).
+    "HDQFamily": Architecture("dqcodec.models.hdq_family:HDQFamily", "dqcodec.models.hdq_family:HDQFamilyConfig"),
     "DQAE": Architecture("dqcodec.models.dqae:DQAE", "dqcodec.models.dqae:DQAEConfig"),  # a likelihood model (no compress): trained and stored, not coded
     # The same network with its index priors, coded losslessly (made by 'dqcodec export-lossless').
     "LosslessDQAE": Architecture("dqcodec.models.dqae_lossless:LosslessDQAE", "dqcodec.models.dqae_lossless:LosslessDQAEConfig"),

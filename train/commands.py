@@ -132,18 +132,32 @@ def run_train(args: argparse.Namespace) -> int:
         net, start_info, changed = ARCHITECTURES[recipe.architecture].network(config), None, ()
     if getattr(net.config, "rate_lambda", 1.0) <= 0:  # codecs; a likelihood model (dqae) has no lambda
         raise DQCodecError("--lambda must be positive")
+    if loop.batch_size < getattr(net, "num_levels", 1):  # a family (hdq-family) trains every level in every batch
+        raise DQCodecError(f"--batch-size {loop.batch_size}: the family needs at least one crop per level ({net.num_levels})")
     _check_run_folder(loop, args.arch, net.config, options)
     torch.set_num_threads(loop.threads)
     started = time.time()
     net = train(net, recipe, options, loop, fresh=loop.init_from is None, changed=changed)
-    if not hasattr(net, "compress"):
-        args.measure_images = 0  # a likelihood model (dqae) writes no files to measure on Kodak
     if args.export:
         history = {"init_from": {"model": start_info["name"], "changed": {name: getattr(net.config, name) for name in changed},
                                  "training": start_info.get("training", {})}} if start_info else {}
-        export_and_measure(args, recipe.summarize(net.config), started,
-                           lambda stem, info: export(net, recipe, options, loop, stem, info, args.share_weights), history)
+        for level_args, level in _exports(args, recipe, net):
+            if not hasattr(level, "compress"):
+                level_args.measure_images = 0  # a likelihood model (dqae) writes no files to measure on Kodak
+            export_and_measure(level_args, recipe.summarize(level.config), started,
+                               lambda stem, info, level=level: export(level, recipe, options, loop, stem, info,
+                                                                      args.share_weights), history)
     return 0
+
+
+def _exports(args: argparse.Namespace, recipe, net) -> list[tuple[argparse.Namespace, object]]:
+    """(export arguments, network) of each model ``--export`` writes: the network as NAME, or a
+    family's levels (``Recipe.export_levels``) as NAME-q<quality>, NAME-q<quality + 1>, ..."""
+    if recipe.export_levels is None:
+        return [(args, net)]
+    return [(argparse.Namespace(**{**vars(args), "export": f"{args.export}-q{args.quality + offset}",
+                                   "quality": args.quality + offset}), level)
+            for offset, level in enumerate(recipe.export_levels(net))]
 
 
 def run_train_shvq(args: argparse.Namespace) -> int:
@@ -240,7 +254,7 @@ def export_and_measure(args: argparse.Namespace, description: str, started: floa
 def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("export")
     group.add_argument("--export", metavar="NAME", default=None,
-                       help="export the result as model NAME and measure it on Kodak")
+                       help="export the result as model NAME and measure it on Kodak (--arch hdq-family: its levels as NAME-q<QUALITY>, NAME-q<QUALITY+1>, ...)")
     group.add_argument("--family", default=None, help="model family for --export (default: the --arch name)")
     group.add_argument("--quality", type=int, default=None, help="quality level for --export")
     group.add_argument("--weights-dir", type=Path, default=None,

@@ -11,9 +11,10 @@ its command-line options from that dataclass, the architecture's config and
 :class:`~dqcodec.train.loop.LoopConfig`. Fields marked ``init_only`` act only on a fresh start.
 """
 
+import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 
@@ -74,6 +75,9 @@ class Recipe:
     loss(out, batch) -> (loss, SSE): the training loss of a pass and its squared error (summed,
         [0, 1] RGB values, for the log); None: the loop's rate-distortion loss with the
         network's ``rate_lambda``.
+    export_levels(net) -> the networks ``--export NAME --quality Q`` writes, as NAME-q<Q>,
+        NAME-q<Q+1>, ... (``finish``, ``describe`` and ``summarize`` see each of them); None: the
+        trained network itself, as NAME.
     """
 
     architecture: str
@@ -89,6 +93,7 @@ class Recipe:
     mutable: tuple[str, ...] = ("rate_lambda",)  # config fields --init-from may change (net.set_<field>)
     data: Callable = _image_folder
     loss: Callable | None = None
+    export_levels: Callable | None = None
 
 
 # --- what the block codecs (DQ, SHVQ) share -----------------------------------------------------
@@ -262,20 +267,21 @@ def _initialise_hdq(net: nn.Module, options: HDQOptions, files: list[Path], gene
     net.eval()  # no codebook update on the gain measurement
     net.gain_update = 0.0
     net(crops[:8])
-    used = _fit_fine_codebooks(net, options, fine_points, start)
+    used = _fit_fine_codebooks(fine, net.rate_lambdas()[0], options, fine_points, start)
     log(f"initialised: block PCA of 16 x 16 blocks on {len(crops)} crops, fine codebooks by ECVQ (mean {used:.0f} "
         f"codes in use), synthesis gains {net.synthesis_gains[0]:.3g} (fine), {net.synthesis_gains[1]:.3g} (coarse)")
 
 
-def _fit_fine_codebooks(net: nn.Module, options: HDQOptions, points: torch.Tensor, start: torch.Tensor) -> float:
-    """Fit the fine codebooks to (M, N, D) ``points`` from (M, K, D) ``start`` by Lloyd iterations,
-    the first third plain, the rest entropy-constrained at the network's lambda; returns the
-    mean number of codes in use."""
+def _fit_fine_codebooks(quantizer, latent_lambda: float, options: HDQOptions, points: torch.Tensor,
+                        start: torch.Tensor) -> float:
+    """Fit a fine quantizer's codebooks to (M, N, D) ``points`` from (M, K, D) ``start`` by Lloyd
+    iterations, the first third plain, the rest entropy-constrained at ``latent_lambda`` (latent
+    units, ``net.rate_lambdas()``); returns the mean number of codes in use."""
     plain = lloyd(points, start, options.ecvq_iterations // 3, chunk=8192)
     fitted = lloyd(points, plain.centres, options.ecvq_iterations - options.ecvq_iterations // 3,
-                   net.rate_lambdas()[0], plain.counts.clamp_min(1e-3), chunk=8192)
+                   latent_lambda, plain.counts.clamp_min(1e-3), chunk=8192)
     # Unused codes keep a tiny count: the rate term keeps them out of use, yet they stay valid.
-    net.fine_quantizer.load_codebooks(fitted.centres, fitted.counts.clamp_min(1e-3))
+    quantizer.load_codebooks(fitted.centres, fitted.counts.clamp_min(1e-3))
     return (fitted.counts > 0).sum(dim=1).float().mean().item()
 
 
@@ -291,7 +297,8 @@ def _adapt_hdq(net: nn.Module, options: HDQOptions, files: list[Path], generator
     crops = _crops(files, options.init_crops, options.fit_crop, int(torch.randint(0, 2**31, (1,), generator=generator)))
     latent = torch.cat([net.analysis(batch) for batch in crops.split(16)])
     points = _slice_points(net.fine_quantizer, latent)
-    used = _fit_fine_codebooks(net, options, points, sample_centres(points, net.config.codebook_size, generator))
+    used = _fit_fine_codebooks(net.fine_quantizer, net.rate_lambdas()[0], options, points,
+                               sample_centres(points, net.config.codebook_size, generator))
     log(f"fine codebooks fitted anew for lambda {net.config.rate_lambda}, K {net.config.codebook_size} on "
         f"{len(crops)} crops (mean {used:.0f} codes in use)")
 
@@ -338,11 +345,108 @@ def _describe_hdq(net: nn.Module, options: HDQOptions, steps: int) -> str:
         f"block start: block PCA of 16 x 16 blocks on {options.init_crops} crops of {options.fit_crop} px in the linear "
         f"paths (nonlinear branches at zero), fine codebooks by {options.ecvq_iterations} Lloyd iterations (entropy-"
         f"constrained after the first third), coarse codebooks by k-means++; {steps} Adam steps on (SSE + lambda * "
-        f"marginal bits) with straight-through EMA codebooks, ECVQ assignment of the fine level (lambda in latent units "
-        f"from synthesis gains measured every {options.gain_every} steps) and nearest-code assignment of the coarse "
-        f"level; context tables counted over {options.table_crops} crops of {options.fit_crop} px in 2 rounds, contexts seen "
-        f"fewer than {options.table_backoff} times backed off to their codebook's table"
+        f"marginal bits) {_hdq_steps_and_tables(options)}"
     )
+
+
+def _hdq_steps_and_tables(options: HDQOptions) -> str:
+    return (
+        f"with straight-through EMA codebooks, ECVQ assignment of the fine level (lambda in latent units from synthesis "
+        f"gains measured every {options.gain_every} steps) and nearest-code assignment of the coarse level; context "
+        f"tables counted over {options.table_crops} crops of {options.fit_crop} px in 2 rounds, contexts seen fewer than "
+        f"{options.table_backoff} times backed off to their codebook's table"
+    )
+
+
+def _summarize_hdq(config) -> str:
+    return (f"hierarchical DQ codec, fine M={config.num_codebooks} K={config.codebook_size} D={config.code_dim} (stride 16), "
+            f"coarse M={config.coarse_codebooks} K={config.coarse_codebook_size} (stride 64), lambda={config.rate_lambda}")
+
+
+# --- a family of hdq levels trained jointly ------------------------------------------------------
+
+
+@dataclass
+class HDQFamilyOptions(HDQOptions):
+    """hdq's options, plus where a family starts (``--arch hdq-family``)."""
+
+    start_levels: str = option(
+        "", "folder of hdq models (e.g. checkpoints/) to start from, one per level in quality order, sharing their "
+        "transforms; they must have the --rate-levels' lambdas and K (default: a block start, as --arch hdq)",
+        init_only=True,
+    )
+
+
+@torch.no_grad()
+def _initialise_family(net: nn.Module, options: HDQFamilyOptions, files: list[Path], generator: torch.Generator,
+                       log) -> None:
+    """From the levels in ``options.start_levels``; else hdq's block start for level 0, whose
+    projection every level starts from, and each other level's codebooks fitted by the same
+    Lloyd iterations on the block start's latents at its own lambda."""
+    if options.start_levels:
+        _load_family_levels(net, Path(options.start_levels))
+        log(f"initialised: {net.num_levels} levels from {options.start_levels}")
+        return
+    _initialise_hdq(net.body, options, files, generator, log)
+    crops = _crops(files, options.init_crops, options.fit_crop, int(torch.randint(0, 2**31, (1,), generator=generator)))
+    latent = torch.cat([net.body.analysis(batch) for batch in crops.split(16)])
+    for index in range(1, net.num_levels):
+        quantizer = net.fine_quantizer(index)
+        quantizer.projection.load_state_dict(net.body.fine_quantizer.projection.state_dict())
+        points = _slice_points(quantizer, latent)
+        level = net.level_configs[index]
+        used = _fit_fine_codebooks(quantizer, net.body.rate_lambdas(level.rate_lambda)[0], options, points,
+                                   sample_centres(points, level.codebook_size, generator))
+        log(f"level {index + 1}: fine codebooks fitted for lambda {level.rate_lambda}, K {level.codebook_size} "
+            f"(mean {used:.0f} codes in use)")
+
+
+def _load_family_levels(net: nn.Module, folder: Path) -> None:
+    """Load the hdq models in ``folder`` (quality order) into ``net``: the shared tensors from the
+    first, each level's fine quantizer from its own. Raises DQCodecError (one line) when they are
+    not ``net``'s levels or do not share their transforms."""
+    from dqcodec.codec.errors import DQCodecError
+    from dqcodec.models.hdq_codec import HierarchicalDQCodec
+    from dqcodec.train.checkpoint import load_model_as
+
+    infos = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
+    stems = [folder / info["name"] for info in sorted(infos, key=lambda info: info.get("quality", 0))
+             if info.get("architecture") == "HierarchicalDQCodec"]
+    if len(stems) != net.num_levels:
+        raise DQCodecError(f"--start-levels {folder}: {len(stems)} hdq models, the family has {net.num_levels} levels")
+    levels = [load_model_as(stem, HierarchicalDQCodec, f"--start-levels {stem}")[0] for stem in stems]
+    for stem, level, wanted in zip(stems, levels, net.level_configs):
+        if asdict(level.config) != asdict(wanted):
+            raise DQCodecError(f"--start-levels {stem}: its config {asdict(level.config)} is not the family's level "
+                               f"{asdict(wanted)}")
+    first = levels[0].state_dict()
+    for stem, level in zip(stems[1:], levels[1:]):
+        if any(not torch.equal(first[key], value) for key, value in level.state_dict().items()
+               if not key.startswith(("fine_quantizer.", "fine_entropy."))):
+            raise DQCodecError(f"--start-levels {stem}: its transforms are not those of {stems[0]}")
+    net.body.load_state_dict(first)
+    for index, level in enumerate(levels[1:], start=1):
+        net.fine_quantizer(index).load_state_dict(level.fine_quantizer.state_dict())
+
+
+def _before_family_step(net: nn.Module, options: HDQFamilyOptions, step: int, total_steps: int, fresh: bool) -> None:
+    _before_hdq_step(net.body, options, step, total_steps, fresh)
+
+
+def _family_loss(out, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, SSE): as the loop's rate-distortion loss, each image's bits charged at its level's lambda."""
+    pixels = batch.shape[0] * batch.shape[2] * batch.shape[3]
+    sse = ((out.reconstruction.float() - batch) ** 2).sum()
+    return (sse + (out.rate_lambdas * out.bits.float()).sum()) / pixels + out.quantizer_loss.float(), sse
+
+
+def _describe_family(net: nn.Module, options: HDQFamilyOptions, steps: int) -> str:
+    start = (f"started from the levels in {options.start_levels}" if options.start_levels
+             else "started as --arch hdq's block start, each level's fine codebooks fitted at its lambda")
+    return (f"a level of a family trained jointly (--arch hdq-family): {start}; {steps} Adam steps on (SSE + lambda * "
+            "marginal bits) with each batch split into equal parts, one per level, each quantized by its level's fine "
+            f"quantizer and charged its bits at its lambda, through the shared transforms and coarse level, "
+            f"{_hdq_steps_and_tables(options)}")
 
 
 # --- DQ-AE likelihood model ------------------------------------------------------------------
@@ -427,13 +531,25 @@ RECIPES: dict[str, Recipe] = {
         mutable=("rate_lambda", "codebook_size"),
         estimate="marginal-rate ECVQ estimate of both levels",
         before_step=_before_hdq_step,
-        summarize=lambda c: (f"hierarchical DQ codec, fine M={c.num_codebooks} K={c.codebook_size} D={c.code_dim} "
-                             f"(stride 16), coarse M={c.coarse_codebooks} K={c.coarse_codebook_size} (stride 64), "
-                             f"lambda={c.rate_lambda}"),
+        summarize=_summarize_hdq,
         # Clipping as CompressAI's training does: without it a CPU run diverged (loss 1e10) when the
         # rate term collapsed the codebooks to one code each. Learning rate 1e-4: the rate hdq-q2 was
         # refined at from its block start (6370 steps, steadily better).
         loop_defaults={"steps": 2000, "crop": 128, "learning_rate": 1e-4, "clip_grad_norm": 1.0},
+    ),
+    "hdq-family": Recipe(
+        architecture="HDQFamily",
+        options=HDQFamilyOptions,
+        initialise=_initialise_family,
+        finish=_fit_hdq_tables,
+        describe=_describe_family,
+        mutable=(),
+        estimate="marginal-rate ECVQ estimate of both levels, at the first level(s)",
+        before_step=_before_family_step,
+        summarize=_summarize_hdq,
+        loop_defaults={"steps": 2000, "crop": 128, "learning_rate": 1e-4, "clip_grad_norm": 1.0},
+        loss=_family_loss,
+        export_levels=lambda net: [net.level(index) for index in range(net.num_levels)],
     ),
     "dqae": Recipe(
         architecture="DQAE",

@@ -1,0 +1,116 @@
+"""A family of hdq levels trained jointly (``--arch hdq-family``): every batch trains every level
+through the shared transforms, and the levels export as plain hdq models sharing one weights file."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.numpy import load_file
+from test_hdq import TINY
+
+import dqcodec
+from dqcodec.codec.cli import main
+from dqcodec.models import registry
+from dqcodec.models.hdq_family import HDQFamily, HDQFamilyConfig
+from dqcodec.train.recipes import _load_family_levels
+
+# hdq's tiny configuration less its codebook size, which each level gives.
+SHARED = [arg for flag, value in zip(TINY[::2], TINY[1::2]) if flag != "--codebook-size" for arg in (flag, value)]
+LEVELS = "1e-6:16,1e-8:8,1e-9:16"
+
+
+def family_run(out, data, steps: int, *extra: str) -> list[str]:
+    return ["train", "--arch", "hdq-family", "--out", str(out), "--data", str(data), *SHARED, "--rate-levels", LEVELS,
+            "--init-crops", "8", "--table-crops", "8", "--fit-crop", "64", "--batch-size", "3", "--crop", "64",
+            "--threads", "1", "--validation-images", "0", "--gain-every", "2", "--steps", str(steps), *extra]
+
+
+def tiny_family() -> HDQFamily:
+    return HDQFamily(HDQFamilyConfig(channels=12, latent_channels=16, num_codebooks=4, code_dim=2, coarse_channels=8,
+                                     coarse_codebooks=2, coarse_codebook_size=8, coarse_code_dim=2, rate_levels=LEVELS))
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    """(weights folder, images): a tiny family of 3 levels trained jointly for 4 steps and exported."""
+    root = tmp_path_factory.mktemp("family")
+    data = root / "images"
+    data.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        rows, cols = np.mgrid[0:96, 0:112]
+        base = 128 + 90 * np.sin((cols + 5 * i) / 6.0)[..., None] * np.cos(rows / 10.0)[..., None]
+        Image.fromarray(np.clip(base + rng.normal(0, 10, (96, 112, 3)), 0, 255).astype(np.uint8)).save(data / f"{i}.png")
+    export = ["--export", "fam", "--family", "fam-test", "--quality", "1", "--weights-dir", str(root / "w"),
+              "--measure-images", "0", "--share-weights", "fam-shared"]
+    assert main(family_run(root / "run", data, 4, *export)) == 0
+    return root / "w", data
+
+
+def test_every_level_trains_and_exports_as_an_hdq_model_sharing_one_network(family):
+    weights, data = family
+    infos = [json.loads((weights / f"fam-q{quality}.json").read_text()) for quality in (1, 2, 3)]
+    assert [(info["quality"], info["config"]["rate_lambda"], info["config"]["codebook_size"]) for info in infos] == \
+        [(1, 1e-6, 16), (2, 1e-8, 8), (3, 1e-9, 16)]
+    assert all(info["architecture"] == "HierarchicalDQCodec" and info["shared_weights"] == "fam-shared" for info in infos)
+    assert "hdq-family" in infos[0]["training"]["recipe"] and infos[0]["training"]["steps"] == 4
+    shared = load_file(weights / "fam-shared.safetensors")
+    assert "analysis.linear.weight" in shared and not any(key.startswith("fine_") for key in shared)
+    own = [load_file(weights / f"fam-q{quality}.safetensors") for quality in (1, 2, 3)]
+    assert [level["fine_quantizer.codebooks"].shape[1] for level in own] == [16, 8, 16]
+    # Each level's projection was trained by its own part of the batches only.
+    projections = [level["fine_quantizer.projection.weight"] for level in own]
+    assert not np.array_equal(projections[0], projections[1]) and not np.array_equal(projections[1], projections[2])
+    log = [json.loads(line) for line in (weights.parent / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert {"q1_psnr", "q2_fine_bpp", "q3_psnr", "q3_fine_bpp"} <= set(log[-1])
+    pixels = np.asarray(Image.open(data / "1.png"))
+    files = [dqcodec.encode(pixels, model=str(weights / f"fam-q{quality}.json")) for quality in (1, 2, 3)]
+    assert all(np.asarray(dqcodec.decode(file)).shape == pixels.shape for file in files)
+    assert len({registry.file_fingerprint(weights / f"fam-q{quality}") for quality in (1, 2, 3)}) == 3
+
+
+def test_a_family_starts_from_its_exported_levels_and_gives_them_back(family):
+    weights, _ = family
+    net = tiny_family()
+    _load_family_levels(net, weights)
+    for index in range(3):
+        level, _, _ = registry.load_checkpoint(weights / f"fam-q{index + 1}")
+        rebuilt = net.level(index).state_dict()
+        for key, value in level.state_dict().items():
+            if not key.startswith("fine_entropy."):
+                assert torch.equal(rebuilt[key], value), key
+
+
+def test_each_image_of_a_batch_is_coded_and_charged_by_its_level():
+    torch.manual_seed(0)
+    net = tiny_family().eval()
+    images = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        out = net(images)
+        assert out.rate_lambdas.tolist() == pytest.approx([1e-6, 1e-8, 1e-9])
+        body = net.body
+        for index in range(3):
+            quantizer = net.fine_quantizer(index)
+            quantizer.rate_lambda = body.rate_lambdas(net.level_configs[index].rate_lambda)[0]
+            latent = body.analysis(images[index : index + 1])
+            alone = quantizer(latent).bits + body.coarse_quantizer(body.coarse_analysis(latent)).bits
+            assert out.bits[index].item() == pytest.approx(alone.item(), rel=1e-5)
+
+
+def test_bad_family_settings_are_one_line_errors(family, tmp_path, capsys):
+    weights, data = family
+    assert main(family_run(tmp_path / "a", data, 1, "--batch-size", "2")) == 2
+    assert "at least one crop per level (3)" in capsys.readouterr().err
+    assert main([*family_run(tmp_path / "b", data, 1), "--rate-levels", "1e-9:16,1e-6:16"]) == 2
+    assert "lowest rate (largest lambda) first" in capsys.readouterr().err
+    assert main([*family_run(tmp_path / "c", data, 1), "--rate-levels", "fast"]) == 2
+    assert "LAMBDA:K pairs" in capsys.readouterr().err
+    assert main([*family_run(tmp_path / "d", data, 1), "--rate-levels", "1e-6:16,1e-9:16", "--start-levels", str(weights)]) == 2
+    assert "3 hdq models, the family has 2 levels" in capsys.readouterr().err
+    assert main([*family_run(tmp_path / "e", data, 1), "--rate-levels", "1e-6:16,1e-8:16,1e-9:16",
+                 "--start-levels", str(weights)]) == 2
+    assert "is not the family's level" in capsys.readouterr().err
+    assert not (tmp_path / "e" / "state.safetensors").exists()
