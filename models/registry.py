@@ -145,9 +145,9 @@ ARCHITECTURES: dict[str, Architecture] = {
         half_precision=("analysis.", "coarse_analysis.", "synthesis.", "coarse_synthesis.",
                         "fine_quantizer.projection.", "coarse_quantizer.projection."),
         # Levels of one network (refitted by --init-from with a new --lambda or --codebook-size,
-        # or trained jointly by --arch hdq-family) differ only in their fine quantizers and tables.
-        shareable=("analysis.", "coarse_analysis.", "synthesis.", "coarse_synthesis.", "coarse_quantizer.",
-                   "coarse_entropy.", "synthesis_gains"),
+        # or trained jointly by --arch hdq-family) differ only in their fine codebooks and tables.
+        shareable=("analysis.", "coarse_analysis.", "synthesis.", "coarse_synthesis.", "fine_quantizer.projection.",
+                   "coarse_quantizer.", "coarse_entropy.", "synthesis_gains"),
     ),
     # Trained only: its levels are exported as HierarchicalDQCodec models (HDQFamily.level).
     "HDQFamily": Architecture("dqcodec.models.hdq_family:HDQFamily", "dqcodec.models.hdq_family:HDQFamilyConfig"),

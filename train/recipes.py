@@ -380,9 +380,9 @@ class HDQFamilyOptions(HDQOptions):
 @torch.no_grad()
 def _initialise_family(net: nn.Module, options: HDQFamilyOptions, files: list[Path], generator: torch.Generator,
                        log) -> None:
-    """From the levels in ``options.start_levels``; else hdq's block start for level 0, whose
-    projection every level starts from, and each other level's codebooks fitted by the same
-    Lloyd iterations on the block start's latents at its own lambda."""
+    """From the levels in ``options.start_levels``; else hdq's block start for level 0 (its
+    projection is every level's), and each other level's codebooks fitted by the same Lloyd
+    iterations on the block start's latents at its own lambda."""
     if options.start_levels:
         _load_family_levels(net, Path(options.start_levels))
         log(f"initialised: {net.num_levels} levels from {options.start_levels}")
@@ -390,12 +390,10 @@ def _initialise_family(net: nn.Module, options: HDQFamilyOptions, files: list[Pa
     _initialise_hdq(net.body, options, files, generator, log)
     crops = _crops(files, options.init_crops, options.fit_crop, int(torch.randint(0, 2**31, (1,), generator=generator)))
     latent = torch.cat([net.body.analysis(batch) for batch in crops.split(16)])
+    points = _slice_points(net.body.fine_quantizer, latent)
     for index in range(1, net.num_levels):
-        quantizer = net.fine_quantizer(index)
-        quantizer.projection.load_state_dict(net.body.fine_quantizer.projection.state_dict())
-        points = _slice_points(quantizer, latent)
         level = net.level_configs[index]
-        used = _fit_fine_codebooks(quantizer, net.body.rate_lambdas(level.rate_lambda)[0], options, points,
+        used = _fit_fine_codebooks(net.fine_quantizer(index), net.body.rate_lambdas(level.rate_lambda)[0], options, points,
                                    sample_centres(points, level.codebook_size, generator))
         log(f"level {index + 1}: fine codebooks fitted for lambda {level.rate_lambda}, K {level.codebook_size} "
             f"(mean {used:.0f} codes in use)")
@@ -407,6 +405,7 @@ def _load_family_levels(net: nn.Module, folder: Path) -> None:
     not ``net``'s levels or do not share their transforms."""
     from dqcodec.codec.errors import DQCodecError
     from dqcodec.models.hdq_codec import HierarchicalDQCodec
+    from dqcodec.models.registry import ARCHITECTURES
     from dqcodec.train.checkpoint import load_model_as
 
     infos = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
@@ -420,13 +419,14 @@ def _load_family_levels(net: nn.Module, folder: Path) -> None:
             raise DQCodecError(f"--start-levels {stem}: its config {asdict(level.config)} is not the family's level "
                                f"{asdict(wanted)}")
     first = levels[0].state_dict()
+    shared = ARCHITECTURES["HierarchicalDQCodec"].shareable
     for stem, level in zip(stems[1:], levels[1:]):
-        if any(not torch.equal(first[key], value) for key, value in level.state_dict().items()
-               if not key.startswith(("fine_quantizer.", "fine_entropy."))):
+        if any(not torch.equal(first[key], value) for key, value in level.state_dict().items() if key.startswith(shared)):
             raise DQCodecError(f"--start-levels {stem}: its transforms are not those of {stems[0]}")
     net.body.load_state_dict(first)
     for index, level in enumerate(levels[1:], start=1):
-        net.fine_quantizer(index).load_state_dict(level.fine_quantizer.state_dict())
+        net.fine_quantizer(index).load_state_dict({key: value for key, value in level.fine_quantizer.state_dict().items()
+                                                   if not key.startswith("projection.")})
 
 
 def _before_family_step(net: nn.Module, options: HDQFamilyOptions, step: int, total_steps: int, fresh: bool) -> None:
