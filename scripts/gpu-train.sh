@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU runbook, step 2 of 2: train one level of the hierarchical DQ codec on a GPU machine.
+# GPU runbook, step 2 of 2: train the hdq levels jointly on a GPU machine.
 #
 # Step 1, here (a checkout with ../shared beside it, network to the package registries):
 #   PHOTO_SCALE=0.1 ../shared/scripts/gpu-bundle.sh && rm -rf .traindata/photos .traindata/kodak/kodim[12]*.png
@@ -7,27 +7,18 @@
 #   # a tenth of their size are smaller than the 256-pixel crops, so they only took room in the
 #   # 64 MiB that travels, and 3 validation images keep the total under it with some margin.
 # Step 2, on the GPU machine, from the repository root, with .whl and .traindata carried:
-#   scripts/gpu-train.sh LEVEL [MINUTES]
-# It resumes level LEVEL from its committed weights checkpoints/hdq-qLEVEL (fresh optimizer), or,
-# when that level has none yet, from the nearest committed level with this level's lambda (its
-# fine codebooks refitted at that lambda), or from the block start (block PCA and ECVQ codebooks,
-# fitted in about a minute); trains for at most
-# MINUTES minutes (default 8: with install and export it stays under 9), saves, exports, and
-# leaves in $OUT (4 files, each under 16 MiB):
-#   hdq-qLEVEL.safetensors, hdq-qLEVEL.json   the weights the next run resumes from (commit them
-#                                             to checkpoints/ here)
-#   log-qLEVEL.jsonl, training-qLEVEL.png     the training log and its plot (dqcodec plot-training)
+#   scripts/gpu-train.sh [MINUTES]
+# It starts the family (dqcodec train --arch hdq-family) from the levels committed in
+# checkpoints/ (hdq-q1, hdq-q2, ... sharing hdq-shared.safetensors; fresh optimizer), trains all
+# of them at once, each batch split over their lambdas, for at most MINUTES minutes (default 8:
+# with install and export it stays under 9), exports the levels again, and leaves in $OUT
+# (3 files, each under 16 MiB):
+#   hdq-levels.tar.gz               hdq-q*.json/.safetensors and hdq-shared.safetensors, the
+#                                   weights the next run starts from (unpack them into checkpoints/ here)
+#   log.jsonl, training.png         the training log and its plot (dqcodec plot-training)
 set -euo pipefail
-level=${1:?usage: scripts/gpu-train.sh LEVEL [MINUTES]}
-minutes=${2:-8}
+minutes=${1:-8}
 out=${OUT:?set OUT to the folder the results go to}
-case $level in  # rate_lambda of each level: squared pixel error per bit (see dqcodec train --help)
-  1) lambda=0.03 ;;
-  2) lambda=0.012 ;;
-  3) lambda=0.005 ;;
-  4) lambda=0.002 ;;
-  *) echo "LEVEL must be 1, 2, 3 or 4" >&2; exit 2 ;;
-esac
 
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 # pyproject maps the package's sub-packages to top-level folders; link them into one package tree.
@@ -37,17 +28,20 @@ ln -sf "$PWD"/dqcodec/* "$package"/
 for folder in codec models train eval; do ln -sfn "$PWD/$folder" "$package/$folder"; done
 export PYTHONPATH=/tmp/package:/tmp/site DQCODEC_DATA=$PWD/.traindata PYTHONUNBUFFERED=1
 
-start=()  # no committed level: the recipe's block start
-for candidate in $level 2 3 1 4; do
-  if [[ -f checkpoints/hdq-q$candidate.json ]]; then start=(--init-from "checkpoints/hdq-q$candidate"); break; fi
-done
+# The committed levels' LAMBDA:K in quality order: the family they form.
+levels=$(python3 -c '
+import json, pathlib
+infos = sorted((json.loads(p.read_text()) for p in pathlib.Path("checkpoints").glob("hdq-q*.json")), key=lambda i: i["quality"])
+print(",".join("%s:%s" % (i["config"]["rate_lambda"], i["config"]["codebook_size"]) for i in infos))')
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-echo "level $level, lambda $lambda, start: ${start[*]}, at most $minutes minutes"
-run=/tmp/run-q$level
-python3 -m dqcodec.codec.cli train --arch hdq --out "$run" "${start[@]}" --lambda "$lambda" \
-  --data "$PWD/.traindata" --device cuda --batch-size 16 --crop 256 --lr 1e-4 --steps 10000000 --max-minutes "$minutes" \
+echo "levels $levels from checkpoints/, at most $minutes minutes"
+run=/tmp/run-family
+weights=/tmp/weights
+python3 -m dqcodec.codec.cli train --arch hdq-family --out "$run" --start-levels checkpoints --rate-levels "$levels" \
+  --data "$PWD/.traindata" --device cuda --batch-size 16 --crop 256 --lr 5e-5 --steps 10000000 --max-minutes "$minutes" \
   --validate-every 500 --validation-images 3 --checkpoint-every 1000 \
-  --export "hdq-q$level" --family hdq --quality "$level" --weights-dir "$out" --measure-images 0
-cp "$run/log.jsonl" "$out/log-q$level.jsonl"
-python3 -m dqcodec.codec.cli plot-training "$run" -o "$out/training-q$level.png"
+  --export hdq --family hdq --quality 1 --weights-dir "$weights" --measure-images 0 --share-weights hdq-shared
+tar -C "$weights" -czf "$out/hdq-levels.tar.gz" .
+cp "$run/log.jsonl" "$out/log.jsonl"
+python3 -m dqcodec.codec.cli plot-training "$run" -o "$out/training.png"
 ls -l "$out"

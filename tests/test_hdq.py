@@ -95,8 +95,8 @@ def test_levels_refitted_from_one_network_store_it_once(tiny_model, tmp_path, ca
                         "--quality", "1", "--weights-dir", str(weights), "--measure-images", "0",
                         "--share-weights", "hdq-test-shared")
 
-    # As scripts/hdq-levels.sh does: a level trained (here: resumed from the tiny model), then
-    # another refitted from its export, whose float16 weights its tables were fitted to.
+    # As hdq-q5 was made: a level trained (here: resumed from the tiny model), then another
+    # refitted from its export, whose float16 weights its tables were fitted to.
     assert main(level("low", "--init-from", str(stem), "--steps", "1")) == 0
     assert main(level("high", "--init-from", str(weights / "low"), "--codebook-size", "8", "--lambda", "1e-4")) == 0
     shared = load_file(weights / "hdq-test-shared.safetensors")
