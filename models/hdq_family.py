@@ -113,15 +113,17 @@ class HDQFamily(nn.Module):
         return self.body.fine_quantizer if index == 0 else self.extra_quantizers[index - 1]
 
     def forward(self, image: torch.Tensor) -> FamilyOutput:
-        """Consecutive equal parts of the batch go to levels 0, 1, ...; a batch of fewer images
-        than levels (validation) is coded by the first levels only."""
+        """Consecutive parts of the batch, as equal as they can be (sizes differ by at most one,
+        the larger first), go to levels 0, 1, ...; a batch of fewer images than levels
+        (validation) is coded by the first levels only, one image each."""
         body = self.body
         if self.training and image.shape[0] < self.num_levels:
             raise ValueError(f"a training batch needs at least one image per level ({self.num_levels}), not {image.shape[0]}")
         body._set_assignment_lambdas()
         latent = body.analysis(image)
         dtype = body.fine_quantizer.codebooks.dtype
-        parts = latent.chunk(self.num_levels)
+        # tensor_split, not chunk: chunk(5) of 8 gives 4 parts of 2, leaving the fifth level out.
+        parts = latent.tensor_split(min(len(latent), self.num_levels))
         with torch.autocast(image.device.type, enabled=False):  # codebook search and EMA in full precision
             fine = [self.quantize_level(index, part.to(dtype)) for index, part in enumerate(parts)]
             coarse = body.coarse_quantizer(body.coarse_analysis(latent).to(dtype))

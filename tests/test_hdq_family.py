@@ -86,15 +86,15 @@ def test_a_family_starts_from_its_exported_levels_and_gives_them_back(family):
 def test_each_image_of_a_batch_is_coded_and_charged_by_its_level():
     torch.manual_seed(0)
     net = tiny_family().eval()
-    images = torch.rand(3, 3, 64, 64)
+    images = torch.rand(4, 3, 64, 64)  # 4 images, 3 levels: parts of 2, 1 and 1
     with torch.no_grad():
         out = net(images)
-        assert out.rate_lambdas.tolist() == pytest.approx([1e-6, 1e-8, 1e-9])
+        assert out.rate_lambdas.tolist() == pytest.approx([1e-6, 1e-6, 1e-8, 1e-9])
         body = net.body
-        for index in range(3):
-            latent = body.analysis(images[index : index + 1])
-            alone = net.quantize_level(index, latent).bits + body.coarse_quantizer(body.coarse_analysis(latent)).bits
-            assert out.bits[index].item() == pytest.approx(alone.item(), rel=1e-5)
+        for image, level in enumerate((0, 0, 1, 2)):
+            latent = body.analysis(images[image : image + 1])
+            alone = net.quantize_level(level, latent).bits + body.coarse_quantizer(body.coarse_analysis(latent)).bits
+            assert out.bits[image].item() == pytest.approx(alone.item(), rel=1e-5)
 
 
 def test_bad_family_settings_are_one_line_errors(family, tmp_path, capsys):
