@@ -5,7 +5,7 @@ Why: levels refitted from transforms trained at one lambda fall behind at other 
 on the photos' validation split: -0.90 and -1.65 dB against ``dq`` at the two highest levels,
 which gained 0.39 dB within 35 minutes once trained at their own lambda), while separate
 transforms per level would multiply the shipped weights. Each training batch is split into
-equal consecutive parts, one per level; part ``i`` is quantized by level ``i``'s fine quantizer
+consecutive parts, as equal as they can be, one per level; part ``i`` is quantized by level ``i``'s fine quantizer
 at its lambda and charged its bits at that lambda, and all parts go through the shared analysis,
 coarse level and synthesis. The exported levels are plain ``hdq`` models
 (:class:`~dqcodec.models.hdq_codec.HierarchicalDQCodec`, :meth:`HDQFamily.level`) whose shared

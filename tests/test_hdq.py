@@ -32,17 +32,22 @@ def tiny_run(out, data, steps: int, *extra: str) -> list[str]:
             "--steps", str(steps), *extra]
 
 
+def wave_images(folder, seed: int, phase: int = 9, period: float = 7.0):
+    """``folder`` with three 96 x 112 RGB PNGs (sinusoidal patterns plus noise) to train tiny models on."""
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(3):
+        rows, cols = np.mgrid[0:96, 0:112]
+        base = 128 + 90 * np.sin((cols + phase * i) / period)[..., None] * np.cos(rows / (period + 4))[..., None]
+        Image.fromarray(np.clip(base + rng.normal(0, 10, (96, 112, 3)), 0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """An exported tiny hdq model (stem path) trained for 6 steps on synthetic images."""
     root = tmp_path_factory.mktemp("hdq")
-    data = root / "images"
-    data.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(3):
-        rows, cols = np.mgrid[0:96, 0:112]
-        base = 128 + 90 * np.sin((cols + 9 * i) / 7.0)[..., None] * np.cos(rows / 11.0)[..., None]
-        Image.fromarray(np.clip(base + rng.normal(0, 10, (96, 112, 3)), 0, 255).astype(np.uint8)).save(data / f"{i}.png")
+    data = wave_images(root / "images", seed=1)
     export = ["--export", "hdq-tiny", "--family", "hdq-test", "--quality", "1", "--weights-dir", str(root / "w"),
               "--measure-images", "1"]
     assert main(tiny_run(root / "run", data, 6, *export)) == 0

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.numpy import load_file
-from test_hdq import TINY
+from test_hdq import TINY, wave_images
 
 import dqcodec
 from dqcodec.codec.cli import main
@@ -36,13 +36,7 @@ def tiny_family() -> HDQFamily:
 def family(tmp_path_factory):
     """(weights folder, images): a tiny family of 3 levels trained jointly for 4 steps and exported."""
     root = tmp_path_factory.mktemp("family")
-    data = root / "images"
-    data.mkdir()
-    rng = np.random.default_rng(2)
-    for i in range(3):
-        rows, cols = np.mgrid[0:96, 0:112]
-        base = 128 + 90 * np.sin((cols + 5 * i) / 6.0)[..., None] * np.cos(rows / 10.0)[..., None]
-        Image.fromarray(np.clip(base + rng.normal(0, 10, (96, 112, 3)), 0, 255).astype(np.uint8)).save(data / f"{i}.png")
+    data = wave_images(root / "images", seed=2, phase=5, period=6.0)
     export = ["--export", "fam", "--family", "fam-test", "--quality", "1", "--weights-dir", str(root / "w"),
               "--measure-images", "0", "--share-weights", "fam-shared"]
     assert main(family_run(root / "run", data, 4, *export)) == 0

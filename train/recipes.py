@@ -498,6 +498,11 @@ def _summarize_dqae(config) -> str:
             f"D={config.code_dim}), {config.head} head")
 
 
+# Clipping as CompressAI's training does: without it a CPU run diverged (loss 1e10) when the rate
+# term collapsed the codebooks to one code each. Learning rate 1e-4: the rate hdq-q2 was refined at
+# from its block start (6370 steps, steadily better).
+HDQ_LOOP_DEFAULTS = {"steps": 2000, "crop": 128, "learning_rate": 1e-4, "clip_grad_norm": 1.0}
+
 # --arch NAME -> recipe. A new architecture adds its recipe here (or with register_recipe).
 RECIPES: dict[str, Recipe] = {
     "dq": Recipe(
@@ -532,10 +537,7 @@ RECIPES: dict[str, Recipe] = {
         estimate="marginal-rate ECVQ estimate of both levels",
         before_step=_before_hdq_step,
         summarize=_summarize_hdq,
-        # Clipping as CompressAI's training does: without it a CPU run diverged (loss 1e10) when the
-        # rate term collapsed the codebooks to one code each. Learning rate 1e-4: the rate hdq-q2 was
-        # refined at from its block start (6370 steps, steadily better).
-        loop_defaults={"steps": 2000, "crop": 128, "learning_rate": 1e-4, "clip_grad_norm": 1.0},
+        loop_defaults=HDQ_LOOP_DEFAULTS,
     ),
     "hdq-family": Recipe(
         architecture="HDQFamily",
@@ -547,7 +549,7 @@ RECIPES: dict[str, Recipe] = {
         estimate="marginal-rate ECVQ estimate of both levels, at the first level(s)",
         before_step=_before_family_step,
         summarize=_summarize_hdq,
-        loop_defaults={"steps": 2000, "crop": 128, "learning_rate": 1e-4, "clip_grad_norm": 1.0},
+        loop_defaults=HDQ_LOOP_DEFAULTS,
         loss=_family_loss,
         export_levels=lambda net: [net.level(index) for index in range(net.num_levels)],
     ),
