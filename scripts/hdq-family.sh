@@ -5,15 +5,17 @@
 # and is exported back into WEIGHTS, each level measured on Kodak. Running it again continues
 # the run in runs/hdq-family for another MINUTES; remove that folder to start over from WEIGHTS.
 #
-#   scripts/hdq-family.sh [WEIGHTS [MINUTES [DATA]]]
+#   scripts/hdq-family.sh [WEIGHTS [MINUTES [DATA [TRAIN-OPTIONS...]]]]
 #     WEIGHTS: default checkpoints
 #     MINUTES: default 60
 #     DATA: default ../shared/data (BSDS500 and the photos' training split)
+#     TRAIN-OPTIONS: passed on to dqcodec train, e.g. --batch-size 10 (two crops per level of five)
 # Then the family's RD curve:  dqcodec eval --codec WEIGHTS --threads 2
 set -euo pipefail
 weights=${1:-checkpoints}
 minutes=${2:-60}
 data=${3:-../shared/data}
+shift $(( $# < 3 ? $# : 3 ))
 levels=$(python3 -c '
 import json, pathlib, sys
 infos = sorted((json.loads(p.read_text()) for p in pathlib.Path(sys.argv[1]).glob("hdq-q*.json")), key=lambda i: i["quality"])
@@ -22,5 +24,5 @@ run=runs/hdq-family
 exported=$run/weights
 dqcodec train --arch hdq-family --out "$run" --start-levels "$weights" --rate-levels "$levels" --data "$data" \
   --lr 5e-5 --steps 10000000 --max-minutes "$minutes" --threads 2 \
-  --export hdq --family hdq --quality 1 --weights-dir "$exported" --share-weights hdq-shared
+  --export hdq --family hdq --quality 1 --weights-dir "$exported" --share-weights hdq-shared "$@"
 mv "$exported"/hdq-* "$weights"/

@@ -282,6 +282,29 @@ def test_steps_redone_after_a_resume_count_once_and_their_time_twice(tmp_path):
     assert [r["wall_seconds"] for r in records] == [1.0, 2.0, 5.5, 7.0]
 
 
+def test_training_crops_mix_saturated_photos_and_synthetic_content(tmp_path):
+    """hdq and hdq-family train on the photos plus saturation-boosted copies of some of them and
+    synthetic content (flat colours, gradients, text, screenshots), which photographs lack;
+    --synthetic-share 0 leaves the photos alone."""
+    from types import SimpleNamespace
+
+    from dqcodec.content import fitting_content, saturate
+    from dqcodec.train.recipes import RECIPES
+
+    data = wave_images(tmp_path / "images", seed=3)
+    recipe, loop = RECIPES["hdq"], SimpleNamespace(data=data)
+    assert RECIPES["hdq-family"].data is recipe.data
+    mixed = recipe.data(recipe.options(synthetic_share=0.5), loop)  # every 2nd photo: 2 saturated copies, 2 synthetic
+    plain = recipe.data(recipe.options(synthetic_share=0.0), loop)
+    images = mixed.batches(64, 4, torch.Generator().manual_seed(0)).images
+    photos = [np.asarray(Image.open(path).convert("RGB")) for path in mixed.files]
+    assert len(images) == 7 and len(plain.batches(64, 4, torch.Generator()).images) == 3
+    assert all(np.array_equal(image, photo) for image, photo in zip(images[:3], photos))
+    assert np.array_equal(images[3], saturate(photos[0], 2.0)) and np.array_equal(images[4], saturate(photos[2], 2.0))
+    assert np.array_equal(images[5], fitting_content()[0]) and np.array_equal(images[6], fitting_content()[1])
+    assert "saturation-boosted" in mixed.describe() and mixed.describe().startswith(plain.describe())
+
+
 def test_the_block_start_is_a_block_transform_codec():
     """After set_hdq_block_transform with all 768 axes kept, the (zero) nonlinear branches add
     nothing and synthesis(projections(analysis(x))) gives back x: training starts from the block PCA

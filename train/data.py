@@ -1,13 +1,16 @@
-"""Training images: file lists, whole images, and random crops with flips."""
+"""Training images: file lists, whole images, random crops with flips, and "fitting images"
+(photographs plus saturation-boosted copies and synthetic content, :func:`fitting_images`)."""
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from dqcodec.content import fitting_content, saturate
 from dqcodec.paths import IMAGE_SUFFIXES, bsds_dir
 
 
@@ -46,6 +49,38 @@ def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(pixels)).permute(2, 0, 1)[None].float() / 255.0  # a writable copy
 
 
+@dataclass(frozen=True)
+class SaturatedPhoto:
+    """A training photograph with its saturation multiplied by ``factor`` (loaded when used)."""
+
+    path: Path
+    factor: float
+
+
+FittingImage = Path | SaturatedPhoto | np.ndarray
+
+
+def load_fitting_image(image: FittingImage, block: int = 1) -> np.ndarray:
+    """(H, W, 3) uint8 of a fitting image, cropped to whole ``block`` x ``block`` tiles."""
+    if isinstance(image, Path):
+        return load_rgb(image, block)
+    if isinstance(image, SaturatedPhoto):
+        return saturate(load_rgb(image.path, block), image.factor)
+    height, width = image.shape[0] // block * block, image.shape[1] // block * block
+    return image[:height, :width]
+
+
+def fitting_images(files: list[Path], synthetic_share: float) -> list[FittingImage]:
+    """``files`` plus, when ``synthetic_share`` > 0, saturation-boosted copies (x2) of every
+    round(1 / synthetic_share)-th file and as many synthetic images, taken in turn from
+    :func:`dqcodec.content.fitting_content` (flat tiles, hue sweeps, gradients, text, screenshots)."""
+    if synthetic_share <= 0:
+        return list(files)
+    saturated = [SaturatedPhoto(path, 2.0) for path in files[:: max(1, round(1 / synthetic_share))]]
+    synthetic = fitting_content()
+    return [*files, *saturated, *(synthetic[index % len(synthetic)] for index in range(len(saturated)))]
+
+
 class RandomCrops:
     """Batches of random crops (B, 3, S, S) in [0, 1] with random horizontal flips.
 
@@ -80,8 +115,9 @@ class RandomCrops:
 
 
 class ImageFolder:
-    """The training data of the codec recipes: the images under ``folder`` (``image_files``),
-    drawn as :class:`RandomCrops`.
+    """The training data of the codec recipes: the images under ``folder`` (``image_files``), with
+    ``synthetic_share`` > 0 also saturation-boosted copies of some and synthetic content
+    (:func:`fitting_images`), drawn as :class:`RandomCrops`.
 
     Training data for :func:`dqcodec.train.loop.train` is any object with ``files`` (the image
     files a recipe's ``initialise`` and ``finish`` read; may be empty), ``describe()`` (one line
@@ -90,8 +126,9 @@ class ImageFolder:
     :mod:`dqcodec.train.likelihood_data`.
     """
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, synthetic_share: float = 0.0):
         self.folder = Path(folder)
+        self.synthetic_share = synthetic_share
 
     @functools.cached_property
     def files(self) -> list[Path]:
@@ -99,7 +136,13 @@ class ImageFolder:
 
     def describe(self) -> str:
         name = self.folder.name if self.folder.is_absolute() else str(self.folder)
-        return f"{name} ({len(self.files)} images)"
+        images = fitting_images(self.files, self.synthetic_share)
+        mixed = len(images) - len(self.files)
+        if not mixed:
+            return f"{name} ({len(self.files)} images)"
+        return (f"{name} ({len(self.files)} images) and {mixed} more: saturation-boosted (x2) copies of "
+                f"{mixed // 2} of them and as many synthetic images")
 
     def batches(self, crop: int, batch_size: int, generator: torch.Generator) -> RandomCrops:
-        return RandomCrops([load_rgb(path) for path in self.files], crop, batch_size, generator)
+        images = fitting_images(self.files, self.synthetic_share)
+        return RandomCrops([load_fitting_image(image) for image in images], crop, batch_size, generator)

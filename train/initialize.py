@@ -7,56 +7,22 @@ algorithm (Chou, Lookabaugh & Gray 1989) on the projected training latents, and 
 counted over whole training images.
 
 The images these steps fit are "fitting images": training photographs, saturation-boosted
-copies of some of them and synthetic content (:func:`fitting_images`), since photographs alone
+copies of some of them and synthetic content (:func:`dqcodec.train.data.fitting_images`), since photographs alone
 hold few saturated colours and no flat graphics; and before the tables are counted the network
 gets guard codes for flat colours (``BlockCodec.guard_codes``), kept through code pruning.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from dqcodec.content import fitting_content, saturate
 from dqcodec.models.block_codec import guard_colours
 from dqcodec.models.codec_net import DQCodecNet
 from dqcodec.models.lloyd import lloyd, sample_centres
-from dqcodec.train.data import load_rgb, to_tensor
-
-
-@dataclass(frozen=True)
-class SaturatedPhoto:
-    """A training photograph with its saturation multiplied by ``factor`` (loaded when used)."""
-
-    path: Path
-    factor: float
-
-
-FittingImage = Path | SaturatedPhoto | np.ndarray
-
-
-def load_fitting_image(image: FittingImage, block: int = 1) -> np.ndarray:
-    """(H, W, 3) uint8 of a fitting image, cropped to whole ``block`` x ``block`` tiles."""
-    if isinstance(image, Path):
-        return load_rgb(image, block)
-    if isinstance(image, SaturatedPhoto):
-        return saturate(load_rgb(image.path, block), image.factor)
-    height, width = image.shape[0] // block * block, image.shape[1] // block * block
-    return image[:height, :width]
-
-
-def fitting_images(files: list[Path], synthetic_share: float) -> list[FittingImage]:
-    """``files`` plus, when ``synthetic_share`` > 0, saturation-boosted copies (x2) of every
-    round(1 / synthetic_share)-th file and as many synthetic images, taken in turn from
-    :func:`dqcodec.content.fitting_content` (flat tiles, hue sweeps, gradients, text, screenshots)."""
-    if synthetic_share <= 0:
-        return list(files)
-    saturated = [SaturatedPhoto(path, 2.0) for path in files[:: max(1, round(1 / synthetic_share))]]
-    synthetic = fitting_content()
-    return [*files, *saturated, *(synthetic[index % len(synthetic)] for index in range(len(saturated)))]
+from dqcodec.train.data import FittingImage, load_fitting_image, to_tensor
 
 
 # Columns: grey, yellow-blue, red-green (orthonormal, in RGB).

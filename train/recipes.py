@@ -24,13 +24,11 @@ from tqdm import tqdm
 
 from dqcodec.models.lloyd import kmeans_plus_plus, lloyd, sample_centres
 from dqcodec.paths import data_dir
-from dqcodec.train.data import ImageFolder, RandomCrops, load_rgb, to_tensor
+from dqcodec.train.data import ImageFolder, RandomCrops, fitting_images, load_fitting_image, to_tensor
 from dqcodec.train.initialize import (
     block_pca,
     ecvq_codebooks,
     fit_entropy_tables,
-    fitting_images,
-    load_fitting_image,
     sample_slices,
     set_block_transform,
     set_hdq_block_transform,
@@ -236,15 +234,26 @@ class HDQOptions:
     table_crops: int = option(192, "training crops the context tables are counted over at export")
     table_backoff: int = option(64, "contexts seen fewer times than this in those crops take their codebook's table")
     fit_crop: int = option(256, "size in pixels of the crops that start the network and count the tables")
+    synthetic_share: float = option(
+        SYNTHETIC_SHARE, "mix saturation-boosted copies of this share of the training photos, and about as many "
+        "synthetic images (flat colours, saturated gradients, text, screenshots), into the training crops and the "
+        "crops that start the network and count the tables (0: photographs only)"
+    )
 
 
 GAIN_KEPT = 0.9  # share of the old synthesis gains kept when they are re-measured
 
 
-def _crops(files: list[Path], count: int, size: int, seed: int) -> torch.Tensor:
-    """(count, 3, size, size) random crops of ``files`` (reproducible for a seed)."""
+def _crops(files: list[Path], options: HDQOptions, count: int, seed: int) -> torch.Tensor:
+    """(count, 3, fit_crop, fit_crop) random crops of ``files`` and, by ``options.synthetic_share``,
+    of saturation-boosted and synthetic images (reproducible for a seed)."""
     generator = torch.Generator().manual_seed(seed)
-    return RandomCrops([load_rgb(path) for path in files], size, count, generator).batch()
+    images = [load_fitting_image(image) for image in fitting_images(files, options.synthetic_share)]
+    return RandomCrops(images, options.fit_crop, count, generator).batch()
+
+
+def _hdq_data(options: HDQOptions, loop) -> ImageFolder:
+    return ImageFolder(loop.data, options.synthetic_share)
 
 
 @torch.no_grad()
@@ -252,7 +261,7 @@ def _initialise_hdq(net: nn.Module, options: HDQOptions, files: list[Path], gene
     """A block transform codec to start from: block PCA of 16 x 16 blocks in the linear paths (the
     nonlinear branches start at zero), fine codebooks by entropy-constrained Lloyd iterations on
     the projected crops, coarse codebooks by k-means++ on the coarse latents."""
-    crops = _crops(files, options.init_crops, options.fit_crop, int(torch.randint(0, 2**31, (1,), generator=generator)))
+    crops = _crops(files, options, options.init_crops, int(torch.randint(0, 2**31, (1,), generator=generator)))
     pixels = list((crops * 255).round().byte().permute(0, 2, 3, 1).numpy())
     set_hdq_block_transform(net, *block_pca(pixels, 16))
     latent = torch.cat([net.analysis(batch) for batch in crops.split(16)])
@@ -294,7 +303,7 @@ def _adapt_hdq(net: nn.Module, options: HDQOptions, files: list[Path], generator
     minutes: its transforms serve other rates better than a block start does. (``changed`` is
     within the recipe's ``mutable`` fields, both of which call for new codebooks.)"""
     net.eval()
-    crops = _crops(files, options.init_crops, options.fit_crop, int(torch.randint(0, 2**31, (1,), generator=generator)))
+    crops = _crops(files, options, options.init_crops, int(torch.randint(0, 2**31, (1,), generator=generator)))
     latent = torch.cat([net.analysis(batch) for batch in crops.split(16)])
     points = _slice_points(net.fine_quantizer, latent)
     used = _fit_fine_codebooks(net.fine_quantizer, net.rate_lambdas()[0], options, points,
@@ -319,7 +328,7 @@ def _fit_hdq_tables(net: nn.Module, options: HDQOptions, files: list[Path]) -> N
     """Sort both levels' codes by usage (dropping unused ones), then count the context tables
     over training crops in 2 rounds: the quantizers' own indices, then the indices that
     ``net.compress`` chooses under the first round's tables."""
-    crops = _crops(files, options.table_crops, options.fit_crop, seed=0).split(8)
+    crops = _crops(files, options, options.table_crops, seed=0).split(8)
     quantizers = {"coarse": net.coarse_quantizer, "fine": net.fine_quantizer}
     usage = {name: torch.zeros_like(q.ema_counts) for name, q in quantizers.items()}
     for batch in tqdm(crops, desc="code usage", unit="batch", leave=False):
@@ -354,7 +363,7 @@ def _hdq_steps_and_tables(options: HDQOptions) -> str:
         f"with straight-through EMA codebooks, ECVQ assignment of the fine level (lambda in latent units from synthesis "
         f"gains measured every {options.gain_every} steps) and nearest-code assignment of the coarse level; context "
         f"tables counted over {options.table_crops} crops of {options.fit_crop} px in 2 rounds, contexts seen fewer than "
-        f"{options.table_backoff} times backed off to their codebook's table"
+        f"{options.table_backoff} times backed off to their codebook's table; {_fitting_note(options)}"
     )
 
 
@@ -388,7 +397,7 @@ def _initialise_family(net: nn.Module, options: HDQFamilyOptions, files: list[Pa
         log(f"initialised: {net.num_levels} levels from {options.start_levels}")
         return
     _initialise_hdq(net.body, options, files, generator, log)
-    crops = _crops(files, options.init_crops, options.fit_crop, int(torch.randint(0, 2**31, (1,), generator=generator)))
+    crops = _crops(files, options, options.init_crops, int(torch.randint(0, 2**31, (1,), generator=generator)))
     latent = torch.cat([net.body.analysis(batch) for batch in crops.split(16)])
     points = _slice_points(net.body.fine_quantizer, latent)
     for index in range(1, net.num_levels):
@@ -538,6 +547,7 @@ RECIPES: dict[str, Recipe] = {
         before_step=_before_hdq_step,
         summarize=_summarize_hdq,
         loop_defaults=HDQ_LOOP_DEFAULTS,
+        data=_hdq_data,
     ),
     "hdq-family": Recipe(
         architecture="HDQFamily",
@@ -550,6 +560,7 @@ RECIPES: dict[str, Recipe] = {
         before_step=_before_family_step,
         summarize=_summarize_hdq,
         loop_defaults=HDQ_LOOP_DEFAULTS,
+        data=_hdq_data,
         loss=_family_loss,
         export_levels=lambda net: [net.level(index) for index in range(net.num_levels)],
     ),
