@@ -18,10 +18,8 @@ from dqcodec.models.quantizers import DepthwiseQuantizer
 from dqcodec.models.transforms import BlockAnalysis, BlockSynthesis
 
 # A code whose count is below this share of its codebook's mean count is free for a guard code
-# (the dead-code rule of the quantizer, relative to a uniform share); a new guard code starts at
-# GUARD_SHARE of the mean count.
+# (the dead-code rule of the quantizer, relative to a uniform share).
 FREE_SHARE = 1e-3
-GUARD_SHARE = 1e-2
 
 
 @dataclass
@@ -96,66 +94,12 @@ class DQCodecNet(BlockCodec):
         counts = self.quantizer.ema_counts
         return (counts > FREE_SHARE * counts.mean(dim=1, keepdim=True)).cpu().numpy()
 
-    @torch.no_grad()
     def place_guard_codes(
         self, exact: list[np.ndarray], spread: list[np.ndarray], gaps: np.ndarray, in_use: np.ndarray
     ) -> np.ndarray:
-        """Guard codes in the free slots of each codebook (see ``BlockCodec.guard_codes``).
-
-        An exact value moves the nearest code in use onto it when that one lies within a quarter
-        of the codebook's gap (and serves no other exact value), else it takes a free slot, or
-        when there is none the slot of the least used code that serves no guard value; a spread
-        value takes a free slot when no code lies within half the gap (and is left out when there
-        is none). New codes get a small count
-        (``GUARD_SHARE`` of a uniform share), so the training-time ECVQ rule seldom picks them
-        for photographs.
-        """
-        quantizer = self.quantizer
-        codebooks = quantizer.codebooks.detach().double().cpu().numpy().copy()
-        counts = quantizer.ema_counts.detach().double().cpu().numpy().copy()
-        in_use = in_use.copy()
-        guard = np.zeros_like(in_use)
-        for m in range(len(codebooks)):
-            codes, free = codebooks[m], list(np.flatnonzero(~in_use[m]))
-            new_count = GUARD_SHARE * counts[m].mean()
-
-            def nearest(value: np.ndarray) -> tuple[int, float]:
-                candidates = np.flatnonzero(in_use[m])
-                distances = np.linalg.norm(codes[candidates] - value, axis=1)
-                if not len(candidates):
-                    return -1, np.inf
-                return int(candidates[distances.argmin()]), float(distances.min())
-
-            def add(value: np.ndarray, replace: bool) -> None:
-                if free:
-                    slot = free.pop(0)
-                elif replace:
-                    slot = int(np.where(guard[m], np.inf, counts[m]).argmin())
-                else:
-                    return
-                codes[slot], counts[m, slot], in_use[m, slot], guard[m, slot] = value, new_count, True, True
-
-            exact_codes: dict[int, np.ndarray] = {}
-            for value in exact[m]:
-                slot, distance = nearest(value)
-                if distance <= 1e-9 * max(1.0, gaps[m]):
-                    guard[m, slot] = True
-                elif distance <= gaps[m] / 4 and slot not in exact_codes:
-                    codes[slot], guard[m, slot] = value, True
-                else:
-                    add(value, replace=True)
-                    continue
-                exact_codes[slot] = value
-            for value in spread[m]:
-                slot, distance = nearest(value)
-                if distance <= gaps[m] / 2:
-                    guard[m, slot] = True
-                else:
-                    add(value, replace=False)
-        quantizer.load_codebooks(
-            torch.from_numpy(codebooks).to(quantizer.codebooks), torch.from_numpy(counts).to(quantizer.ema_counts)
-        )
-        return guard
+        """Guard codes in the free slots of the quantizer's codebooks (see ``BlockCodec.guard_codes``
+        and :meth:`~dqcodec.models.quantizers.CodebookQuantizer.place_guard_codes`)."""
+        return self.quantizer.place_guard_codes(exact, spread, gaps, in_use)
 
     @torch.no_grad()
     def sort_codes(self, usage: torch.Tensor) -> None:

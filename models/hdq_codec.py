@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dqcodec.models.block_runtime import GUARD_PIXEL_ERROR
 from dqcodec.models.conv_transforms import FINE_STRIDE, CoarseAnalysis, CoarseSynthesis, ConvAnalysis, ConvSynthesis
 from dqcodec.models.context_tables import choose_indices
 from dqcodec.models.entropy import ContextIndexModel
@@ -36,6 +37,9 @@ from dqcodec.models.quantizers import DepthwiseQuantizer
 COARSE, FINE = "coarse", "fine"
 COARSE_FACTOR = 4
 GAIN_PROBE = 1e-2  # finite-difference step, relative to the codewords' RMS
+# Flat images of this size (pixels) give the latents of flat areas: their centre lies 96 pixels
+# from the zero padding of the convolutions.
+FLAT_PROBE = 192
 
 
 @dataclass
@@ -182,6 +186,42 @@ class HierarchicalDQCodec(nn.Module):
         kept, self.gain_update = self.gain_update, None
         self.synthesis_gains.copy_(kept * self.synthesis_gains + (1 - kept) * torch.stack(gains))
         self._set_assignment_lambdas()
+
+    @torch.no_grad()
+    def flat_slices(self, colours: np.ndarray) -> dict[str, np.ndarray]:
+        """(G, 3) colours in [0, 1] -> per level (``"coarse"``, ``"fine"``) the (M, G, D) float64
+        slices that each codebook quantizes inside a flat area of each colour (the centre of a
+        flat ``FLAT_PROBE`` x ``FLAT_PROBE`` image)."""
+        weight = self.analysis.linear.weight
+        images = torch.from_numpy(colours).to(weight)[:, :, None, None].expand(-1, -1, FLAT_PROBE, FLAT_PROBE)
+        latent = self.analysis(images)
+        slices = {COARSE: self.coarse_quantizer.project(self.coarse_analysis(latent)), FINE: self.fine_quantizer.project(latent)}
+        return {name: value[..., value.shape[-2] // 2, value.shape[-1] // 2].transpose(0, 1).double().cpu().numpy()
+                for name, value in slices.items()}
+
+    @torch.no_grad()
+    def guard_codes(self, colours: np.ndarray, usage: torch.Tensor, pixel_error: float = GUARD_PIXEL_ERROR) -> torch.Tensor:
+        """Give the fine codebooks codes at the values that flat areas of ``colours`` (G, 3)
+        produce (:meth:`flat_slices`); returns the (M, K) bool mask of the codes that serve them,
+        which code pruning must keep.
+
+        Photographs seldom reach the slices of saturated flat colours, so codebooks fitted on them
+        may hold no code near pure green. A code moves onto a flat colour's value when it lies
+        within a quarter of the gap (a slice error that moves the pixels of its 16 x 16 block by
+        about ``2 * pixel_error`` RMS through the measured synthesis gain), else the value takes
+        a code that ``usage`` (M, K) shows unused, or the least used one, up to a quarter of the
+        codebook (the corners first, then the greys). Computed from the network's own weights,
+        so it holds for any trained network. The coarse level gets none:
+        the synthesis hardly reads it (its gain stays near 1e-5 of the fine level's), and a
+        code moved onto a flat colour would move the coarse classes of photographs.
+        """
+        quantizer = self.fine_quantizer
+        gap = 2 * pixel_error * np.sqrt(3 * FINE_STRIDE**2 / max(self.synthesis_gains[0].item(), 1e-12))
+        empty = [np.zeros((0, quantizer.code_dim))] * quantizer.num_codebooks
+        mask = quantizer.place_guard_codes(list(self.flat_slices(colours)[FINE]), empty,
+                                           np.full(quantizer.num_codebooks, gap), usage.cpu().numpy() > 0,
+                                           limit=quantizer.codebook_size // 4)
+        return torch.from_numpy(mask)
 
     @torch.no_grad()
     def nearest_indices(self, image: torch.Tensor) -> CompressedLevels:

@@ -13,12 +13,17 @@ estimator) are in :mod:`dqcodec.models.soft_quantizers`.
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from dqcodec.models.lloyd import nearest_codes, squared_distances
+
+# A new guard code (:meth:`CodebookQuantizer.place_guard_codes`) starts at this share of its
+# codebook's mean count, so the training-time ECVQ rule seldom picks it for photographs.
+GUARD_SHARE = 1e-2
 
 
 @dataclass
@@ -185,6 +190,68 @@ class CodebookQuantizer(nn.Module):
         cost = squared_distances(vectors, self.codebooks) / self.rate_lambda + code_bits[:, None, :]  # (M, N, K)
         expected = (torch.softmax(-cost, dim=-1) * code_bits[:, None, :]).sum(-1)  # (M, N)
         return expected.view(m, b, h * w).sum(dim=(0, 2))
+
+    @torch.no_grad()
+    def place_guard_codes(
+        self, exact: list[np.ndarray], spread: list[np.ndarray], gaps: np.ndarray, in_use: np.ndarray,
+        limit: int | None = None,
+    ) -> np.ndarray:
+        """Make codebook m hold the (G, D) values ``exact[m]`` and a code within ``gaps[m] / 2`` of
+        every (F, D) value of ``spread[m]``; returns the (M, K) bool mask of the codes that serve
+        them, which code pruning must keep. Codes not ``in_use`` (M, K) are free slots. Used for
+        the codes that flat colours need (``BlockCodec.guard_codes``, ``HierarchicalDQCodec.guard_codes``).
+
+        An exact value moves the nearest code in use onto it when that one lies within a quarter
+        of the codebook's gap (and serves no other guard value), else it takes a free slot, or
+        when there is none the slot of the least used code that serves no guard value; a spread
+        value takes a free slot when no code lies within half the gap (and is left out when there
+        is none). With a ``limit``, no value takes a new slot once that many codes of its
+        codebook serve guard values (the first values first). New codes get a small count
+        (``GUARD_SHARE`` of a uniform share), so the training-time ECVQ rule seldom picks them
+        for photographs.
+        """
+        codebooks = self.codebooks.detach().double().cpu().numpy().copy()
+        counts = self.ema_counts.detach().double().cpu().numpy().copy()
+        in_use = in_use.copy()
+        guard = np.zeros_like(in_use)
+        for m in range(len(codebooks)):
+            codes, free = codebooks[m], list(np.flatnonzero(~in_use[m]))
+            new_count = GUARD_SHARE * counts[m].mean()
+
+            def nearest(value: np.ndarray) -> tuple[int, float]:
+                candidates = np.flatnonzero(in_use[m])
+                distances = np.linalg.norm(codes[candidates] - value, axis=1)
+                if not len(candidates):
+                    return -1, np.inf
+                return int(candidates[distances.argmin()]), float(distances.min())
+
+            def add(value: np.ndarray, replace: bool) -> None:
+                if limit is not None and guard[m].sum() >= limit:
+                    return
+                if free:
+                    slot = free.pop(0)
+                elif replace:
+                    slot = int(np.where(guard[m], np.inf, counts[m]).argmin())
+                else:
+                    return
+                codes[slot], counts[m, slot], in_use[m, slot], guard[m, slot] = value, new_count, True, True
+
+            for value in exact[m]:
+                slot, distance = nearest(value)
+                if distance <= 1e-9 * max(1.0, gaps[m]):
+                    guard[m, slot] = True
+                elif distance <= gaps[m] / 4 and not guard[m, slot]:  # a code already on a guard value stays
+                    codes[slot], guard[m, slot] = value, True
+                else:
+                    add(value, replace=True)
+            for value in spread[m]:
+                slot, distance = nearest(value)
+                if distance <= gaps[m] / 2:
+                    guard[m, slot] = True
+                else:
+                    add(value, replace=False)
+        self.load_codebooks(torch.from_numpy(codebooks).to(self.codebooks), torch.from_numpy(counts).to(self.ema_counts))
+        return guard
 
     @torch.no_grad()
     def prune(self, usage: torch.Tensor) -> None:

@@ -282,6 +282,36 @@ def test_steps_redone_after_a_resume_count_once_and_their_time_twice(tmp_path):
     assert [r["wall_seconds"] for r in records] == [1.0, 2.0, 5.5, 7.0]
 
 
+def test_every_level_holds_guard_codes_that_flat_areas_keep(tiny_model, tmp_path):
+    """An exported model has, in every fine codebook, a code in use at exactly the slice that
+    the inside of a flat area of each guard colour gives (the cube's corners and greys), and the
+    encoder keeps a flat area on those codes. Guard codes take at most a quarter of a codebook:
+    the tiny model's 16 codes keep 12 for its photographs."""
+    from dqcodec.models.block_runtime import guard_colours
+    from dqcodec.models.hdq_codec import FINE, FLAT_PROBE
+
+    stem, data = tiny_model
+    export = ["--export", "hdq-tiny-k64", "--family", "hdq-test", "--quality", "2", "--weights-dir", str(tmp_path / "w"),
+              "--measure-images", "0"]
+    assert main(tiny_run(tmp_path / "run", data, 0, "--init-from", str(stem), "--codebook-size", "64", *export)) == 0
+    small = registry.load_checkpoint(stem)[0]
+    before = small.fine_quantizer.codebooks.clone()
+    small.guard_codes(guard_colours(), torch.ones_like(small.fine_quantizer.ema_counts))  # no free code
+    assert (small.fine_quantizer.codebooks == before).all(dim=-1).sum(dim=1).min() >= 12
+    net = registry.load_checkpoint(tmp_path / "w" / "hdq-tiny-k64")[0]
+    colours = guard_colours()
+    slices = net.flat_slices(colours)
+    codes = net.fine_quantizer.codebooks.double().numpy()  # (M, K, D)
+    distances = np.linalg.norm(slices[FINE][:, :, None] - codes[:, None], axis=-1)  # (M, G, K)
+    distances[np.broadcast_to((net.fine_quantizer.ema_counts <= 0).numpy()[:, None], distances.shape)] = np.inf
+    assert distances.min(axis=2).max() < 1e-5
+    images = torch.from_numpy(colours).float()[:, :, None, None].expand(-1, -1, FLAT_PROBE, FLAT_PROBE)
+    centre = FLAT_PROBE // 32
+    fine = {level.name: level.indices for level in net.compress(images)}[FINE][:, :, centre, centre]  # (G, M)
+    chosen = net.fine_quantizer.codebooks.double().numpy()[np.arange(fine.shape[1]), fine]  # (G, M, D)
+    assert np.allclose(chosen, slices[FINE].transpose(1, 0, 2), atol=1e-5)
+
+
 def test_training_crops_mix_saturated_photos_and_synthetic_content(tmp_path):
     """hdq and hdq-family train on the photos plus saturation-boosted copies of some of them and
     synthetic content (flat colours, gradients, text, screenshots), which photographs lack;
