@@ -258,11 +258,17 @@ def test_a_resumed_hdq_run_continues_bit_for_bit(tmp_path, training_images):
 
 
 def test_max_minutes_stops_and_saves(tmp_path, training_images, capsys):
-    assert main(tiny_run(tmp_path / "run", training_images, 1000, "--max-minutes", "0.001")) == 0
+    """A run stopped by --max-minutes saves its state, and the model it exports says how many
+    steps were done, not how many were asked for."""
+    export = ["--export", "hdq-stopped", "--family", "hdq-test", "--quality", "1", "--weights-dir", str(tmp_path / "w"),
+              "--measure-images", "0"]
+    assert main(tiny_run(tmp_path / "run", training_images, 1000, "--max-minutes", "0.001", *export)) == 0
     assert "stopped after 0.001 minutes" in capsys.readouterr().out
     log = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["step"] == len(log) < 1000
+    training = json.loads((tmp_path / "w" / "hdq-stopped.json").read_text())["training"]
+    assert training["steps"] == state["step"] and f"; {state['step']} Adam steps" in training["recipe"]
 
 
 def test_plot_training_draws_the_log(tmp_path, training_images, capsys):

@@ -183,14 +183,17 @@ def export(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, stem: Path
     round_to_storage(net)
     data = recipe.data(options, loop)
     recipe.finish(net, options, data.files)
-    settings = {k: v for k, v in asdict(loop).items() if k not in ("out", "data", "init_from")}
-    if loop.init_from is None:
-        described, used_options = recipe.describe(net, options, loop.steps), asdict(options)
-    else:
-        described = f"started from the model in init_from; {loop.steps} Adam steps; tables refitted"
-        used_options = {f.name: getattr(options, f.name) for f in fields(options) if not f.metadata.get("init_only")}
     logged = (loop.out / "log.jsonl").exists() and (loop.out / "log.jsonl").stat().st_size > 0  # 0 steps: nothing logged
-    speed = throughput(read_log(loop.out), loop.batch_size * loop.crop**2) if logged else {}
+    records = read_log(loop.out) if logged else []
+    # The steps done, not the steps asked for: --max-minutes may have stopped the run early.
+    steps = records[-1]["step"] if records else 0
+    settings = {k: v for k, v in asdict(loop).items() if k not in ("out", "data", "init_from")} | {"steps": steps}
+    if loop.init_from is None:
+        described, used_options = recipe.describe(net, options, steps), asdict(options)
+    else:
+        described = f"started from the model in init_from; {steps} Adam steps; tables refitted"
+        used_options = {f.name: getattr(options, f.name) for f in fields(options) if not f.metadata.get("init_only")}
+    speed = throughput(records, loop.batch_size * loop.crop**2) if records else {}
     training = {"data": data.describe(), "recipe": described,
                 **used_options, **settings, **info.get("training", {}),
                 "throughput": {**speed, "device": loop.device, "threads": loop.threads, "processes": _distributed_rank()[1]}}
