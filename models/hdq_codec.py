@@ -188,16 +188,14 @@ class HierarchicalDQCodec(nn.Module):
         self._set_assignment_lambdas()
 
     @torch.no_grad()
-    def flat_slices(self, colours: np.ndarray) -> dict[str, np.ndarray]:
-        """(G, 3) colours in [0, 1] -> per level (``"coarse"``, ``"fine"``) the (M, G, D) float64
-        slices that each codebook quantizes inside a flat area of each colour (the centre of a
-        flat ``FLAT_PROBE`` x ``FLAT_PROBE`` image)."""
+    def flat_slices(self, colours: np.ndarray) -> np.ndarray:
+        """(G, 3) colours in [0, 1] -> (M, G, D) float64: the slices that each fine codebook
+        quantizes inside a flat area of each colour (the centre of a flat ``FLAT_PROBE`` x
+        ``FLAT_PROBE`` image)."""
         weight = self.analysis.linear.weight
         images = torch.from_numpy(colours).to(weight)[:, :, None, None].expand(-1, -1, FLAT_PROBE, FLAT_PROBE)
-        latent = self.analysis(images)
-        slices = {COARSE: self.coarse_quantizer.project(self.coarse_analysis(latent)), FINE: self.fine_quantizer.project(latent)}
-        return {name: value[..., value.shape[-2] // 2, value.shape[-1] // 2].transpose(0, 1).double().cpu().numpy()
-                for name, value in slices.items()}
+        slices = self.fine_quantizer.project(self.analysis(images))  # (G, M, D, h, w)
+        return slices[..., slices.shape[-2] // 2, slices.shape[-1] // 2].transpose(0, 1).double().cpu().numpy()
 
     @torch.no_grad()
     def guard_codes(self, colours: np.ndarray, usage: torch.Tensor, pixel_error: float = GUARD_PIXEL_ERROR) -> torch.Tensor:
@@ -218,7 +216,7 @@ class HierarchicalDQCodec(nn.Module):
         quantizer = self.fine_quantizer
         gap = 2 * pixel_error * np.sqrt(3 * FINE_STRIDE**2 / max(self.synthesis_gains[0].item(), 1e-12))
         empty = [np.zeros((0, quantizer.code_dim))] * quantizer.num_codebooks
-        mask = quantizer.place_guard_codes(list(self.flat_slices(colours)[FINE]), empty,
+        mask = quantizer.place_guard_codes(list(self.flat_slices(colours)), empty,
                                            np.full(quantizer.num_codebooks, gap), usage.cpu().numpy() > 0,
                                            limit=quantizer.codebook_size // 4)
         return torch.from_numpy(mask)

@@ -130,13 +130,15 @@ class CodebookQuantizer(nn.Module):
         probs = self.ema_counts / self.ema_counts.sum(dim=1, keepdim=True)
         return -torch.log2(probs.clamp_min(1e-9))
 
-    def assign(self, slices: torch.Tensor) -> torch.Tensor:
-        """(B, M, D, H', W') slices -> (B, M, H', W') indices by the entropy-constrained rule."""
+    def assign(self, slices: torch.Tensor, rate_lambda: float | None = None) -> torch.Tensor:
+        """(B, M, D, H', W') slices -> (B, M, H', W') indices by the entropy-constrained rule at
+        ``rate_lambda`` (None: the quantizer's own; 0: the nearest code in use)."""
         b, m, d, h, w = slices.shape
         vectors = slices.permute(1, 0, 3, 4, 2).reshape(m, b * h * w, d)  # (M, N, D)
+        rate_lambda = self.rate_lambda if rate_lambda is None else rate_lambda
         code_cost = torch.zeros_like(self.ema_counts)
-        if self.rate_lambda > 0:
-            code_cost = self.rate_lambda * self.code_bits()
+        if rate_lambda > 0:
+            code_cost = rate_lambda * self.code_bits()
         # Codes pruned from a finished model (zero usage) are never assigned.
         code_cost = code_cost.masked_fill(self.ema_counts <= 0, float("inf"))
         indices, _ = nearest_codes(vectors, self.codebooks, code_cost)

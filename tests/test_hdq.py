@@ -308,14 +308,14 @@ def test_every_level_holds_guard_codes_that_flat_areas_keep(tiny_model, tmp_path
     colours = guard_colours()
     slices = net.flat_slices(colours)
     codes = net.fine_quantizer.codebooks.double().numpy()  # (M, K, D)
-    distances = np.linalg.norm(slices[FINE][:, :, None] - codes[:, None], axis=-1)  # (M, G, K)
+    distances = np.linalg.norm(slices[:, :, None] - codes[:, None], axis=-1)  # (M, G, K)
     distances[np.broadcast_to((net.fine_quantizer.ema_counts <= 0).numpy()[:, None], distances.shape)] = np.inf
     assert distances.min(axis=2).max() < 1e-5
     images = torch.from_numpy(colours).float()[:, :, None, None].expand(-1, -1, FLAT_PROBE, FLAT_PROBE)
     centre = FLAT_PROBE // 32
     fine = {level.name: level.indices for level in net.compress(images)}[FINE][:, :, centre, centre]  # (G, M)
     chosen = net.fine_quantizer.codebooks.double().numpy()[np.arange(fine.shape[1]), fine]  # (G, M, D)
-    assert np.allclose(chosen, slices[FINE].transpose(1, 0, 2), atol=1e-5)
+    assert np.allclose(chosen, slices.transpose(1, 0, 2), atol=1e-5)
 
 
 def test_training_crops_mix_saturated_photos_and_synthetic_content(tmp_path):

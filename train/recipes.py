@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from dqcodec.models.block_runtime import guard_colours
 from dqcodec.models.interface import IndexLevel
-from dqcodec.models.lloyd import kmeans_plus_plus, lloyd, nearest_codes, sample_centres
+from dqcodec.models.lloyd import kmeans_plus_plus, lloyd, sample_centres
 from dqcodec.paths import data_dir
 from dqcodec.train.data import ImageFolder, RandomCrops, fitting_images, load_fitting_image, to_tensor
 from dqcodec.train.initialize import (
@@ -368,20 +368,13 @@ def _code_usage(net: nn.Module, crops) -> dict[str, torch.Tensor]:
     return usage
 
 
-def _flat_area_indices(net: nn.Module, colours, size: int):
+def _flat_area_indices(net: nn.Module, colours, size: int) -> list[IndexLevel]:
     """Coarse and fine indices of flat ``size`` x ``size`` images of ``colours`` (G, 3), each
     slice on its nearest code in use (no rate term: the guard codes)."""
-    images = torch.from_numpy(colours).float()[:, :, None, None].expand(-1, -1, size, size)
-    latent = net.analysis(images)
-    levels = []
-    for name, quantizer, features in (("coarse", net.coarse_quantizer, net.coarse_analysis(latent)),
-                                      ("fine", net.fine_quantizer, latent)):
-        cost = torch.zeros_like(quantizer.ema_counts).masked_fill(quantizer.ema_counts <= 0, float("inf"))
-        slices = quantizer.project(features)
-        b, m, d, h, w = slices.shape
-        indices, _ = nearest_codes(slices.permute(1, 0, 3, 4, 2).reshape(m, -1, d), quantizer.codebooks, cost)
-        levels.append(IndexLevel(name, indices.view(m, b, h, w).transpose(0, 1).numpy()))
-    return levels
+    latent = net.analysis(torch.from_numpy(colours).float()[:, :, None, None].expand(-1, -1, size, size))
+    coarse, fine = net.coarse_quantizer, net.fine_quantizer
+    return [IndexLevel("coarse", coarse.assign(coarse.project(net.coarse_analysis(latent)), rate_lambda=0.0).numpy()),
+            IndexLevel("fine", fine.assign(fine.project(latent), rate_lambda=0.0).numpy())]
 
 
 def _describe_hdq(net: nn.Module, options: HDQOptions, steps: int) -> str:
