@@ -28,16 +28,11 @@ ln -sf "$PWD"/dqcodec/* "$package"/
 for folder in codec models train eval; do ln -sfn "$PWD/$folder" "$package/$folder"; done
 export PYTHONPATH=/tmp/package:/tmp/site DQCODEC_DATA=$PWD/.traindata PYTHONUNBUFFERED=1
 
-# The committed levels' LAMBDA:K in quality order: the family they form.
-levels=$(python3 -c '
-import json, pathlib
-infos = sorted((json.loads(p.read_text()) for p in pathlib.Path("checkpoints").glob("hdq-q*.json")), key=lambda i: i["quality"])
-print(",".join("%s:%s" % (i["config"]["rate_lambda"], i["config"]["codebook_size"]) for i in infos))')
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-echo "levels $levels from checkpoints/, at most $minutes minutes"
+echo "the levels in checkpoints/ (their architecture and LAMBDA:K), at most $minutes minutes"
 run=/tmp/run-family
 weights=/tmp/weights
-python3 -m dqcodec.codec.cli train --arch hdq-family --out "$run" --start-levels checkpoints --rate-levels "$levels" \
+python3 -m dqcodec.codec.cli train --arch hdq-family --out "$run" --start-levels checkpoints \
   --data "$PWD/.traindata" --device cuda --batch-size 16 --crop 256 --lr 5e-5 --steps 10000000 --max-minutes "$minutes" \
   --validate-every 500 --validation-images 3 --checkpoint-every 1000 \
   --export hdq --family hdq --quality 1 --weights-dir "$weights" --measure-images 0 --share-weights hdq-shared

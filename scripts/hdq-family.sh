@@ -9,20 +9,17 @@
 #     WEIGHTS: default checkpoints
 #     MINUTES: default 60
 #     DATA: default ../shared/data (BSDS500 and the photos' training split)
-#     TRAIN-OPTIONS: passed on to dqcodec train, e.g. --batch-size 10 (two crops per level of five)
+#     TRAIN-OPTIONS: passed on to dqcodec train, e.g. --batch-size 10 (two crops per level of five);
+#       the architecture and the levels' LAMBDA:K are WEIGHTS' unless given here
 # Then the family's RD curve:  dqcodec eval --codec WEIGHTS --threads 2
 set -euo pipefail
 weights=${1:-checkpoints}
 minutes=${2:-60}
 data=${3:-../shared/data}
 shift $(( $# < 3 ? $# : 3 ))
-levels=$(python3 -c '
-import json, pathlib, sys
-infos = sorted((json.loads(p.read_text()) for p in pathlib.Path(sys.argv[1]).glob("hdq-q*.json")), key=lambda i: i["quality"])
-print(",".join("%s:%s" % (i["config"]["rate_lambda"], i["config"]["codebook_size"]) for i in infos))' "$weights")
 run=runs/hdq-family
 exported=$run/weights
-dqcodec train --arch hdq-family --out "$run" --start-levels "$weights" --rate-levels "$levels" --data "$data" \
+dqcodec train --arch hdq-family --out "$run" --start-levels "$weights" --data "$data" \
   --lr 5e-5 --steps 10000000 --max-minutes "$minutes" --threads 2 \
   --export hdq --family hdq --quality 1 --weights-dir "$exported" --share-weights hdq-shared "$@"
 mv "$exported"/hdq-* "$weights"/

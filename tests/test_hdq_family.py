@@ -2,6 +2,7 @@
 through the shared transforms, and the levels export as plain hdq models sharing one weights file."""
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -13,8 +14,9 @@ from test_hdq import TINY, wave_images
 import dqcodec
 from dqcodec.codec.cli import main
 from dqcodec.models import registry
-from dqcodec.models.hdq_family import HDQFamily, HDQFamilyConfig
-from dqcodec.train.recipes import _load_family_levels
+from dqcodec.models.hdq_family import HDQFamily, HDQFamilyConfig, parse_rate_levels
+from dqcodec.train.data import image_files, load_rgb, to_tensor
+from dqcodec.train.recipes import HDQFamilyOptions, _initialise_family, _load_family_levels, _start_levels_config
 
 # hdq's tiny configuration less its codebook size, which each level gives.
 SHARED = [arg for flag, value in zip(TINY[::2], TINY[1::2]) if flag != "--codebook-size" for arg in (flag, value)]
@@ -27,9 +29,10 @@ def family_run(out, data, steps: int, *extra: str) -> list[str]:
             "--threads", "1", "--validation-images", "0", "--gain-every", "2", "--steps", str(steps), *extra]
 
 
-def tiny_family() -> HDQFamily:
-    return HDQFamily(HDQFamilyConfig(channels=12, latent_channels=16, num_codebooks=4, code_dim=2, coarse_channels=8,
-                                     coarse_codebooks=2, coarse_codebook_size=8, coarse_code_dim=2, rate_levels=LEVELS))
+def tiny_family(latent_channels: int = 16, num_codebooks: int = 4) -> HDQFamily:
+    return HDQFamily(HDQFamilyConfig(channels=12, latent_channels=latent_channels, num_codebooks=num_codebooks, code_dim=2,
+                                     coarse_channels=8, coarse_codebooks=2, coarse_codebook_size=8, coarse_code_dim=2,
+                                     rate_levels=LEVELS))
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +71,10 @@ def test_every_level_trains_and_exports_as_an_hdq_model_sharing_one_network(fami
 def test_a_family_starts_from_its_exported_levels_and_gives_them_back(family):
     weights, _ = family
     net = tiny_family()
+    # Without architecture options on the command line, the family is the levels' own.
+    implied = HDQFamilyConfig(**_start_levels_config(HDQFamilyOptions(start_levels=str(weights))))
+    assert parse_rate_levels(implied.rate_levels) == parse_rate_levels(LEVELS)
+    assert asdict(net.level_config(0)) == asdict(HDQFamily(implied).level_config(0))
     _load_family_levels(net, weights)
     for index in range(3):
         level, _, _ = registry.load_checkpoint(weights / f"fam-q{index + 1}")
@@ -75,6 +82,37 @@ def test_a_family_starts_from_its_exported_levels_and_gives_them_back(family):
         for key, value in level.state_dict().items():
             if not key.startswith("fine_entropy."):
                 assert torch.equal(rebuilt[key], value), key
+
+
+def _unquantized_error(net, image: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(fine slices, squared error of the reconstruction with the fine latent unquantized) of one hdq level."""
+    with torch.no_grad():
+        latent = net.analysis(image)
+        coarse = net.coarse_quantizer.dequantize(net.coarse_quantizer.quantize(net.coarse_analysis(latent)))
+        slices = net.fine_quantizer.project(latent)
+        return slices, (net.reconstruct(net.fine_quantizer.assemble(slices), coarse) - image).pow(2).sum().item()
+
+
+def test_a_wider_family_keeps_the_narrow_levels_and_adds_channels_that_cut_their_residual(family):
+    weights, data = family
+    wide = tiny_family(latent_channels=20, num_codebooks=6)  # 2 more codebooks of D = 2 on 4 more channels
+    options = HDQFamilyOptions(start_levels=str(weights), init_crops=8, fit_crop=64, ecvq_iterations=6)
+    lines = []
+    _initialise_family(wide, options, image_files(data), torch.Generator().manual_seed(0), lines.append)
+    assert "widened from 16 to 20 fine latent channels (4 to 6 codebooks)" in lines[-1]
+    images = torch.cat([to_tensor(load_rgb(path)) for path in image_files(data)]).float()[:, :, :64, :64]
+    for index in range(3):
+        narrow = registry.load_checkpoint(weights / f"fam-q{index + 1}")[0].eval()
+        level = wide.level(index).eval()
+        old_slices, old_error = _unquantized_error(narrow, images)
+        new_slices, new_error = _unquantized_error(level, images)
+        # The old channels and codebooks are as they were; the new ones predict part of the residual.
+        torch.testing.assert_close(new_slices[:, :4], old_slices, rtol=1e-4, atol=1e-5)
+        assert new_error < 0.9 * old_error
+        assert torch.equal(level.fine_quantizer.codebooks[:4], narrow.fine_quantizer.codebooks)
+        assert (level.fine_quantizer.ema_counts[4:] > 1e-3).sum(dim=1).min() >= 2  # the new codebooks are in use
+        indices = level.fine_quantizer.quantize(level.analysis(images))
+        assert indices.shape[1] == 6 and not torch.equal(indices[:, 4:], torch.zeros_like(indices[:, 4:]))
 
 
 def test_each_image_of_a_batch_is_coded_and_charged_by_its_level():
@@ -104,4 +142,7 @@ def test_bad_family_settings_are_one_line_errors(family, tmp_path, capsys):
     assert main([*family_run(tmp_path / "e", data, 1), "--rate-levels", "1e-6:16,1e-8:16,1e-9:16",
                  "--start-levels", str(weights)]) == 2
     assert "is not the family's level" in capsys.readouterr().err
+    assert main([*family_run(tmp_path / "f", data, 1), "--latent-channels", "18", "--num-codebooks", "6",
+                 "--start-levels", str(weights)]) == 2
+    assert "the channels must grow by D times the codebooks" in capsys.readouterr().err
     assert not (tmp_path / "e" / "state.safetensors").exists()

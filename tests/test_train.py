@@ -58,11 +58,19 @@ def test_a_resumed_run_continues_bit_for_bit(tmp_path, training_images):
     assert [record["step"] for record in log] == [1, 2, 3, 4]
 
 
+def load_state_rate(run) -> float:
+    """The learning rate in a run folder's saved optimizer state."""
+    return json.loads((run / "state.json").read_text())["param_groups"][0]["lr"]
+
+
 def test_a_run_folder_refuses_other_settings_and_cuda_without_a_gpu(tmp_path, training_images, capsys):
     assert main(_tiny_dq_run(tmp_path / "run", training_images, 1)) == 0
-    changed = _tiny_dq_run(tmp_path / "run", training_images, 2) + ["--lr", "0.1"]
+    changed = _tiny_dq_run(tmp_path / "run", training_images, 2) + ["--crop", "8"]
     assert main(changed) == 2
-    assert "was started with learning_rate = 0.0001, not 0.1" in capsys.readouterr().err
+    assert "was started with crop = 16, not 8" in capsys.readouterr().err
+    # A lower learning rate on resume is a fine-tuning phase of the same run.
+    assert main(_tiny_dq_run(tmp_path / "run", training_images, 2) + ["--lr", "0.00002"]) == 0
+    assert "learning rate 0.0001 -> 2e-05" in capsys.readouterr().out and load_state_rate(tmp_path / "run") == 2e-5
     if not torch.cuda.is_available():
         assert main(_tiny_dq_run(tmp_path / "gpu", training_images, 1) + ["--device", "cuda"]) == 2
         assert "--device cuda" in capsys.readouterr().err

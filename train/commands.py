@@ -16,7 +16,9 @@ from pathlib import Path
 from dqcodec.codec.errors import DQCodecError
 
 # Settings that a resumed run may change; every other one must match the run folder's run.json.
-_RESUMABLE_CHANGES = {"steps", "validate_every", "checkpoint_every", "validation_images", "device", "threads", "max_minutes"}
+# Settings a resumed run may change; a lower --lr on resume is a fine-tuning phase of the same run.
+_RESUMABLE_CHANGES = {"steps", "validate_every", "checkpoint_every", "validation_images", "device", "threads", "max_minutes",
+                      "learning_rate"}
 
 
 def _sources(arch: str) -> dict[str, type]:
@@ -125,7 +127,7 @@ def run_train(args: argparse.Namespace) -> int:
         changed = _apply_init_from(net, recipe, sources, config_given, given)
     else:
         try:
-            config = sources["config"](**config_given)
+            config = sources["config"](**{**recipe.config_defaults(options), **config_given})
         except ValueError as error:  # a config that checks its own values (e.g. dqae's per-level lists)
             raise DQCodecError(str(error)) from None
         torch.manual_seed(loop.seed)  # the initial weights of a fresh network follow --seed

@@ -84,7 +84,11 @@ def train(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, fresh: bool
     optimizer = torch.optim.Adam(net.parameters(), lr=loop.learning_rate)
     if Path(f"{state_path}.safetensors").exists():
         step = load_state(state_path, net, optimizer, generator)
-        log(f"resumed {loop.out} at step {step}")
+        saved_rate = optimizer.param_groups[0]["lr"]
+        for group in optimizer.param_groups:  # the saved state holds the learning rate it ran at
+            group["lr"] = loop.learning_rate
+        log(f"resumed {loop.out} at step {step}" + (f", learning rate {saved_rate:g} -> {loop.learning_rate:g}"
+                                                     if saved_rate != loop.learning_rate else ""))
     else:
         if fresh:
             recipe.initialise(net, options, files, generator, log)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from dqcodec.models.block_runtime import guard_colours
 from dqcodec.models.interface import IndexLevel
-from dqcodec.models.lloyd import kmeans_plus_plus, lloyd, sample_centres
+from dqcodec.models.lloyd import LloydResult, kmeans_plus_plus, lloyd, sample_centres
 from dqcodec.paths import data_dir
 from dqcodec.train.data import ImageFolder, RandomCrops, fitting_images, load_fitting_image, to_tensor
 from dqcodec.train.initialize import (
@@ -36,6 +36,7 @@ from dqcodec.train.initialize import (
     set_hdq_block_transform,
 )
 from dqcodec.train.likelihood_data import DATASETS, likelihood_training_data
+from dqcodec.train.widen import check_widening, narrow_config, widen_family
 
 
 def option(default, help: str, init_only: bool = False, flag: str | None = None, choices: tuple | None = None):
@@ -75,6 +76,8 @@ class Recipe:
     loss(out, batch) -> (loss, SSE): the training loss of a pass and its squared error (summed,
         [0, 1] RGB values, for the log); None: the loop's rate-distortion loss with the
         network's ``rate_lambda``.
+    config_defaults(options) -> dict: config fields that the options imply, used where the
+        command line does not give them (hdq-family: those of the ``--start-levels`` levels).
     export_levels(net) -> the networks ``--export NAME --quality Q`` writes, as NAME-q<Q>,
         NAME-q<Q+1>, ... (``finish``, ``describe`` and ``summarize`` see each of them); None: the
         trained network itself, as NAME.
@@ -93,6 +96,7 @@ class Recipe:
     mutable: tuple[str, ...] = ("rate_lambda",)  # config fields --init-from may change (net.set_<field>)
     data: Callable = _image_folder
     loss: Callable | None = None
+    config_defaults: Callable = lambda _options: {}
     export_levels: Callable | None = None
 
 
@@ -288,12 +292,18 @@ def _fit_fine_codebooks(quantizer, latent_lambda: float, options: HDQOptions, po
     """Fit a fine quantizer's codebooks to (M, N, D) ``points`` from (M, K, D) ``start`` by Lloyd
     iterations, the first third plain, the rest entropy-constrained at ``latent_lambda`` (latent
     units, ``net.rate_lambdas()``); returns the mean number of codes in use."""
-    plain = lloyd(points, start, options.ecvq_iterations // 3, chunk=8192)
-    fitted = lloyd(points, plain.centres, options.ecvq_iterations - options.ecvq_iterations // 3,
-                   latent_lambda, plain.counts.clamp_min(1e-3), chunk=8192)
+    fitted = _ecvq_fit(points, start, latent_lambda, options)
     # Unused codes keep a tiny count: the rate term keeps them out of use, yet they stay valid.
     quantizer.load_codebooks(fitted.centres, fitted.counts.clamp_min(1e-3))
     return (fitted.counts > 0).sum(dim=1).float().mean().item()
+
+
+def _ecvq_fit(points: torch.Tensor, start: torch.Tensor, latent_lambda: float, options: HDQOptions) -> LloydResult:
+    """Lloyd iterations on (M, N, D) ``points`` from (M, K, D) ``start``, the first third plain,
+    the rest entropy-constrained at ``latent_lambda`` (latent units)."""
+    plain = lloyd(points, start, options.ecvq_iterations // 3, chunk=8192)
+    return lloyd(points, plain.centres, options.ecvq_iterations - options.ecvq_iterations // 3,
+                 latent_lambda, plain.counts.clamp_min(1e-3), chunk=8192)
 
 
 @torch.no_grad()
@@ -409,7 +419,8 @@ class HDQFamilyOptions(HDQOptions):
 
     start_levels: str = option(
         "", "folder of hdq models (e.g. checkpoints/) to start from, one per level in quality order, sharing their "
-        "transforms; they must have the --rate-levels' lambdas and K (default: a block start, as --arch hdq)",
+        "transforms; the family's architecture and --rate-levels default to theirs; given more --latent-channels and "
+        "--num-codebooks than they have, the family starts as them widened (default: a block start, as --arch hdq)",
         init_only=True,
     )
 
@@ -421,8 +432,11 @@ def _initialise_family(net: nn.Module, options: HDQFamilyOptions, files: list[Pa
     projection is every level's), and each other level's codebooks fitted by the same Lloyd
     iterations on the block start's latents at its own lambda."""
     if options.start_levels:
-        _load_family_levels(net, Path(options.start_levels))
+        loaded = _load_family_levels(net, Path(options.start_levels))
         log(f"initialised: {net.num_levels} levels from {options.start_levels}")
+        if loaded is not net:
+            crops = _crops(files, options, options.init_crops, int(torch.randint(0, 2**31, (1,), generator=generator)))
+            log(widen_family(loaded, net, crops, partial(_ecvq_fit, options=options), generator))
         return
     _initialise_hdq(net.body, options, files, generator, log)
     crops = _crops(files, options, options.init_crops, int(torch.randint(0, 2**31, (1,), generator=generator)))
@@ -436,21 +450,50 @@ def _initialise_family(net: nn.Module, options: HDQFamilyOptions, files: list[Pa
             f"(mean {used:.0f} codes in use)")
 
 
-def _load_family_levels(net: nn.Module, folder: Path) -> None:
-    """Load the hdq models in ``folder`` (quality order) into ``net``: the shared tensors from the
-    first, each level's fine quantizer from its own. Raises DQCodecError (one line) when they are
-    not ``net``'s levels or do not share their transforms."""
+def _level_infos(folder: Path) -> list[dict]:
+    """The JSON of each hdq model in ``folder``, in quality order."""
+    infos = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
+    return sorted((info for info in infos if info.get("architecture") == "HierarchicalDQCodec"),
+                  key=lambda info: info.get("quality", 0))
+
+
+def _start_levels_config(options: HDQFamilyOptions) -> dict:
+    """The family config of the levels in ``--start-levels``: their shared fields, and their
+    LAMBDA:K in quality order as ``--rate-levels`` (empty without ``--start-levels``)."""
+    from dqcodec.models.hdq_family import HDQFamilyConfig
+
+    infos = _level_infos(Path(options.start_levels)) if options.start_levels else []
+    if not infos:
+        return {}
+    names = {item.name for item in fields(HDQFamilyConfig)}
+    shared = {key: value for key, value in infos[0]["config"].items() if key in names}
+    levels = ",".join(f"{info['config']['rate_lambda']}:{info['config']['codebook_size']}" for info in infos)
+    return {**shared, "rate_levels": levels}
+
+
+def _load_family_levels(net: nn.Module, folder: Path) -> nn.Module:
+    """Load the hdq models in ``folder`` (quality order) into ``net``, or, when they have fewer
+    fine latent channels and codebooks than ``net`` (and are otherwise its levels), into a
+    narrower family to widen into ``net`` (:mod:`dqcodec.train.widen`); returns the family they
+    were loaded into: the shared tensors from the first, each level's fine quantizer from its
+    own. Raises DQCodecError (one line) when they are not ``net``'s levels or do not share their
+    transforms."""
     from dqcodec.codec.errors import DQCodecError
     from dqcodec.models.hdq_codec import HierarchicalDQCodec
+    from dqcodec.models.hdq_family import HDQFamily
     from dqcodec.models.registry import ARCHITECTURES
     from dqcodec.train.checkpoint import load_model_as
 
-    infos = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
-    stems = [folder / info["name"] for info in sorted(infos, key=lambda info: info.get("quality", 0))
-             if info.get("architecture") == "HierarchicalDQCodec"]
+    stems = [folder / info["name"] for info in _level_infos(folder)]
     if len(stems) != net.num_levels:
         raise DQCodecError(f"--start-levels {folder}: {len(stems)} hdq models, the family has {net.num_levels} levels")
     levels = [load_model_as(stem, HierarchicalDQCodec, f"--start-levels {stem}")[0] for stem in stems]
+    if asdict(levels[0].config) != asdict(net.level_configs[0]):
+        try:
+            check_widening(levels[0].config, net.config)
+        except ValueError as error:
+            raise DQCodecError(f"--start-levels {stems[0]}: {error}") from None
+        net = HDQFamily(narrow_config(net.config, levels[0].config))
     for stem, level, wanted in zip(stems, levels, net.level_configs):
         if asdict(level.config) != asdict(wanted):
             raise DQCodecError(f"--start-levels {stem}: its config {asdict(level.config)} is not the family's level "
@@ -464,6 +507,7 @@ def _load_family_levels(net: nn.Module, folder: Path) -> None:
     for index, level in enumerate(levels[1:], start=1):
         net.fine_quantizer(index).load_state_dict({key: value for key, value in level.fine_quantizer.state_dict().items()
                                                    if not key.startswith("projection.")})
+    return net
 
 
 def _before_family_step(net: nn.Module, options: HDQFamilyOptions, step: int, total_steps: int, fresh: bool) -> None:
@@ -590,6 +634,7 @@ RECIPES: dict[str, Recipe] = {
         loop_defaults=HDQ_LOOP_DEFAULTS,
         data=_hdq_data,
         loss=_family_loss,
+        config_defaults=_start_levels_config,
         export_levels=lambda net: [net.level(index) for index in range(net.num_levels)],
     ),
     "dqae": Recipe(
