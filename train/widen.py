@@ -63,11 +63,10 @@ def _residual_axes(narrow, crops: torch.Tensor, count: int) -> tuple[torch.Tenso
     (B, 3, H, W): (mean (768,), analysis rows (count, 768), synthesis columns (768, count)),
     scaled to the body's fine synthesis gain; float64."""
     body = narrow.body.eval()
-    quantizer = body.fine_quantizer
+    quantizer, coarse = body.fine_quantizer, body.coarse_quantizer
     blocks, residuals = [], []
     for batch in crops.split(16):
         latent = body.analysis(batch)
-        coarse = body.coarse_quantizer
         coarse_codes = coarse.dequantize(coarse.quantize(body.coarse_analysis(latent)))
         decoded = body.reconstruct(quantizer.assemble(quantizer.project(latent)), coarse_codes)
         for image, out in ((batch, blocks), (batch - decoded, residuals)):
