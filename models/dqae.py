@@ -36,7 +36,7 @@ from torch import nn
 from dqcodec.models.interface import CodecOutput
 from dqcodec.models.likelihood_heads import HEADS, make_head
 from dqcodec.models.lloyd import kmeans_plus_plus
-from dqcodec.models.quantizers import CoupledDepthwiseQuantizer, DepthwiseQuantizer
+from dqcodec.models.quantizers import CoupledDepthwiseQuantizer, DepthwiseQuantizer, slice_vectors
 
 QUANTIZERS = {"dq": DepthwiseQuantizer, "vq": CoupledDepthwiseQuantizer}
 
@@ -234,7 +234,7 @@ class DQAE(nn.Module):
     def _seed_codebooks(self, quantizer: DepthwiseQuantizer, features: torch.Tensor) -> None:
         """k-means++ seeds from this batch's vectors (process 0's, in data-parallel training)."""
         slices = quantizer.project(features).float()  # (B, M, D, h, w)
-        vectors = slices.permute(1, 0, 3, 4, 2).reshape(quantizer.num_codebooks, -1, quantizer.code_dim).cpu()
+        vectors = slice_vectors(slices).cpu()
         generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
         codebooks = []
         for points in vectors:

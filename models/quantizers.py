@@ -26,6 +26,12 @@ from dqcodec.models.lloyd import nearest_codes, squared_distances
 GUARD_SHARE = 1e-2
 
 
+def slice_vectors(slices: torch.Tensor) -> torch.Tensor:
+    """(B, M, D, H', W') slices -> (M, B*H'*W', D): the vectors each codebook quantizes."""
+    b, m, d, h, w = slices.shape
+    return slices.permute(1, 0, 3, 4, 2).reshape(m, b * h * w, d)
+
+
 @dataclass
 class QuantizerOutput:
     """What a quantizer's forward pass returns.
@@ -133,8 +139,8 @@ class CodebookQuantizer(nn.Module):
     def assign(self, slices: torch.Tensor, rate_lambda: float | None = None) -> torch.Tensor:
         """(B, M, D, H', W') slices -> (B, M, H', W') indices by the entropy-constrained rule at
         ``rate_lambda`` (None: the quantizer's own; 0: the nearest code in use)."""
-        b, m, d, h, w = slices.shape
-        vectors = slices.permute(1, 0, 3, 4, 2).reshape(m, b * h * w, d)  # (M, N, D)
+        b, m, _, h, w = slices.shape
+        vectors = slice_vectors(slices)  # (M, N, D)
         rate_lambda = self.rate_lambda if rate_lambda is None else rate_lambda
         code_cost = torch.zeros_like(self.ema_counts)
         if rate_lambda > 0:
@@ -186,8 +192,8 @@ class CodebookQuantizer(nn.Module):
     def soft_bits(self, slices: torch.Tensor) -> torch.Tensor:
         """(B, M, D, H', W') slices -> (B,) expected bits under the Gibbs distribution of the
         ECVQ cost at temperature ``rate_lambda`` (differentiable in the slices)."""
-        b, m, d, h, w = slices.shape
-        vectors = slices.permute(1, 0, 3, 4, 2).reshape(m, b * h * w, d)
+        b, m, _, h, w = slices.shape
+        vectors = slice_vectors(slices)
         code_bits = self.code_bits().masked_fill(self.ema_counts <= 0, 1e4)  # pruned codes: never likely
         cost = squared_distances(vectors, self.codebooks) / self.rate_lambda + code_bits[:, None, :]  # (M, N, K)
         expected = (torch.softmax(-cost, dim=-1) * code_bits[:, None, :]).sum(-1)  # (M, N)
@@ -279,8 +285,8 @@ class CodebookQuantizer(nn.Module):
 
     @torch.no_grad()
     def _ema_update(self, slices: torch.Tensor, indices: torch.Tensor) -> None:
-        b, m, d, h, w = slices.shape
-        flat = slices.permute(1, 0, 3, 4, 2).reshape(m, -1, d)  # (M, N, D)
+        m = slices.shape[1]
+        flat = slice_vectors(slices)  # (M, N, D)
         one_hot = F.one_hot(indices.permute(1, 0, 2, 3).reshape(m, -1), self.codebook_size).to(flat.dtype)
         counts = one_hot.sum(dim=1)  # (M, K)
         sums = torch.einsum("mnk,mnd->mkd", one_hot, flat)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from dqcodec.codec.errors import DQCodecError
 
-# Settings that a resumed run may change; every other one must match the run folder's run.json.
-# Settings a resumed run may change; a lower --lr on resume is a fine-tuning phase of the same run.
+# Settings that a resumed run may change (a lower --lr on resume is a fine-tuning phase of the same
+# run); every other one must match the run folder's run.json.
 _RESUMABLE_CHANGES = {"steps", "validate_every", "checkpoint_every", "validation_images", "device", "threads", "max_minutes",
                       "learning_rate"}
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from dqcodec.models.block_runtime import guard_colours
 from dqcodec.models.interface import IndexLevel
 from dqcodec.models.lloyd import LloydResult, kmeans_plus_plus, lloyd, sample_centres
+from dqcodec.models.quantizers import slice_vectors
 from dqcodec.paths import data_dir
 from dqcodec.train.data import ImageFolder, RandomCrops, fitting_images, load_fitting_image, to_tensor
 from dqcodec.train.initialize import (
@@ -258,6 +259,11 @@ def _crops(files: list[Path], options: HDQOptions, count: int, seed: int) -> tor
     return RandomCrops(images, options.fit_crop, count, generator).batch()
 
 
+def _init_crops(files: list[Path], options: HDQOptions, generator: torch.Generator) -> torch.Tensor:
+    """``options.init_crops`` crops of ``_crops`` on a seed drawn from ``generator`` (to start or widen a network)."""
+    return _crops(files, options, options.init_crops, int(torch.randint(0, 2**31, (1,), generator=generator)))
+
+
 def _hdq_data(options: HDQOptions, loop) -> ImageFolder:
     return ImageFolder(loop.data, options.synthetic_share)
 
@@ -267,7 +273,7 @@ def _initialise_hdq(net: nn.Module, options: HDQOptions, files: list[Path], gene
     """A block transform codec to start from: block PCA of 16 x 16 blocks in the linear paths (the
     nonlinear branches start at zero), fine codebooks by entropy-constrained Lloyd iterations on
     the projected crops, coarse codebooks by k-means++ on the coarse latents."""
-    crops = _crops(files, options, options.init_crops, int(torch.randint(0, 2**31, (1,), generator=generator)))
+    crops = _init_crops(files, options, generator)
     pixels = list((crops * 255).round().byte().permute(0, 2, 3, 1).numpy())
     set_hdq_block_transform(net, *block_pca(pixels, 16))
     latent = torch.cat([net.analysis(batch) for batch in crops.split(16)])
@@ -315,7 +321,7 @@ def _adapt_hdq(net: nn.Module, options: HDQOptions, files: list[Path], generator
     minutes: its transforms serve other rates better than a block start does. (``changed`` is
     within the recipe's ``mutable`` fields, both of which call for new codebooks.)"""
     net.eval()
-    crops = _crops(files, options, options.init_crops, int(torch.randint(0, 2**31, (1,), generator=generator)))
+    crops = _init_crops(files, options, generator)
     latent = torch.cat([net.analysis(batch) for batch in crops.split(16)])
     points = _slice_points(net.fine_quantizer, latent)
     used = _fit_fine_codebooks(net.fine_quantizer, net.rate_lambdas()[0], options, points,
@@ -326,8 +332,7 @@ def _adapt_hdq(net: nn.Module, options: HDQOptions, files: list[Path], generator
 
 def _slice_points(quantizer, features: torch.Tensor) -> torch.Tensor:
     """(B, C, h, w) features -> (M, B*h*w, D) the vectors each codebook quantizes."""
-    slices = quantizer.project(features)
-    return slices.permute(1, 0, 3, 4, 2).reshape(quantizer.num_codebooks, -1, quantizer.code_dim).contiguous()
+    return slice_vectors(quantizer.project(features))
 
 
 def _before_hdq_step(net: nn.Module, options: HDQOptions, step: int, total_steps: int, fresh: bool) -> None:
@@ -435,11 +440,11 @@ def _initialise_family(net: nn.Module, options: HDQFamilyOptions, files: list[Pa
         loaded = _load_family_levels(net, Path(options.start_levels))
         log(f"initialised: {net.num_levels} levels from {options.start_levels}")
         if loaded is not net:
-            crops = _crops(files, options, options.init_crops, int(torch.randint(0, 2**31, (1,), generator=generator)))
+            crops = _init_crops(files, options, generator)
             log(widen_family(loaded, net, crops, partial(_ecvq_fit, options=options), generator))
         return
     _initialise_hdq(net.body, options, files, generator, log)
-    crops = _crops(files, options, options.init_crops, int(torch.randint(0, 2**31, (1,), generator=generator)))
+    crops = _init_crops(files, options, generator)
     latent = torch.cat([net.body.analysis(batch) for batch in crops.split(16)])
     points = _slice_points(net.body.fine_quantizer, latent)
     for index in range(1, net.num_levels):

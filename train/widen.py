@@ -29,6 +29,7 @@ from torch import nn
 
 from dqcodec.models.hdq_codec import FINE_STRIDE
 from dqcodec.models.lloyd import sample_centres
+from dqcodec.models.quantizers import slice_vectors
 
 WIDTH_FIELDS = ("latent_channels", "num_codebooks")
 RIDGE = 1e-6  # relative ridge of the blocks' covariance: keeps the least-squares solve well posed
@@ -112,8 +113,7 @@ def widen_family(narrow: nn.Module, wide: nn.Module, crops: torch.Tensor, fit_co
 
     wide.eval()
     latent = torch.cat([wide.body.analysis(batch) for batch in crops.split(16)])
-    points = wide.body.fine_quantizer.project(latent)[:, narrow.config.num_codebooks:]
-    points = points.permute(1, 0, 3, 4, 2).reshape(points.shape[1], -1, points.shape[2]).contiguous()
+    points = slice_vectors(wide.body.fine_quantizer.project(latent)[:, narrow.config.num_codebooks:])
     used = []
     for index, level in enumerate(wide.level_configs):
         quantizer = wide.fine_quantizer(index)
