@@ -193,8 +193,12 @@ class ContextTables:
         The contexts come from this level and, with ``side_buckets`` > 1, from ``side``.
         """
         context = self.contexts(indices, step.codebook, step.phase, step.mask, side)  # (B, N per image)
-        size = int(self.alphabet_sizes[step.codebook])
-        return np.asarray(self.frequencies)[step.codebook, step.phase, :, :size][context.reshape(-1)]
+        return self.context_tables(step.codebook, step.phase, context.reshape(-1))
+
+    def context_tables(self, codebook: int, phase: int, context: np.ndarray) -> np.ndarray:
+        """(N,) context ids of one codebook and phase -> their (N, K_m) integer tables."""
+        size = int(self.alphabet_sizes[codebook])
+        return np.asarray(self.frequencies)[codebook, phase, :, :size][context]
 
     def bits(self, indices: np.ndarray, side: Side) -> float:
         """-log2 p of all indices (B, M, H, W) under the integer tables."""
@@ -244,33 +248,29 @@ def choose_indices(
     """
     b, m_count, d, h, w = vectors.shape
     lambdas = np.broadcast_to(np.asarray(rate_lambda, dtype=np.float64), (m_count,))
+    # ||x - c||^2 = ||x||^2 + ||c||^2 - 2 x.c, and ||x||^2 is the same for every code of a
+    # position, so the argmin needs only ||c||^2 - 2 x.c: one matrix product per step instead
+    # of D passes over an (N, K) array (3x faster at D = 4, K = 256). The cancellation error,
+    # about 1e-16 ||x||^2, is far below any distortion difference that could change a choice.
+    norms = (codebooks * codebooks).sum(axis=-1)  # (M, K)
     indices = np.zeros((b, m_count, h, w), dtype=np.int64)
     started: set[int] = set()
     for step in entropy.coding_steps(indices.shape):
         m = step.codebook
-        table = entropy.tables(indices, step, side or {})  # (N, K_m)
+        context = entropy.contexts(indices, m, step.phase, step.mask, side or {}).reshape(-1)  # (N,)
+        # The rate term is computed once per distinct context (a few dozen) and gathered.
+        used, rows = np.unique(context, return_inverse=True)
+        table = entropy.context_tables(m, step.phase, used)  # (U, K_m)
         bits = np.log2(table.sum(axis=1, keepdims=True)) - np.log2(table)
-        points = vectors[:, m][:, :, step.mask].transpose(0, 2, 1).reshape(-1, d)  # (N, D)
-        distortion = _squared_distances(points, codebooks[m, : table.shape[1]])
         nearest = nearest_first_rows and m < entropy.num_predicted and m not in started
         started.add(m)
-        step.place(indices, (distortion + (0.0 if nearest else lambdas[m]) * bits).argmin(axis=1))
+        size = table.shape[1]
+        offset = norms[m, :size] + (0.0 if nearest else lambdas[m]) * bits  # (U, K_m)
+        points = vectors[:, m][:, :, step.mask].transpose(0, 2, 1).reshape(-1, d)  # (N, D)
+        cost = points @ (-2.0 * codebooks[m, :size].T)  # (N, K_m)
+        cost += offset[rows.reshape(-1)]
+        step.place(indices, cost.argmin(axis=1))
     return indices
-
-
-def _squared_distances(points: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """(N, D) points, (K, D) codes -> (N, K) squared distances.
-
-    Summed one coordinate at a time: the same additions in the same order as
-    ``((points[:, None] - codes[None]) ** 2).sum(-1)`` (identical values), without its (N, K, D)
-    temporary, which made this the slowest part of encoding (4x faster at D = 4).
-    """
-    difference = points[:, None, 0] - codes[None, :, 0]
-    distances = difference * difference
-    for j in range(1, points.shape[1]):
-        difference = points[:, None, j] - codes[None, :, j]
-        distances += difference * difference
-    return distances
 
 
 def quantize_table(counts: np.ndarray) -> np.ndarray:
