@@ -84,3 +84,50 @@ def test_init_from_honours_lambda_and_refuses_fixed_settings(tmp_path, capsys):
     assert "--ecvq-iterations acts on a fresh start only" in capsys.readouterr().err
     assert main(common + ["--num-centres", "3"]) == 2
     assert "--num-centres is not an option of --arch dq" in capsys.readouterr().err
+
+
+def test_the_weight_average_follows_each_step_and_swaps_in_and_out():
+    from dqcodec.train.weight_average import WeightAverage
+
+    net = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    average = WeightAverage(net, 0.75)
+    with torch.no_grad():
+        net.weight.fill_(5.0)
+    average.update()  # 0.75 * 1 + 0.25 * 5
+    assert torch.equal(average.average["weight"], torch.full((1, 2), 2.0))
+    with average.applied():
+        assert torch.equal(net.weight, torch.full((1, 2), 2.0))
+    assert torch.equal(net.weight, torch.full((1, 2), 5.0))
+    average.load({})  # a state without an average: it starts at the current weights
+    assert torch.equal(average.average["weight"], torch.full((1, 2), 5.0))
+
+
+def test_a_run_with_a_weight_average_resumes_bit_for_bit_and_exports_the_average(tmp_path, training_images, capsys):
+    from safetensors.numpy import load_file
+
+    averaged = ["--average-decay", "0.5", "--lr", "0.01"]
+    assert main(_tiny_dq_run(tmp_path / "straight", training_images, 4) + averaged) == 0
+    assert main(_tiny_dq_run(tmp_path / "resumed", training_images, 2) + averaged) == 0
+    exported = ["--export", "t-q1", "--family", "test", "--quality", "1", "--weights-dir", str(tmp_path / "w"),
+                "--measure-images", "0"]
+    assert main(_tiny_dq_run(tmp_path / "resumed", training_images, 4) + averaged + exported) == 0
+    assert "moving average of its weights (decay 0.5)" in capsys.readouterr().out
+    straight = load_file(tmp_path / "straight" / "state.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "state.safetensors")
+    assert straight.keys() == resumed.keys()
+    assert all(np.array_equal(straight[key], resumed[key]) for key in straight)
+    model = load_file(tmp_path / "w" / "t-q1.safetensors")
+    # The analysis is exported as trained; the export refits the synthesis (flat colours).
+    names = [key[len("average."):] for key in resumed if key.startswith("average.analysis.")]
+    assert names
+    for name in names:
+        live, mean = resumed[f"model.{name}"], resumed[f"average.{name}"]
+        assert np.abs(live - mean).max() > 1e-3  # four steps at lr 0.01 move the weights off their average
+        assert np.allclose(model[name].astype(np.float32), mean, rtol=1e-3, atol=1e-4), name
+
+
+def test_train_refuses_an_average_decay_of_one_or_more(tmp_path, training_images, capsys):
+    assert main(_tiny_dq_run(tmp_path / "run", training_images, 1) + ["--average-decay", "1"]) == 2
+    assert "--average-decay 1.0: use 0 (no average) or a decay below 1" in capsys.readouterr().err

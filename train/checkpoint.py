@@ -15,11 +15,16 @@ from torch import nn
 
 from dqcodec.codec.errors import DQCodecError
 from dqcodec.models.registry import WEIGHTS_DIR, load_checkpoint
+from dqcodec.train.weight_average import WeightAverage
 
 
-def save_state(path: Path, net: nn.Module, optimizer: torch.optim.Optimizer, step: int, generator: torch.Generator) -> None:
-    """Write ``path.safetensors`` and ``path.json`` (atomically, via temporary names)."""
+def save_state(path: Path, net: nn.Module, optimizer: torch.optim.Optimizer, step: int, generator: torch.Generator,
+               average: WeightAverage | None = None) -> None:
+    """Write ``path.safetensors`` and ``path.json`` (atomically, via temporary names), with the
+    moving average of the weights when the run keeps one."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    if average is not None:
+        tensors |= average.state()
     optimizer_state = optimizer.state_dict()
     scalars = {"step": step, "param_groups": optimizer_state["param_groups"], "optimizer_steps": {}}
     for index, state in optimizer_state["state"].items():
@@ -40,11 +45,16 @@ def save_state(path: Path, net: nn.Module, optimizer: torch.optim.Optimizer, ste
     Path(f"{temporary}.json").replace(f"{path}.json")
 
 
-def load_state(path: Path, net: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> int:
-    """Restore what :func:`save_state` wrote; returns the step to continue from."""
+def load_state(path: Path, net: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+               average: WeightAverage | None = None) -> int:
+    """Restore what :func:`save_state` wrote; returns the step to continue from. ``average``
+    (built on ``net``) takes the saved average, or starts at the restored weights when the
+    state holds none."""
     tensors = load_file(f"{path}.safetensors")
     scalars = json.loads(Path(f"{path}.json").read_text())
     net.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    if average is not None:
+        average.load(tensors)
     state = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):

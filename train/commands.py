@@ -18,7 +18,7 @@ from dqcodec.codec.errors import DQCodecError
 # Settings that a resumed run may change (a lower --lr on resume is a fine-tuning phase of the same
 # run); every other one must match the run folder's run.json.
 _RESUMABLE_CHANGES = {"steps", "validate_every", "checkpoint_every", "validation_images", "device", "threads", "max_minutes",
-                      "learning_rate"}
+                      "learning_rate", "average_decay"}
 
 
 def _sources(arch: str) -> dict[str, type]:
@@ -120,6 +120,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise DQCodecError(f"--device {loop.device}: use cpu, or cuda on a machine with a CUDA GPU")
     if loop.steps < 0 or loop.batch_size < 1 or loop.crop < 1:
         raise DQCodecError("--steps must not be negative, --batch-size and --crop must be positive")
+    if not 0.0 <= loop.average_decay < 1.0:
+        raise DQCodecError(f"--average-decay {loop.average_decay}: use 0 (no average) or a decay below 1, e.g. 0.999")
     options = sources["options"](**_pick(sources["options"], given))
     config_given = _pick(sources["config"], given)
     if loop.init_from is not None:

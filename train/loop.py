@@ -14,12 +14,14 @@ global batch and trains on its share of it; DistributedDataParallel averages the
 quantizers sum their codebook statistics over the processes (``quantizers.CodebookQuantizer``),
 and the buffers of process 0 are broadcast before every forward pass, so N processes follow one
 process with the whole batch. Process 0 alone logs, validates, saves and exports. CUDA runs use
-bfloat16 autocast and channels-last tensors.
+bfloat16 autocast and channels-last tensors. With ``--average-decay``, validation and export use a
+moving average of the weights (``weight_average``), kept in the state with the live weights.
 """
 
 import json
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from dqcodec.train.checkpoint import load_state, save_state
 from dqcodec.train.data import load_rgb, to_tensor
 from dqcodec.train.recipes import Recipe, option
 from dqcodec.train.training_log import read_log, throughput
+from dqcodec.train.weight_average import WeightAverage
 
 
 @dataclass
@@ -58,6 +61,9 @@ class LoopConfig:
     threads: int = option(2, "torch CPU threads")
     max_minutes: float = option(0.0, "stop (saving the state) after this many minutes of training; 0: no limit")
     clip_grad_norm: float = option(0.0, "clip the gradient to this global norm before each step (0: no clipping)")
+    average_decay: float = option(
+        0.0, "keep a moving average of the weights with this decay per step (e.g. 0.999: over about 1 000 steps); "
+        "validation and export use it; 0: no average")
 
 
 def rd_loss(out, batch: torch.Tensor, rate_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +76,8 @@ def rd_loss(out, batch: torch.Tensor, rate_lambda: float) -> tuple[torch.Tensor,
 def train(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, fresh: bool, log=print,
           changed: tuple[str, ...] = ()) -> nn.Module:
     """Train ``net`` for ``loop.steps`` in total, resuming from ``loop.out/state.*`` when it exists;
-    returns the trained network (in train mode, on the CPU). A new run first initialises a
+    returns the trained network (in train mode, on the CPU; with ``--average-decay``, holding the
+    moving average of its weights, :mod:`~dqcodec.train.weight_average`). A new run first initialises a
     ``fresh`` network by the recipe, or adapts a network started from a model whose config
     fields ``changed`` (``Recipe.adapt``)."""
     rank, world = _distributed_rank()
@@ -82,8 +89,9 @@ def train(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, fresh: bool
     loop.out.mkdir(parents=True, exist_ok=True)
     state_path = loop.out / "state"
     optimizer = torch.optim.Adam(net.parameters(), lr=loop.learning_rate)
+    average = WeightAverage(net, loop.average_decay) if loop.average_decay > 0 else None
     if Path(f"{state_path}.safetensors").exists():
-        step = load_state(state_path, net, optimizer, generator)
+        step = load_state(state_path, net, optimizer, generator, average)
         saved_rate = optimizer.param_groups[0]["lr"]
         for group in optimizer.param_groups:  # the saved state holds the learning rate it ran at
             group["lr"] = loop.learning_rate
@@ -94,12 +102,16 @@ def train(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, fresh: bool
             recipe.initialise(net, options, files, generator, log)
         elif changed:
             recipe.adapt(net, options, files, generator, log, changed)
+        if average is not None:
+            average.restart()
         step = 0
         if rank == 0:
-            save_state(state_path, net, optimizer, step, generator)
+            save_state(state_path, net, optimizer, step, generator, average)
     memory_format = torch.channels_last if device.type == "cuda" else torch.preserve_format
     net.to(device, memory_format=memory_format).train()
     _move_optimizer(optimizer, device)
+    if average is not None:
+        average.to(device)
     model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
     crops = data.batches(loop.crop, loop.batch_size, generator) if step < loop.steps else None
     validation = sorted(kodak_dir().glob("*.png"))[: loop.validation_images] if rank == 0 else []
@@ -117,6 +129,8 @@ def train(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, fresh: bool
         if loop.clip_grad_norm > 0:
             nn.utils.clip_grad_norm_(net.parameters(), loop.clip_grad_norm)
         optimizer.step()
+        if average is not None:
+            average.update()
         done = step + 1
         out_of_time = loop.max_minutes > 0 and _agreed(time.time() - started > 60 * loop.max_minutes, device, world)
         if rank > 0:
@@ -128,9 +142,10 @@ def train(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, fresh: bool
                   "psnr": psnr_from_mse(sse.item() / (3 * pixels), peak=1.0),
                   "bpp_estimate": out.bits.float().sum().item() / pixels, **out.statistics}
         if done % loop.checkpoint_every == 0 or done == loop.steps or out_of_time:
-            save_state(state_path, net, optimizer, done, generator)
+            save_state(state_path, net, optimizer, done, generator, average)
         if validation and (done % loop.validate_every == 0 or done == loop.steps or out_of_time):
-            record["validation"] = validate(net, validation)
+            with average.applied() if average is not None else nullcontext():
+                record["validation"] = validate(net, validation)
             log(f"step {done}: Kodak[:{len(validation)}] PSNR {record['validation']['psnr']:.2f} dB, "
                 f"~{record['validation']['bpp_estimate']:.3f} bpp ({recipe.estimate})")
         log_file.write(json.dumps(record) + "\n")
@@ -141,6 +156,9 @@ def train(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, fresh: bool
     progress.close()
     if log_file is not None:
         log_file.close()
+    if average is not None:
+        average.copy_to_network()
+        log(f"the network now holds the moving average of its weights (decay {loop.average_decay:g})")
     return net.cpu()
 
 
