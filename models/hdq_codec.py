@@ -7,7 +7,9 @@ Encoder: image (B, 3, H, W) -> fine latent y (stride 16, :class:`ConvAnalysis`) 
 up through :class:`CoarseSynthesis` and join the fine codewords at the input of
 :class:`ConvSynthesis` (DQ-AE's top-down path). Coding order is coarse then fine; the fine
 level's tables are chosen by its own decoded neighbours and earlier codebooks and by the coarse
-level (:class:`~dqcodec.models.hierarchical_entropy.CoarseConditionedIndexModel`).
+level (:class:`~dqcodec.models.hierarchical_entropy.CoarseConditionedIndexModel`). A first level
+marks the 16 x 16 blocks that hold one flat colour and carries it; the decoder paints them with
+it (:mod:`~dqcodec.models.flat_blocks`), so flat areas come back exact whatever the network does.
 
 Rate-distortion trade-off: ``rate_lambda`` is in pixel units (squared error of [0, 1] RGB values
 per bit). The fine quantizer's entropy-constrained assignment works in latent units, so it uses
@@ -30,11 +32,12 @@ from dqcodec.models.block_runtime import GUARD_PIXEL_ERROR
 from dqcodec.models.conv_transforms import FINE_STRIDE, CoarseAnalysis, CoarseSynthesis, ConvAnalysis, ConvSynthesis
 from dqcodec.models.context_tables import choose_indices
 from dqcodec.models.entropy import ContextIndexModel
+from dqcodec.models.flat_blocks import NUM_SYMBOLS, FlatBlockModel, flat_block_colours, flat_block_symbols
 from dqcodec.models.hierarchical_entropy import CoarseConditionedIndexModel
 from dqcodec.models.interface import RATE_LAMBDA_HELP, CodecOutput, CompressedLevels, IndexLevel, LevelSpec
 from dqcodec.models.quantizers import DepthwiseQuantizer
 
-COARSE, FINE = "coarse", "fine"
+FLAT, COARSE, FINE = "flat", "coarse", "fine"
 COARSE_FACTOR = 4
 GAIN_PROBE = 1e-2  # finite-difference step, relative to the codewords' RMS
 # Flat images of this size (pixels) give the latents of flat areas: their centre lies 96 pixels
@@ -113,9 +116,11 @@ class HierarchicalDQCodec(nn.Module):
         return FINE_STRIDE * COARSE_FACTOR
 
     def levels(self, height: int, width: int) -> list[LevelSpec]:
-        """Coarse (M_c, H/64, W/64) then fine (M, H/16, W/16) indices."""
+        """The flat blocks (4, H/16, W/16) (:mod:`~dqcodec.models.flat_blocks`), then coarse
+        (M_c, H/64, W/64) and fine (M, H/16, W/16) indices."""
         fine, coarse = height // FINE_STRIDE, width // FINE_STRIDE
         return [
+            LevelSpec(FLAT, (NUM_SYMBOLS, fine, coarse), FlatBlockModel()),
             LevelSpec(COARSE, (self.config.coarse_codebooks, fine // COARSE_FACTOR, coarse // COARSE_FACTOR), self.coarse_entropy),
             LevelSpec(FINE, (self.config.num_codebooks, fine, coarse), self.fine_entropy),
         ]
@@ -232,7 +237,8 @@ class HierarchicalDQCodec(nn.Module):
 
     @torch.no_grad()
     def compress(self, image: torch.Tensor, rate_lambda: float | None = None) -> CompressedLevels:
-        """(B, 3, H, W) image in [0, 1], H and W multiples of 64 -> coarse and fine indices.
+        """(B, 3, H, W) image in [0, 1], H and W multiples of 64 -> the flat blocks' symbols,
+        coarse and fine indices.
 
         Each index minimises latent distortion + lambda * (-log2 p) under the real context tables
         in coding order (:func:`~dqcodec.models.context_tables.choose_indices`); the fine level's tables
@@ -246,13 +252,22 @@ class HierarchicalDQCodec(nn.Module):
         fine = choose_indices(
             fine_slices, self._codewords(self.fine_quantizer), self.fine_entropy, fine_lambda, side={COARSE: coarse}
         )
-        return [IndexLevel(COARSE, coarse), IndexLevel(FINE, fine)]
+        flat = flat_block_symbols(image.double().numpy(), FINE_STRIDE)
+        return [IndexLevel(FLAT, flat), IndexLevel(COARSE, coarse), IndexLevel(FINE, fine)]
 
     @torch.no_grad()
     def decompress(self, levels: CompressedLevels) -> torch.Tensor:
-        """Coarse and fine indices -> (B, 3, H, W) image clamped to [0, 1], in the network's dtype."""
-        coarse, fine = (self._quantizer(level.name).dequantize(torch.from_numpy(level.indices)) for level in levels)
-        return self.reconstruct(fine, coarse).clamp(0, 1)
+        """The levels of :meth:`compress` -> (B, 3, H, W) image clamped to [0, 1], in the network's
+        dtype: the network's reconstruction, with the flat blocks painted in their colours."""
+        indices = {level.name: level.indices for level in levels}
+        coarse, fine = (self._quantizer(name).dequantize(torch.from_numpy(indices[name])) for name in (COARSE, FINE))
+        image = self.reconstruct(fine, coarse).clamp(0, 1)
+        flat, colours = flat_block_colours(indices[FLAT])
+
+        def to_pixels(blocks: np.ndarray) -> torch.Tensor:  # (B, C, h, w) -> (B, C, 16h, 16w)
+            return torch.from_numpy(blocks).repeat_interleave(FINE_STRIDE, 2).repeat_interleave(FINE_STRIDE, 3)
+
+        return torch.where(to_pixels(flat[:, None]), to_pixels(colours).to(image.dtype) / 255, image)
 
     def _quantizer(self, name: str) -> DepthwiseQuantizer:
         return {COARSE: self.coarse_quantizer, FINE: self.fine_quantizer}[name]

@@ -142,12 +142,12 @@ def test_an_exported_network_is_the_one_its_tables_were_fitted_to(tmp_path):
             assert torch.equal(loaded[key], tensor), key
 
 
-def test_round_trip_is_exact_and_two_streams_match_the_estimate(tiny_model):
+def test_round_trip_is_exact_and_three_streams_match_the_estimate(tiny_model):
     stem, data = tiny_model
     pixels = np.asarray(Image.open(data / "0.png"))
     encoded = dqcodec.encode(pixels, model=f"{stem}.json")
     header, streams = unpack(encoded)
-    assert len(streams) == 2  # coarse, then fine
+    assert len(streams) == 3  # flat blocks, coarse, fine
     net = registry.load_model(registry.register_checkpoint(stem.with_suffix(".json")))[0].network  # the torch runtime's network
     padded = np.pad(pixels, ((0, 128 - 96), (0, 128 - 112), (0, 0)), mode="edge")
     image = torch.from_numpy(padded).permute(2, 0, 1)[None].float() / 255
@@ -156,7 +156,7 @@ def test_round_trip_is_exact_and_two_streams_match_the_estimate(tiny_model):
     assert np.array_equal(np.asarray(dqcodec.decode(encoded)), expected)
     estimate = estimated_bits(net.levels(128, 128), levels)
     payload_bits = 8 * sum(len(s) for s in streams)
-    assert payload_bits <= 1.01 * estimate + 2 * 32  # each stream ends on a 32-bit word
+    assert payload_bits <= 1.01 * estimate + 3 * 32  # each stream ends on a 32-bit word
 
 
 def test_an_encode_time_lambda_reaches_the_hdq_encoder(tiny_model):
@@ -198,7 +198,7 @@ def test_decoding_does_not_depend_on_threads_batch_or_process(tiny_model, tmp_pa
     batch = batch.permute(0, 3, 1, 2).float() / 255
     together = net.compress(batch)
     alone = [net.compress(batch[i : i + 1]) for i in range(2)]
-    for level, name in enumerate(("coarse", "fine")):
+    for level, name in enumerate(("flat", "coarse", "fine")):
         assert together[level].name == name
         assert np.array_equal(together[level].indices, np.concatenate([a[level].indices for a in alone]))
 
@@ -210,7 +210,7 @@ def test_fine_tables_read_the_coarse_level_and_are_valid_integers(tiny_model):
     assert entropy.frequencies.dtype == torch.int32 and int(entropy.frequencies.min()) >= 1
     assert int(entropy.frequencies.sum(dim=-1).max()) <= TABLE_PRECISION
     image = torch.from_numpy(np.asarray(Image.open(data / "1.png"))[:64, :64].copy()).permute(2, 0, 1)[None].float() / 255
-    coarse, fine = net.compress(image)
+    _, coarse, fine = net.compress(image)
     side = {"coarse": coarse.indices}
     buckets = entropy.side_contexts(side, fine.indices.shape)
     assert buckets.shape == (1, 4, 4) and buckets.max() < entropy.side_buckets
@@ -365,3 +365,17 @@ def test_the_block_start_is_a_block_transform_codec():
     order = balanced_groups(4, 3)
     assert sorted(order) == list(range(12)) and order[::3] == [0, 1, 2, 3]
     assert order == [0, 7, 8, 1, 6, 9, 2, 5, 10, 3, 4, 11]
+
+
+def test_flat_blocks_come_back_exact(tiny_model):
+    """A flat image and the flat 16 x 16 blocks of a photograph decode to their exact colour,
+    whatever the network makes of them (the flat-block level)."""
+    stem, data = tiny_model
+    model = f"{stem}.json"
+    flat = np.zeros((24, 40, 3), dtype=np.uint8)
+    flat[..., 1] = 255
+    assert np.array_equal(np.asarray(dqcodec.decode(dqcodec.encode(flat, model=model))), flat)
+    photo = np.asarray(Image.open(data / "0.png")).copy()
+    photo[16:48, 32:80] = (200, 30, 90)
+    decoded = np.asarray(dqcodec.decode(dqcodec.encode(photo, model=model)))
+    assert np.array_equal(decoded[16:48, 32:80], photo[16:48, 32:80])

@@ -365,11 +365,11 @@ def _fit_hdq_tables(net: nn.Module, options: HDQOptions, files: list[Path]) -> N
     net.fine_entropy.set_coarse_codes(net.coarse_quantizer.codebooks, usage["coarse"])
     flat_areas = _flat_area_indices(net, colours, net.padding_multiple)
     for round_index in range(2):
-        levels = [net.nearest_indices(batch) if round_index == 0 else net.compress(batch)
+        levels = [{level.name: level.indices for level in (net.nearest_indices(batch) if round_index == 0 else net.compress(batch))}
                   for batch in tqdm(crops, desc=f"context tables {round_index + 1}/2", unit="batch", leave=False)]
-        levels.append(flat_areas)
-        net.coarse_entropy.fit(((coarse.indices, {}) for coarse, _ in levels), backoff=options.table_backoff)
-        net.fine_entropy.fit(((fine.indices, {"coarse": coarse.indices}) for coarse, fine in levels),
+        levels.append({level.name: level.indices for level in flat_areas})
+        net.coarse_entropy.fit(((level["coarse"], {}) for level in levels), backoff=options.table_backoff)
+        net.fine_entropy.fit(((level["fine"], {"coarse": level["coarse"]}) for level in levels),
                              backoff=options.table_backoff)
 
 
