@@ -324,7 +324,8 @@ def add_models_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    """Print the shipped models, one per row, with their measured Kodak figures."""
+    """Print the shipped models, one per row, with their measured Kodak figures and the install
+    that codes them (base, or train for a network that needs torch)."""
     from dqcodec.models.registry import list_models
 
     models = list_models()
@@ -338,6 +339,7 @@ def run_models(args: argparse.Namespace) -> int:
         ("bpp", "bpp", "{:.3f}"),
         ("PSNR dB", "psnr", "{:.2f}"),
         ("MS-SSIM", "ms_ssim", "{:.4f}"),
+        ("install", "install", "{}"),
         ("description", "description", "{}"),
     ]
     cells = [[title for title, _, _ in columns]]

@@ -174,12 +174,14 @@ def list_models(weights_dir: Path = WEIGHTS_DIR) -> list[dict]:
     """Descriptions of the shipped models, sorted by family then quality.
 
     Each dict has at least name, family, quality, bpp, psnr, ms_ssim (Kodak means, measured
-    from real files) and description.
+    from real files), install (``"base"``: coded in numpy by every install; ``"train"``: its
+    network needs torch, ``pip install "dqcodec[train]"``) and description.
     """
     models = []
     for path in sorted(weights_dir.glob("*.json")):
         info = json.loads(path.read_text())
         kodak = info.get("kodak", {})
+        runtime = ARCHITECTURES[info["architecture"]].runtime(info["config"])
         models.append(
             {
                 "name": info["name"],
@@ -188,6 +190,7 @@ def list_models(weights_dir: Path = WEIGHTS_DIR) -> list[dict]:
                 "bpp": kodak.get("bpp"),
                 "psnr": kodak.get("psnr"),
                 "ms_ssim": kodak.get("ms_ssim"),
+                "install": "base" if runtime == BLOCK_RUNTIME else "train",
                 "description": info.get("description", ""),
             }
         )
