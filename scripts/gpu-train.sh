@@ -11,7 +11,8 @@
 # It starts the family (dqcodec train --arch hdq-family) from the levels committed in
 # checkpoints/ (hdq-q1, hdq-q2, ... sharing hdq-shared.safetensors; fresh optimizer), trains all
 # of them at once, each batch split over their lambdas, for at most MINUTES minutes (default 8:
-# with install and export it stays under 9), exports the levels again, and leaves in $OUT
+# with install and export it stays under 9), exports the levels again (the moving average of the
+# weights over about the last 1 000 steps, --average-decay 0.999), and leaves in $OUT
 # (3 files, each under 16 MiB):
 #   hdq-levels.tar.gz               hdq-q*.json/.safetensors and hdq-shared.safetensors, the
 #                                   weights the next run starts from (unpack them into checkpoints/ here)
@@ -33,7 +34,8 @@ echo "the levels in checkpoints/ (their architecture and LAMBDA:K), at most $min
 run=/tmp/run-family
 weights=/tmp/weights
 python3 -m dqcodec.codec.cli train --arch hdq-family --out "$run" --start-levels checkpoints \
-  --data "$PWD/.traindata" --device cuda --batch-size 16 --crop 256 --lr 5e-5 --steps 10000000 --max-minutes "$minutes" \
+  --data "$PWD/.traindata" --device cuda --batch-size 16 --crop 256 --lr 5e-5 --average-decay 0.999 \
+  --steps 10000000 --max-minutes "$minutes" \
   --validate-every 500 --validation-images 3 --checkpoint-every 1000 \
   --export hdq --family hdq --quality 1 --weights-dir "$weights" --measure-images 0 --share-weights hdq-shared
 tar -C "$weights" -czf "$out/hdq-levels.tar.gz" .

@@ -2,7 +2,8 @@
 # Train the committed hdq levels together on this machine's CPU (scripts/gpu-train.sh does the
 # same on a GPU): the levels in WEIGHTS (hdq-q1, hdq-q2, ... sharing hdq-shared.safetensors) start
 # a family (dqcodec train --arch hdq-family, fresh optimizer), which trains for MINUTES minutes
-# and is exported back into WEIGHTS, each level measured on Kodak. Running it again continues
+# and is exported back into WEIGHTS (the moving average of its weights over about the last 1 000
+# steps), each level measured on Kodak. Running it again continues
 # the run in runs/hdq-family for another MINUTES; remove that folder to start over from WEIGHTS.
 #
 #   scripts/hdq-family.sh [WEIGHTS [MINUTES [DATA [TRAIN-OPTIONS...]]]]
@@ -20,6 +21,6 @@ shift $(( $# < 3 ? $# : 3 ))
 run=runs/hdq-family
 exported=$run/weights
 dqcodec train --arch hdq-family --out "$run" --start-levels "$weights" --data "$data" \
-  --lr 5e-5 --steps 10000000 --max-minutes "$minutes" --threads 2 \
+  --lr 5e-5 --average-decay 0.999 --steps 10000000 --max-minutes "$minutes" --threads 2 \
   --export hdq --family hdq --quality 1 --weights-dir "$exported" --share-weights hdq-shared "$@"
 mv "$exported"/hdq-* "$weights"/
