@@ -75,10 +75,11 @@ def flat_block_symbols(image: np.ndarray, block: int) -> np.ndarray:
     (B, 4, H / block, W / block) int64 symbols of the flat-block level."""
     b, _, height, width = image.shape
     h, w = height // block, width // block
-    values = np.rint(np.asarray(image, dtype=np.float64) * 255).astype(np.int64).reshape(b, 3, h, block, w, block)
-    low, high = values.min(axis=(3, 5)), values.max(axis=(3, 5))  # (B, 3, h, w)
+    # Equal 8-bit values are equal floats, so flatness is read off the floats as they come.
+    values = np.asarray(image).reshape(b, 3, h, block, w, block)
+    low, high = values.min(axis=5).min(axis=3), values.max(axis=5).max(axis=3)  # (B, 3, h, w)
     flat = (low == high).all(axis=1).reshape(b, -1)  # (B, h * w), raster order
-    colours = low.reshape(b, 3, -1)
+    colours = np.rint(low.astype(np.float64) * 255).astype(np.int64).reshape(b, 3, -1)
     symbols = np.zeros((b, NUM_SYMBOLS, h * w), dtype=np.int64)
     for image_index in range(b):
         positions = np.flatnonzero(flat[image_index])

@@ -252,7 +252,7 @@ class HierarchicalDQCodec(nn.Module):
         fine = choose_indices(
             fine_slices, self._codewords(self.fine_quantizer), self.fine_entropy, fine_lambda, side={COARSE: coarse}
         )
-        flat = flat_block_symbols(image.double().numpy(), FINE_STRIDE)
+        flat = flat_block_symbols(image.numpy(), FINE_STRIDE)
         return [IndexLevel(FLAT, flat), IndexLevel(COARSE, coarse), IndexLevel(FINE, fine)]
 
     @torch.no_grad()
