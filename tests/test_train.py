@@ -114,6 +114,9 @@ def test_a_run_with_a_weight_average_resumes_bit_for_bit_and_exports_the_average
                 "--measure-images", "0"]
     assert main(_tiny_dq_run(tmp_path / "resumed", training_images, 4) + averaged + exported) == 0
     assert "moving average of its weights (decay 0.5)" in capsys.readouterr().out
+    phases = json.loads((tmp_path / "w" / "t-q1.json").read_text())["training"]["learning_rate_phases"]
+    assert [{key: value for key, value in phase.items() if key != "minutes"} for phase in phases] == [
+        {"steps": 4, "learning_rate": 0.01, "average_decay": 0.5}]
     straight = load_file(tmp_path / "straight" / "state.safetensors")
     resumed = load_file(tmp_path / "resumed" / "state.safetensors")
     assert straight.keys() == resumed.keys()
@@ -131,3 +134,16 @@ def test_a_run_with_a_weight_average_resumes_bit_for_bit_and_exports_the_average
 def test_train_refuses_an_average_decay_of_one_or_more(tmp_path, training_images, capsys):
     assert main(_tiny_dq_run(tmp_path / "run", training_images, 1) + ["--average-decay", "1"]) == 2
     assert "--average-decay 1.0: use 0 (no average) or a decay below 1" in capsys.readouterr().err
+
+
+def test_learning_rate_phases_follow_the_log():
+    from dqcodec.train.training_log import learning_rate_phases
+
+    records = [{"step": 1, "wall_seconds": 10.0}, {"step": 2, "wall_seconds": 20.0},  # logged before the rate was
+               {"step": 3, "learning_rate": 1e-4, "wall_seconds": 80.0},
+               {"step": 4, "learning_rate": 2e-5, "average_decay": 0.9, "wall_seconds": 140.0}]
+    assert learning_rate_phases(records) == [
+        {"steps": 2, "learning_rate": None, "minutes": 0.3},
+        {"steps": 1, "learning_rate": 1e-4, "minutes": 1.0},
+        {"steps": 1, "learning_rate": 2e-5, "average_decay": 0.9, "minutes": 1.0},
+    ]

@@ -38,7 +38,7 @@ from dqcodec.paths import kodak_dir
 from dqcodec.train.checkpoint import load_state, save_state
 from dqcodec.train.data import load_rgb, to_tensor
 from dqcodec.train.recipes import Recipe, option
-from dqcodec.train.training_log import read_log, throughput
+from dqcodec.train.training_log import learning_rate_phases, read_log, throughput
 from dqcodec.train.weight_average import WeightAverage
 
 
@@ -138,7 +138,9 @@ def train(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, fresh: bool
                 break
             continue
         pixels = batch.shape[0] * batch.shape[2] * batch.shape[3]
-        record = {"step": done, "seconds": round(time.time() - started, 3), "loss": loss.item(),
+        record = {"step": done, "seconds": round(time.time() - started, 3),
+                  "learning_rate": optimizer.param_groups[0]["lr"],
+                  **({"average_decay": loop.average_decay} if average is not None else {}), "loss": loss.item(),
                   "psnr": psnr_from_mse(sse.item() / (3 * pixels), peak=1.0),
                   "bpp_estimate": out.bits.float().sum().item() / pixels, **out.statistics}
         if done % loop.checkpoint_every == 0 or done == loop.steps or out_of_time:
@@ -218,6 +220,7 @@ def export(net: nn.Module, recipe: Recipe, options, loop: LoopConfig, stem: Path
     speed = throughput(records, loop.batch_size * loop.crop**2) if records else {}
     training = {"data": data.describe(), "recipe": described,
                 **used_options, **settings, **info.get("training", {}),
+                "learning_rate_phases": learning_rate_phases(records),
                 "throughput": {**speed, "device": loop.device, "threads": loop.threads, "processes": _distributed_rank()[1]}}
     save_model(net, stem, {**info, "training": training}, shared)
 

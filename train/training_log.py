@@ -1,7 +1,8 @@
 """A run's ``log.jsonl``: reading it, its throughput, and ``dqcodec plot-training RUN``.
 
 Each training step appends one JSON line (``train.loop``): step, seconds since that invocation
-started, loss, the batch's PSNR and estimated bpp, the architecture's statistics, and on
+started, learning rate (and the weight average's decay when it is kept), loss, the batch's
+PSNR and estimated bpp, the architecture's statistics, and on
 validation steps a ``validation`` dict (PSNR of the decoded 8-bit Kodak images and their
 estimated bpp). A resumed run appends to the same file and its seconds start again from 0;
 wall time here is the sum over invocations.
@@ -52,6 +53,26 @@ def throughput(records: list[dict], pixels_per_step: int) -> dict:
     steps_per_second = 1.0 / float(np.median(durations))
     return {"steps_per_second": round(steps_per_second, 3),
             "megapixels_per_second": round(steps_per_second * pixels_per_step / 1e6, 3)}
+
+
+def learning_rate_phases(records: list[dict]) -> list[dict]:
+    """The runs of consecutive steps (of :func:`read_log`'s records) trained with one learning
+    rate and weight average: steps, learning_rate (None where the log predates its logging),
+    average_decay (when the weights were averaged) and minutes of training, in order."""
+    phases: list[dict] = []
+    start_seconds = 0.0
+    for record in records:
+        setting = {"learning_rate": record.get("learning_rate")}
+        if "average_decay" in record:
+            setting["average_decay"] = record["average_decay"]
+        if not phases or phases[-1]["setting"] != setting:
+            if phases:
+                start_seconds = phases[-1]["end"]
+            phases.append({"setting": setting, "steps": 0, "start": start_seconds})
+        phases[-1]["steps"] += 1
+        phases[-1]["end"] = record["wall_seconds"]
+    return [{"steps": phase["steps"], **phase["setting"], "minutes": round((phase["end"] - phase["start"]) / 60, 1)}
+            for phase in phases]
 
 
 def _smooth(values: np.ndarray, window: int) -> np.ndarray:
