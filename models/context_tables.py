@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dqcodec.models.interface import CodingStep, Side
+from dqcodec.models.interface import CodingStep, Side, level_bits
 
 NUM_CLASSES = 4
 # Class of a code by its distance rank from the mode: rank 0 -> 0, ranks 1-2 -> 1, 3-6 -> 2, 7+ -> 3.
@@ -202,12 +202,7 @@ class ContextTables:
 
     def bits(self, indices: np.ndarray, side: Side) -> float:
         """-log2 p of all indices (B, M, H, W) under the integer tables."""
-        total = 0.0
-        for step in self.coding_steps(indices.shape):
-            table = self.tables(indices, step, side).astype(np.float64)
-            symbols = step.symbols(indices)
-            total -= np.log2(table[np.arange(len(symbols)), symbols] / table.sum(axis=1)).sum()
-        return float(total)
+        return level_bits(self, indices, side)
 
 
 @dataclass
@@ -268,7 +263,7 @@ def choose_indices(
         offset = norms[m, :size] + (0.0 if nearest else lambdas[m]) * bits  # (U, K_m)
         points = vectors[:, m][:, :, step.mask].transpose(0, 2, 1).reshape(-1, d)  # (N, D)
         cost = points @ (-2.0 * codebooks[m, :size].T)  # (N, K_m)
-        cost += offset[rows.reshape(-1)]
+        cost += offset[rows]
         step.place(indices, cost.argmin(axis=1))
     return indices
 

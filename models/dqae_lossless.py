@@ -30,7 +30,7 @@ from torch import nn
 from dqcodec.models.dqae import DQAE, DQAEConfig
 from dqcodec.models.entropy import ContextIndexModel
 from dqcodec.models.hierarchical_entropy import CoarseConditionedIndexModel
-from dqcodec.models.interface import CodingStep, CompressedLevels, IndexLevel, LevelSpec, Side
+from dqcodec.models.interface import CodingStep, CompressedLevels, IndexLevel, LevelSpec, Side, level_bits
 from dqcodec.models.mixture_tables import CHUNK, PixelTables, lookup_tables, quantize_parameters
 
 PIXELS = "pixels"  # the name of the last "level": the image's 8-bit values, (B, 3, H, W)
@@ -145,12 +145,7 @@ class PixelMixtureModel:
 
     def bits(self, indices: np.ndarray, side: Side) -> float:
         """-log2 p of the (B, 3, H, W) pixels under the integer tables."""
-        total = 0.0
-        for step in self.coding_steps(indices.shape):
-            table = self.tables(indices, step, side)
-            symbols = step.symbols(indices)
-            total -= float(np.log2(table[np.arange(len(symbols)), symbols] / table.sum(axis=1)).sum())
-        return total
+        return level_bits(self, indices, side)
 
     def fit(self, index_batches) -> None:
         raise NotImplementedError("the pixel tables come from the network, nothing is counted")

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from dqcodec.models.context_tables import quantize_table
-from dqcodec.models.interface import CodingStep, Side
+from dqcodec.models.interface import CodingStep, Side, level_bits
 
 MODE, NEW_COLOUR_MODE = 0, 2
 NUM_SYMBOLS = 4  # mode, red, green, blue
@@ -63,12 +63,7 @@ class FlatBlockModel:
 
     def bits(self, indices: np.ndarray, side: Side) -> float:
         """-log2 p of all (B, 4, h, w) symbols under the tables."""
-        total = 0.0
-        for step in self.coding_steps(indices.shape):
-            table = self.tables(indices, step, side).astype(np.float64)
-            symbols = step.symbols(indices)
-            total -= np.log2(table[np.arange(len(symbols)), symbols] / table.sum(axis=1)).sum()
-        return float(total)
+        return level_bits(self, indices, side)
 
 
 def flat_block_symbols(image: np.ndarray, block: int) -> np.ndarray:

@@ -177,6 +177,17 @@ class CodingRuntime(Protocol):
         """Levels of indices -> (B, 3, H, W) float64 image clamped to [0, 1]."""
 
 
+def level_bits(entropy: IndexEntropyModel, indices: np.ndarray, side: Side) -> float:
+    """-log2 p of one level's (B, M, h, w) ``indices`` under ``entropy``'s tables, step by step
+    in its coding order (what an entropy model's ``bits`` returns)."""
+    total = 0.0
+    for step in entropy.coding_steps(indices.shape):
+        table = entropy.tables(indices, step, side).astype(np.float64)
+        symbols = step.symbols(indices)
+        total -= float(np.log2(table[np.arange(len(symbols)), symbols] / table.sum(axis=1)).sum())
+    return total
+
+
 def estimated_bits(specs: list[LevelSpec], levels: CompressedLevels) -> float:
     """-log2 p of all ``levels`` under the entropy models of ``specs`` (from ``net.levels``), in bits."""
     side: dict[str, np.ndarray] = {}

@@ -174,14 +174,12 @@ def list_models(weights_dir: Path = WEIGHTS_DIR) -> list[dict]:
     """Descriptions of the shipped models, sorted by family then quality.
 
     Each dict has at least name, family, quality, bpp, psnr, ms_ssim (Kodak means, measured
-    from real files), install (``"base"``: coded in numpy by every install; ``"train"``: its
-    network needs torch, ``pip install "dqcodec[train]"``) and description.
+    from real files), install (:func:`model_install`) and description.
     """
     models = []
     for path in sorted(weights_dir.glob("*.json")):
         info = json.loads(path.read_text())
         kodak = info.get("kodak", {})
-        runtime = ARCHITECTURES[info["architecture"]].runtime(info["config"])
         models.append(
             {
                 "name": info["name"],
@@ -190,11 +188,17 @@ def list_models(weights_dir: Path = WEIGHTS_DIR) -> list[dict]:
                 "bpp": kodak.get("bpp"),
                 "psnr": kodak.get("psnr"),
                 "ms_ssim": kodak.get("ms_ssim"),
-                "install": "base" if runtime == BLOCK_RUNTIME else "train",
+                "install": model_install(info),
                 "description": info.get("description", ""),
             }
         )
     return sorted(models, key=lambda m: (m["family"], m["quality"]))
+
+
+def model_install(info: dict) -> str:
+    """The install that codes the model of JSON ``info``: ``"base"`` (its architecture has a numpy
+    runtime) or ``"train"`` (its network needs torch, ``pip install "dqcodec[train]"``)."""
+    return "base" if ARCHITECTURES[info["architecture"]].runtime(info["config"]) == BLOCK_RUNTIME else "train"
 
 
 def model_names(weights_dir: Path = WEIGHTS_DIR) -> list[str]:

@@ -19,7 +19,7 @@ from dqcodec.codec.cli import main
 from dqcodec.codec.container import unpack
 from dqcodec.models import registry
 from dqcodec.models.entropy import ContextIndexModel, quantize_table
-from dqcodec.models.interface import CodecOutput, CodingStep, IndexLevel, LevelSpec
+from dqcodec.models.interface import CodecOutput, CodingStep, IndexLevel, LevelSpec, level_bits
 from dqcodec.train import recipes
 
 LEVELS = 16  # symbols per level
@@ -45,12 +45,7 @@ class CoarseConditionedModel(nn.Module):
         return self.frequencies[step.codebook].numpy()[self._contexts(step, side)]
 
     def bits(self, indices, side):
-        total = 0.0
-        for step in self.coding_steps(indices.shape):
-            table = self.tables(indices, step, side).astype(float)
-            symbols = step.symbols(indices)
-            total -= np.log2(table[np.arange(len(symbols)), symbols] / table.sum(axis=1)).sum()
-        return total
+        return level_bits(self, indices, side)
 
     def fit(self, index_batches):
         counts = np.zeros(tuple(self.frequencies.shape))

@@ -25,16 +25,10 @@ from dqcodec.models import registry
 
 FIXTURES = Path(__file__).parent / "fixtures" / "release-0.2.0"
 REPOSITORY = Path(__file__).resolve().parent.parent
-
-
-def _coded_in_numpy(stem: Path) -> bool:
-    info = json.loads(stem.with_suffix(".json").read_text())
-    return registry.ARCHITECTURES[info["architecture"]].runtime(info["config"]) == registry.BLOCK_RUNTIME
-
-
 # The models of the package that the base install codes (the neural ones need torch).
 MODEL_STEMS = [stem for stem in sorted(path.with_suffix("") for path in registry.WEIGHTS_DIR.glob("*.json")) + sorted(
-    path.with_suffix("") for path in registry.RELEASES_DIR.glob("*/*.json")) if _coded_in_numpy(stem)]
+    path.with_suffix("") for path in registry.RELEASES_DIR.glob("*/*.json"))
+    if registry.model_install(json.loads(stem.with_suffix(".json").read_text())) == "base"]
 LIGHT_MODELS = [model["name"] for model in registry.list_models() if model["install"] == "base"]
 NEURAL_MODELS = [model["name"] for model in registry.list_models() if model["install"] == "train"]
 IMAGES = {name: np.asarray(Image.open(FIXTURES / name)) for name in ("kodim23-crop.png", "flat-colours.png")}

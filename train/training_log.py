@@ -60,15 +60,12 @@ def learning_rate_phases(records: list[dict]) -> list[dict]:
     rate and weight average: steps, learning_rate (None where the log predates its logging),
     average_decay (when the weights were averaged) and minutes of training, in order."""
     phases: list[dict] = []
-    start_seconds = 0.0
     for record in records:
         setting = {"learning_rate": record.get("learning_rate")}
         if "average_decay" in record:
             setting["average_decay"] = record["average_decay"]
         if not phases or phases[-1]["setting"] != setting:
-            if phases:
-                start_seconds = phases[-1]["end"]
-            phases.append({"setting": setting, "steps": 0, "start": start_seconds})
+            phases.append({"setting": setting, "steps": 0, "start": phases[-1]["end"] if phases else 0.0})
         phases[-1]["steps"] += 1
         phases[-1]["end"] = record["wall_seconds"]
     return [{"steps": phase["steps"], **phase["setting"], "minutes": round((phase["end"] - phase["start"]) / 60, 1)}

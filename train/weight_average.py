@@ -45,15 +45,16 @@ class WeightAverage:
         try:
             yield
         finally:
-            with torch.no_grad():
-                for name, parameter in self.parameters.items():
-                    parameter.copy_(saved[name])
+            self._set_weights(saved)
 
-    @torch.no_grad()
     def copy_to_network(self) -> None:
         """Replace the network's weights by the average (before export)."""
+        self._set_weights(self.average)
+
+    @torch.no_grad()
+    def _set_weights(self, values: dict[str, torch.Tensor]) -> None:
         for name, parameter in self.parameters.items():
-            parameter.copy_(self.average[name])
+            parameter.copy_(values[name])
 
     def to(self, device: torch.device) -> None:
         self.average = {name: value.to(device) for name, value in self.average.items()}
