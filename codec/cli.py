@@ -21,6 +21,8 @@ COMMANDS = {
     "fuzz": ("dqcodec.codec.fuzz", "fuzz", "feed mutated .dqc files to decode and info; count what happens"),
     "train": ("dqcodec.train.commands", "train", "train a codec checkpoint of any architecture (--arch, resumable) and export it"),
     "train-shvq": ("dqcodec.train.commands", "train_shvq", "alias of 'train --arch shvq'"),
+    "fit-tables": ("dqcodec.train.fit_tables", "fit_tables",
+                   "count trained hdq models' context tables anew (more crops, the current contexts); networks unchanged"),
     "plot-training": ("dqcodec.train.training_log", "plot_training", "plot a training run's loss, bpp and PSNR against steps and wall time"),
     "eval": ("dqcodec.eval.commands", "eval", "rate-distortion sweep of codecs on an image folder"),
     "bdrate": ("dqcodec.eval.commands", "bdrate", "Bjontegaard delta rate of RD curves against an anchor"),

@@ -2,10 +2,12 @@
 # GPU runbook, step 2 of 2: train the hdq levels jointly on a GPU machine.
 #
 # Step 1, here (a checkout with ../shared beside it, network to the package registries):
-#   PHOTO_SCALE=0.1 ../shared/scripts/gpu-bundle.sh && rm -rf .traindata/photos .traindata/kodak/kodim[12]*.png
-#   # wheels -> .whl/, BSDS500 + 3 Kodak images (validation) -> .traindata/ (git-ignored). Photos at
-#   # a tenth of their size are smaller than the 256-pixel crops, so they only took room in the
-#   # 64 MiB that travels, and 3 validation images keep the total under it with some margin.
+#   PHOTO_SCALE=0.1 ../shared/scripts/gpu-bundle.sh && rm -rf .traindata/photos .traindata/bsds500/val \
+#     .traindata/bsds500/train/*5.jpg .traindata/kodak/kodim0[47].png .traindata/kodak/kodim[12]*.png
+#   # wheels -> .whl/, 178 BSDS500 train images + kodim01 (validation) -> .traindata/ (git-ignored).
+#   # Photos at a tenth of their size are smaller than the 256-pixel crops, so they only took room
+#   # in the 64 MiB that travels; the 22 BSDS500 images whose names end in 5 and two validation
+#   # images make room for the levels' larger tables (README, "GPU runbook").
 # Step 2, on the GPU machine, from the repository root, with .whl and .traindata carried:
 #   scripts/gpu-train.sh [MINUTES]
 # It starts the family (dqcodec train --arch hdq-family) from the levels committed in
@@ -15,7 +17,9 @@
 # weights over about the last 1 000 steps, --average-decay 0.999), and leaves in $OUT
 # (3 files, each under 16 MiB):
 #   hdq-levels.tar.gz               hdq-q*.json/.safetensors and hdq-shared.safetensors, the
-#                                   weights the next run starts from (unpack them into checkpoints/ here)
+#                                   weights the next run starts from (unpack them into checkpoints/ here,
+#                                   then count their tables over more crops: dqcodec fit-tables
+#                                   checkpoints/hdq-q1 ... --crops 1536)
 #   log.jsonl, training.png         the training log and its plot (dqcodec plot-training)
 set -euo pipefail
 minutes=${1:-8}
@@ -36,7 +40,7 @@ weights=/tmp/weights
 python3 -m dqcodec.codec.cli train --arch hdq-family --out "$run" --start-levels checkpoints \
   --data "$PWD/.traindata" --device cuda --batch-size 16 --crop 256 --lr 5e-5 --average-decay 0.999 \
   --steps 10000000 --max-minutes "$minutes" \
-  --validate-every 500 --validation-images 3 --checkpoint-every 1000 \
+  --validate-every 500 --validation-images 1 --checkpoint-every 1000 \
   --export hdq --family hdq --quality 1 --weights-dir "$weights" --measure-images 0 --share-weights hdq-shared
 tar -C "$weights" -czf "$out/hdq-levels.tar.gz" .
 cp "$run/log.jsonl" "$out/log.jsonl"

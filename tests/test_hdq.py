@@ -379,3 +379,99 @@ def test_flat_blocks_come_back_exact(tiny_model):
     photo[16:48, 32:80] = (200, 30, 90)
     decoded = np.asarray(dqcodec.decode(dqcodec.encode(photo, model=model)))
     assert np.array_equal(decoded[16:48, 32:80], photo[16:48, 32:80])
+
+
+def _activity_model(rng: np.random.Generator):
+    """A fine-level entropy model of 20 codebooks of 8 codes (1 predicted) fitted on skewed
+    indices whose blocks are busy or quiet in all codebooks at once, and those indices."""
+    from dqcodec.models.hierarchical_entropy import CoarseConditionedIndexModel
+
+    m_count, k_count = 20, 8
+    model = CoarseConditionedIndexModel(m_count, k_count, "coarse", 1, 4, factor=2, side_buckets=2, num_predicted=1)
+    busy = rng.random((4, 1, 8, 10)) < 0.3
+    indices = np.where(busy, rng.integers(0, k_count, (4, m_count, 8, 10)), rng.geometric(0.8, (4, m_count, 8, 10)) - 1)
+    indices = np.minimum(indices, k_count - 1)
+    coarse = rng.integers(0, 4, (4, 1, 4, 5))
+    usage = torch.from_numpy(np.stack([np.bincount(indices[:, m].ravel(), minlength=k_count) for m in range(m_count)]))
+    codebooks = torch.arange(k_count, dtype=torch.float32)[None, :, None].expand(m_count, -1, 1)
+    model.set_codes(codebooks, usage.float())
+    model.set_coarse_codes(torch.arange(4, dtype=torch.float32)[None, :, None], torch.ones(1, 4))
+    model.fit([(indices, {"coarse": coarse})])
+    return model, indices, coarse
+
+
+def test_activity_contexts_read_only_what_the_decoder_has_and_sort_busy_blocks_apart():
+    from dqcodec.models.hierarchical_entropy import ACTIVITY_BUCKETS
+
+    model, indices, coarse = _activity_model(np.random.default_rng(3))
+    side = {"coarse": coarse}
+    decoded = np.zeros_like(indices)  # what a decoder holds, step by step
+    for step in model.coding_steps(indices.shape):
+        assert np.array_equal(model.tables(decoded, step, side), model.tables(indices, step, side))
+        step.place(decoded, step.symbols(indices))
+    assert np.array_equal(decoded, indices)
+    assert model.frequencies.shape == (20, 2, 128, 8)  # 64 contexts per phase, times 2 coarse buckets
+    edges = model.activity_edges.numpy()
+    assert edges.shape == (20, 2, 2, ACTIVITY_BUCKETS - 1) and (np.diff(edges, axis=-1) >= 0).all()
+    # The fitted edges split a late codebook's own-position activity into quartiles of the data.
+    _, own, _ = model._activity(indices, 19, 0)
+    shares = [(own < edge).mean() for edge in edges[19, 0, 0]]
+    assert shares[0] < 0.5 < shares[-1]
+    # A block busy in the earlier codebooks gets a higher activity bucket than a quiet one.
+    quiet, busy = np.zeros_like(indices[:1]), np.full_like(indices[:1], 7)
+    mask = np.ones(indices.shape[2:], dtype=bool)
+    assert (model.contexts(busy, 19, 0, mask, {"coarse": coarse[:1]}) >
+            model.contexts(quiet, 19, 0, mask, {"coarse": coarse[:1]})).all()
+    assert model.bits(indices, side) < model.bits(np.random.default_rng(4).permutation(indices.ravel()).reshape(indices.shape), side)
+
+
+def test_fit_tables_counts_new_tables_and_keeps_the_network(tiny_model, tmp_path, capsys):
+    import shutil
+
+    stem, data = tiny_model
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(f"{stem}{suffix}", tmp_path / f"hdq-tiny{suffix}")
+    copy = tmp_path / "hdq-tiny"
+    before = load_file(f"{copy}.safetensors")
+    # A model saved before the activity contexts: no edges, which the current code cannot load.
+    (tmp_path / "hdq-tiny.safetensors").write_bytes(save({k: v for k, v in before.items() if "activity_edges" not in k}))
+    registry.clear_cache()
+    with pytest.raises(ValueError, match="activity_edges"):
+        registry.load_checkpoint(copy)
+    assert main(["fit-tables", str(copy), "--crops", "16", "--data", str(data), "--threads", "1",
+                 "--measure-images", "1"]) == 0
+    assert "hdq-tiny: Kodak" in capsys.readouterr().out
+    after = load_file(f"{copy}.safetensors")
+    assert all(np.array_equal(before[key], after[key]) for key in before if key.startswith(("analysis.", "synthesis.")))
+    assert "fine_entropy.activity_edges" in after
+    info = json.loads(copy.with_suffix(".json").read_text())
+    assert info["training"]["table_crops"] == 16 and "fit-tables" in info["training"]["recipe"] and info["kodak"]["images"] == 1
+    assert info["training"]["steps"] == 6  # the rest of the training record stays
+    pixels = np.asarray(Image.open(data / "0.png"))
+    registry.clear_cache()
+    assert np.asarray(dqcodec.decode(dqcodec.encode(pixels, model=str(copy.with_suffix(".json"))))).shape == pixels.shape
+    assert not list(tmp_path.glob(".fit-tables-*"))  # the staging folder is gone
+
+
+def test_fit_tables_refuses_what_it_cannot_refit_in_one_line(tiny_model, tmp_path, capsys):
+    import shutil
+
+    stem, data = tiny_model
+    for name in ("low", "high"):  # two levels sharing one transforms file
+        shutil.copy(f"{stem}.safetensors", tmp_path / f"{name}.safetensors")
+        info = json.loads(stem.with_suffix(".json").read_text())
+        (tmp_path / f"{name}.json").write_text(json.dumps({**info, "name": name, "shared_weights": "shared"}))
+    (tmp_path / "shared.safetensors").write_bytes(save({}))
+    untouched = (tmp_path / "low.safetensors").read_bytes()
+    cases = {
+        (str(tmp_path / "low"),): "shares shared.safetensors",
+        (str(tmp_path / "missing"),): "no such model file",
+        (str(registry.WEIGHTS_DIR / "dq-q3"),): "fit-tables counts the tables of hdq models",
+    }
+    for models, message in cases.items():
+        assert main(["fit-tables", *models, "--crops", "8", "--data", str(data), "--measure-images", "0"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert main(["fit-tables", str(stem), "--crops", "4", "--data", str(data)]) == 2
+    assert "--crops 4" in capsys.readouterr().err
+    assert (tmp_path / "low.safetensors").read_bytes() == untouched

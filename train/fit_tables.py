@@ -1,0 +1,166 @@
+"""``dqcodec fit-tables``: count trained hdq models' context tables anew; their networks stay.
+
+An hdq model's index tables are counted at export, over ``--table-crops`` training crops
+(:func:`~dqcodec.train.recipes._fit_hdq_tables`: guard codes for flat colours, codes sorted by
+use, then two rounds of counting). This command runs that step again on models that are already
+trained: over more crops (tables counted from more data code new images in fewer bits), or to
+give a model saved before the entropy model's contexts changed the tables of the current design
+(its tables cannot be read by the current code, so they are dropped before the network loads).
+The transforms and the coarse level are untouched; the fine codebooks keep their codes, sorted
+by use (unused ones dropped, as at export).
+
+The levels of a family that share their transforms (``shared_weights`` in their JSON) also share
+the coarse level's tables, so they are refitted together: every model is written to a temporary
+folder first and moved into place only when all of them are done, and the shared file is written
+anew and checked against each level, as at export.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from dqcodec.codec.errors import DQCodecError
+
+# The buffers that the fit sets; everything else of the model is kept as it was saved.
+TABLE_PREFIXES = ("fine_entropy.", "coarse_entropy.")
+
+
+def add_fit_tables_arguments(parser: argparse.ArgumentParser) -> None:
+    from dqcodec.paths import data_dir
+    from dqcodec.train.recipes import HDQOptions
+
+    parser.add_argument("models", nargs="+", type=Path, metavar="MODEL",
+                        help="hdq model files without extension (e.g. checkpoints/hdq-q3), rewritten in place; give all "
+                             "the levels that share one transforms file together")
+    parser.add_argument("--crops", type=int, default=HDQOptions.table_crops,
+                        help=f"training crops to count the tables over (default {HDQOptions.table_crops})")
+    parser.add_argument("--backoff", type=int, default=256,
+                        help="contexts seen fewer times than this in those crops take their codebook's table (default "
+                             "256: with 1536 crops, hdq-q3's tables then take 3.0 MB instead of 4.7 MB at 64, for 1 %% "
+                             "more bits)")
+    parser.add_argument("--data", type=Path, default=data_dir(),
+                        help="training images (default: the data folder, BSDS500 and the photos' training split)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument("--measure-images", type=int, default=24,
+                        help="Kodak images to measure each refitted model on, written into its JSON (default 24; 0 skips)")
+
+
+def run_fit_tables(args: argparse.Namespace) -> int:
+    import torch
+
+    from dqcodec.train.commands import measure_on_kodak
+    from dqcodec.train.data import image_files
+
+    if args.crops < 8:
+        raise DQCodecError(f"--crops {args.crops}: need at least 8")
+    if args.backoff < 0:
+        raise DQCodecError(f"--backoff {args.backoff}: need 0 or more")
+    torch.set_num_threads(args.threads)
+    try:
+        files = image_files(args.data)
+    except FileNotFoundError as error:
+        raise DQCodecError(f"--data: {error}") from None
+    stems = [Path(str(stem).removesuffix(".json").removesuffix(".safetensors")) for stem in args.models]
+    for stem in stems:
+        if not Path(f"{stem}.json").is_file():
+            raise DQCodecError(f"{stem}.json: no such model file")
+    check_whole_families(stems)
+    folders = {stem.parent.resolve() for stem in stems}
+    staging = {folder: Path(tempfile.mkdtemp(prefix=".fit-tables-", dir=folder)) for folder in folders}
+    try:
+        for stem in stems:
+            refit_model(stem, staging[stem.parent.resolve()] / stem.name, files, args.crops, args.backoff)
+        for folder, staged in staging.items():
+            for path in staged.iterdir():
+                os.replace(path, folder / path.name)
+    finally:
+        for staged in staging.values():
+            shutil.rmtree(staged, ignore_errors=True)
+    for stem in stems:
+        if args.measure_images > 0:
+            model = json.loads(Path(f"{stem}.json").read_text())
+            model["kodak"] = figures = measure_on_kodak(stem, args.measure_images)
+            Path(f"{stem}.json").write_text(json.dumps(model, indent=2) + "\n")
+            print(f"{stem.name}: Kodak {figures['bpp']:.4f} bpp, {figures['psnr']:.2f} dB PSNR, "
+                  f"MS-SSIM {figures['ms_ssim']:.4f} ({figures['images']} images, real files)")
+    return 0
+
+
+def refit_model(stem: Path, out: Path, files: list[Path], crops: int, backoff: int) -> None:
+    """Load hdq model ``stem`` without its tables, count them over ``crops`` crops of ``files``
+    (contexts seen fewer than ``backoff`` times take their codebook's table; the other options
+    as its training recorded them, else hdq's defaults) and save it as ``out``, with its shared
+    weights (if any) beside ``out``."""
+    from dqcodec.models.registry import save_model
+    from dqcodec.train.recipes import HDQOptions, _fit_hdq_tables
+
+    net, info = load_without_tables(stem)
+    training = info.get("training", {})
+    recorded = {item.name: training[item.name] for item in dataclasses.fields(HDQOptions) if item.name in training}
+    options = dataclasses.replace(HDQOptions(**recorded), table_crops=crops, table_backoff=backoff)
+    _fit_hdq_tables(net, options, files)
+    training = {**training, "table_crops": crops, "table_backoff": backoff}
+    training["recipe"] = (f"{training.get('recipe', '')}; context tables counted anew (dqcodec fit-tables) over {crops} "
+                          f"crops of {options.fit_crop} px, contexts seen fewer than {options.table_backoff} times backed "
+                          "off to their codebook's table")
+    kept = {key: value for key, value in info.items() if key not in ("architecture", "config", "shared_weights", "kodak")}
+    try:
+        save_model(net, out, {**kept, "training": training}, shared=info.get("shared_weights"))
+    except ValueError as error:
+        raise DQCodecError(f"{stem}: {error}") from None
+
+
+def check_whole_families(stems: list[Path]) -> None:
+    """Raise DQCodecError unless every model beside one of ``stems`` that shares its transforms
+    file is among ``stems``: the refit writes that file anew (its coarse tables change), which
+    would change the levels left out."""
+    given = {stem.resolve() for stem in stems}
+    for stem in stems:
+        shared = _shared_weights(Path(f"{stem}.json"))
+        if not shared:
+            continue
+        for path in sorted(stem.parent.glob("*.json")):
+            if _shared_weights(path) == shared and path.with_suffix("").resolve() not in given:
+                raise DQCodecError(f"{path.with_suffix('')} shares {shared}.safetensors with {stem}: give all the levels "
+                                   "that share it in one command")
+
+
+def _shared_weights(path: Path) -> str | None:
+    """The shared weights file that model JSON ``path`` names; None when it names none or is unreadable
+    (a damaged model is reported when it loads)."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return info.get("shared_weights") if isinstance(info, dict) else None
+
+
+def load_without_tables(stem: Path):
+    """(hdq network in eval mode, its JSON info) of model ``stem``, its entropy tables left at
+    their initial values. Raises DQCodecError (one line) when the files are missing or damaged,
+    or the model is not an hdq model."""
+    import torch
+
+    from dqcodec.models.hdq_codec import HierarchicalDQCodec
+    from dqcodec.models.registry import ARCHITECTURES, read_model
+
+    try:
+        arrays, info, _ = read_model(stem)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DQCodecError(f"{stem}: cannot load the model ({error})") from None
+    if info["architecture"] != "HierarchicalDQCodec":
+        raise DQCodecError(f"{stem} is a {info['architecture']} model; fit-tables counts the tables of hdq models")
+    architecture = ARCHITECTURES[info["architecture"]]
+    net: HierarchicalDQCodec = architecture.network(architecture.config(**info["config"]))
+    state = net.state_dict()
+    kept = {key: value for key, value in arrays.items() if not key.startswith(TABLE_PREFIXES)}
+    try:
+        net.load_state_dict({**state, **{key: torch.from_numpy(value).to(state[key].dtype) for key, value in kept.items()}})
+    except (KeyError, RuntimeError) as error:
+        raise DQCodecError(f"{stem}: its weights do not fit its config ({str(error).splitlines()[0]})") from None
+    net.eval()
+    return net, info
