@@ -43,6 +43,10 @@ GAIN_PROBE = 1e-2  # finite-difference step, relative to the codewords' RMS
 # Flat images of this size (pixels) give the latents of flat areas: their centre lies 96 pixels
 # from the zero padding of the convolutions.
 FLAT_PROBE = 192
+# Coding runs the transforms on channels-last tensors: on 2 CPU threads the synthesis of a Kodak
+# image took 0.29 s instead of 0.54 s (hdq-q5), the analysis 0.28 s instead of 0.31 s. Only float
+# rounding differs: 36 of the 1.18 M 8-bit values of one image moved by one level.
+CODING_MEMORY_FORMAT = torch.channels_last
 
 
 @dataclass
@@ -245,7 +249,7 @@ class HierarchicalDQCodec(nn.Module):
         read the coarse indices chosen first. ``rate_lambda``: pixel units; None: the model's own.
         """
         fine_lambda, coarse_lambda = self.rate_lambdas(rate_lambda)
-        latent = self.analysis(image)
+        latent = self.analysis(image.contiguous(memory_format=CODING_MEMORY_FORMAT))
         coarse_slices = self.coarse_quantizer.project(self.coarse_analysis(latent)).double().numpy()
         coarse = choose_indices(coarse_slices, self._codewords(self.coarse_quantizer), self.coarse_entropy, coarse_lambda)
         fine_slices = self.fine_quantizer.project(latent).double().numpy()
@@ -260,7 +264,8 @@ class HierarchicalDQCodec(nn.Module):
         """The levels of :meth:`compress` -> (B, 3, H, W) image clamped to [0, 1], in the network's
         dtype: the network's reconstruction, with the flat blocks painted in their colours."""
         indices = {level.name: level.indices for level in levels}
-        coarse, fine = (self._quantizer(name).dequantize(torch.from_numpy(indices[name])) for name in (COARSE, FINE))
+        coarse, fine = (self._quantizer(name).dequantize(torch.from_numpy(indices[name])).contiguous(
+            memory_format=CODING_MEMORY_FORMAT) for name in (COARSE, FINE))
         image = self.reconstruct(fine, coarse).clamp(0, 1)
         flat, colours = flat_block_colours(indices[FLAT])
 
