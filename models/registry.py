@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors_bytes
 from safetensors.numpy import save as save_safetensors_bytes
 
@@ -285,20 +286,29 @@ def read_model(stem: Path) -> tuple[dict[str, np.ndarray], dict, bytes]:
     """Read ``stem.safetensors`` + ``stem.json`` (and the shared weights its JSON names) ->
     (arrays as stored, info, fingerprint); no torch. The fingerprint covers the shared weights.
 
-    Raises FileNotFoundError or ValueError when the files are missing or name no known architecture.
+    Raises FileNotFoundError or ValueError when the files are missing, damaged or name no known
+    architecture.
     """
     info = json.loads(Path(f"{stem}.json").read_text())
     if info.get("architecture") not in ARCHITECTURES:
         raise ValueError(f"{stem}.json: unknown architecture {info.get('architecture')!r}")
     architecture = ARCHITECTURES[info["architecture"]]
     own, shared = _weight_bytes(stem, info)
-    arrays = load_safetensors_bytes(own)
+    arrays = _tensors(own, f"{stem}.safetensors")
     if shared:
-        common = load_safetensors_bytes(shared)
+        common = _tensors(shared, f"{info['shared_weights']}.safetensors")
         if set(common) & set(arrays):
             raise ValueError(f"{stem}.safetensors repeats tensors of its shared weights {info['shared_weights']}")
         arrays = {**common, **arrays}
     return arrays, info, architecture.fingerprint(own + shared, info["config"])
+
+
+def _tensors(data: bytes, source: str) -> dict[str, np.ndarray]:
+    """The arrays of safetensors bytes; ValueError (naming ``source``) when they are damaged."""
+    try:
+        return load_safetensors_bytes(data)
+    except SafetensorError as error:
+        raise ValueError(f"{source} is damaged ({error})") from None
 
 
 def build_network(arrays: dict[str, np.ndarray], info: dict, source: str = "model") -> nn.Module:

@@ -463,15 +463,20 @@ def test_fit_tables_refuses_what_it_cannot_refit_in_one_line(tiny_model, tmp_pat
         (tmp_path / f"{name}.json").write_text(json.dumps({**info, "name": name, "shared_weights": "shared"}))
     (tmp_path / "shared.safetensors").write_bytes(save({}))
     untouched = (tmp_path / "low.safetensors").read_bytes()
+    (tmp_path / "broken").mkdir()
+    shutil.copy(stem.with_suffix(".json"), tmp_path / "broken" / "hdq-tiny.json")
+    (tmp_path / "broken" / "hdq-tiny.safetensors").write_bytes(untouched[:100])  # cut short
     cases = {
         (str(tmp_path / "low"),): "shares shared.safetensors",
         (str(tmp_path / "missing"),): "no such model file",
         (str(registry.WEIGHTS_DIR / "dq-q3"),): "fit-tables counts the tables of hdq models",
+        (str(tmp_path / "broken" / "hdq-tiny"),): "hdq-tiny.safetensors is damaged",
     }
     for models, message in cases.items():
         assert main(["fit-tables", *models, "--crops", "8", "--data", str(data), "--measure-images", "0"]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
-    assert main(["fit-tables", str(stem), "--crops", "4", "--data", str(data)]) == 2
-    assert "--crops 4" in capsys.readouterr().err
+    for option, value in (("--crops", "4"), ("--backoff", "-1"), ("--threads", "0")):
+        assert main(["fit-tables", str(stem), option, value, "--data", str(data)]) == 2
+        assert f"{option} {value}" in capsys.readouterr().err
     assert (tmp_path / "low.safetensors").read_bytes() == untouched
