@@ -282,11 +282,14 @@ def _one_thread() -> None:
 
 
 def _runtime(lookup, *args) -> tuple[CodingRuntime, dict, bytes]:
-    """``registry.load_model`` / ``find_model``, with a runtime this install lacks as a one-line error."""
+    """``registry.load_model`` / ``find_model``, with a runtime this install lacks, or a model file
+    that cannot be read (e.g. a checkpoint cut short), as a one-line error."""
     try:
         return lookup(*args)
     except registry.MissingRuntime as error:
         raise DQCodecError(str(error)) from None
+    except (OSError, ValueError) as error:
+        raise DQCodecError(f"cannot load the model ({error})") from None
 
 
 def _read(

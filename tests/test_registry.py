@@ -46,3 +46,19 @@ def test_coding_leaves_the_loaded_runtime_as_it_was():
     before = [array.copy() for array in arrays]
     dqcodec.decode(dqcodec.encode(PIXELS, model="dq-q3"))
     assert all(np.array_equal(a, b) and a.dtype == np.float64 and not a.flags.writeable for a, b in zip(arrays, before))
+
+
+def test_a_damaged_weights_file_is_a_value_error_naming_it(tmp_path):
+    import shutil
+
+    import pytest
+
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(f"{registry.WEIGHTS_DIR / 'dq-q1'}{suffix}", tmp_path / f"dq-q1{suffix}")
+    weights = tmp_path / "dq-q1.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])  # cut short, as an interrupted copy leaves it
+    with pytest.raises(ValueError, match="dq-q1.safetensors is damaged"):
+        registry.read_model(tmp_path / "dq-q1")
+    registry.clear_cache()
+    with pytest.raises(dqcodec.DQCodecError):
+        dqcodec.encode(PIXELS, model=str(tmp_path / "dq-q1.json"))
