@@ -41,8 +41,8 @@ def add_fit_tables_arguments(parser: argparse.ArgumentParser) -> None:
                              f"export counts over {HDQOptions.table_crops})")
     parser.add_argument("--backoff", type=int, default=256,
                         help="contexts seen fewer times than this in those crops take their codebook's table (default "
-                             "256: with 1536 crops, hdq-q3's file took 4.1 MB instead of 5.6 MB at 64, for 1.3 %% more "
-                             "bits on Kodak)")
+                             "256: with 1536 crops, on hdq-q3's Kodak indices, as few bits as 64 for about 0.4 MB less "
+                             "tables)")
     parser.add_argument("--data", type=Path, default=data_dir(),
                         help="training images (default: the data folder, BSDS500 and the photos' training split)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
