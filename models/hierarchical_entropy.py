@@ -134,17 +134,16 @@ class CoarseConditionedIndexModel(ContextIndexModel):
     def _fit_activity_edges(self, batches: list[np.ndarray]) -> None:
         """``activity_edges`` at the quartiles of each activity sum over the positions each
         codebook and phase codes in ``batches`` ((B, M, H, W) indices each), counted in histograms
-        (the sums are small integers: at most 4 * NUM_CLASSES * (ACTIVITY_WINDOW + 1))."""
+        (the sums are small integers: at most 4 * (NUM_CLASSES - 1) * (ACTIVITY_WINDOW + 1))."""
         largest = 4 * (NUM_CLASSES - 1) * (ACTIVITY_WINDOW + 1) + 1
         histograms = np.zeros((self.num_codebooks, NUM_PHASES, 2, largest))
         for indices in batches:
             anchors = anchor_mask(*indices.shape[2:])
             for m in range(self.num_predicted, self.num_codebooks):
-                for phase in range(NUM_PHASES):
-                    mask = anchors if phase == 0 else ~anchors
+                for phase, mask in enumerate((anchors, ~anchors)):
                     _, own, neighbours = self._activity(indices, m, phase)
-                    for feature, values in enumerate((own, neighbours)):
-                        histograms[m, phase, feature] += np.bincount(values[:, mask].ravel(), minlength=largest)
+                    histograms[m, phase, 0] += np.bincount(own[:, mask].ravel(), minlength=largest)
+                    histograms[m, phase, 1] += np.bincount(neighbours[:, mask].ravel(), minlength=largest)
         cumulative = histograms.cumsum(axis=-1)
         share = cumulative / np.maximum(cumulative[..., -1:], 1)
         for bucket in range(1, ACTIVITY_BUCKETS):

@@ -1,9 +1,9 @@
 """``dqcodec fit-tables``: count trained hdq models' context tables anew; their networks stay.
 
-An hdq model's index tables are counted at export, over ``--table-crops`` training crops
-(:func:`~dqcodec.train.recipes._fit_hdq_tables`: guard codes for flat colours, codes sorted by
-use, then two rounds of counting). This command runs that step again on models that are already
-trained: over more crops (tables counted from more data code new images in fewer bits), or to
+An hdq model's index tables are counted at export, over ``--table-crops`` training crops (the
+hdq recipe's ``finish``, :func:`~dqcodec.train.recipes._fit_hdq_tables`: guard codes for flat
+colours, codes sorted by use, then two rounds of counting). This command runs that step again
+on models that are already trained: over more crops (tables counted from more data code new images in fewer bits), or to
 give a model saved before the entropy model's contexts changed the tables of the current design
 (its tables cannot be read by the current code, so they are dropped before the network loads).
 The transforms and the coarse level are untouched; the fine codebooks keep their codes, sorted
@@ -102,13 +102,14 @@ def refit_model(stem: Path, out: Path, files: list[Path], crops: int, backoff: i
     as its training recorded them, else hdq's defaults) and save it as ``out``, with its shared
     weights (if any) beside ``out``."""
     from dqcodec.models.registry import save_model
-    from dqcodec.train.recipes import HDQOptions, _fit_hdq_tables
+    from dqcodec.train.recipes import RECIPES
 
+    recipe = RECIPES["hdq"]
     net, info = load_without_tables(stem)
     training = info.get("training", {})
-    recorded = {item.name: training[item.name] for item in dataclasses.fields(HDQOptions) if item.name in training}
-    options = dataclasses.replace(HDQOptions(**recorded), table_crops=crops, table_backoff=backoff)
-    _fit_hdq_tables(net, options, files)
+    recorded = {item.name: training[item.name] for item in dataclasses.fields(recipe.options) if item.name in training}
+    options = dataclasses.replace(recipe.options(**recorded), table_crops=crops, table_backoff=backoff)
+    recipe.finish(net, options, files)  # the export's table step
     training = {**training, "table_crops": crops, "table_backoff": backoff}
     training["recipe"] = (f"{training.get('recipe', '')}; context tables counted anew (dqcodec fit-tables) over {crops} "
                           f"crops of {options.fit_crop} px, contexts seen fewer than {options.table_backoff} times backed "
