@@ -3,9 +3,10 @@
 An hdq model's index tables are counted at export, over ``--table-crops`` training crops (the
 hdq recipe's ``finish``, :func:`~dqcodec.train.recipes._fit_hdq_tables`: guard codes for flat
 colours, codes sorted by use, then two rounds of counting). This command runs that step again
-on models that are already trained: over more crops (tables counted from more data code new images in fewer bits), or to
-give a model saved before the entropy model's contexts changed the tables of the current design
-(its tables cannot be read by the current code, so they are dropped before the network loads).
+on models that are already trained: over more crops (tables counted from more data code new
+images in fewer bits), or to give a model saved before the entropy model's contexts changed the
+tables of the current design (its tables cannot be read by the current code, so they are
+dropped before the network loads).
 The transforms and the coarse level are untouched; the fine codebooks keep their codes, sorted
 by use (unused ones dropped, as at export).
 
