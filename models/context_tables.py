@@ -144,10 +144,15 @@ class ContextTables:
         return context[:, mask]
 
     def _predicted_contexts(self, indices: np.ndarray, m: int, phase: int, mask: np.ndarray) -> np.ndarray:
-        """Context = the code nearest to the mean level of the decoded same-codebook neighbours.
+        """Context = the code nearest to the mean level of the decoded same-codebook neighbours,
+        (B, N); codes 4 apart share a context when K = 256. Positions with no decoded
+        neighbour get context 0."""
+        nearest = self._nearest_codes(indices, m, phase, mask)
+        return np.maximum(nearest, 0) * CONTEXTS_PER_PHASE // max(self.codebook_size, CONTEXTS_PER_PHASE)
 
-        Positions with no decoded neighbour get context 0.
-        """
+    def _nearest_codes(self, indices: np.ndarray, m: int, phase: int, mask: np.ndarray) -> np.ndarray:
+        """(B, N) code of predicted codebook m nearest to the mean level of each masked
+        position's decoded same-codebook neighbours; -1 where none is decoded yet."""
         size = int(self.alphabet_sizes[m])
         level = np.asarray(self.code_level)[m, :size].astype(np.int64)
         # Only the rows around the masked ones are read (neighbours lie 2 rows up to 1 row down):
@@ -167,8 +172,7 @@ class ContextTables:
         # argmin_k |level_k - total / count|, scaled by count to stay in integers.
         count, total = count[mask], total[:, mask]
         error = np.abs(count[None, :, None] * level - total[..., None])
-        nearest = np.where(count > 0, error.argmin(axis=-1), 0)
-        return nearest * CONTEXTS_PER_PHASE // max(self.codebook_size, CONTEXTS_PER_PHASE)
+        return np.where(count > 0, error.argmin(axis=-1), -1)
 
     def coding_steps(self, shape: tuple[int, int, int, int]) -> Iterator[CodingStep]:
         """The coding order of (B, M, H, W) indices: codebook by codebook, anchors then the rest.
@@ -192,8 +196,15 @@ class ContextTables:
 
         The contexts come from this level and, with ``side_buckets`` > 1, from ``side``.
         """
+        distinct, rows = self.step_tables(indices, step, side)
+        return distinct[rows]
+
+    def step_tables(self, indices: np.ndarray, step: CodingStep, side: Side) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct tables of ``step``, (U, K_m) integers, and the row of them that each of
+        its N positions (all images, row-major) reads, (N,): one table per context seen."""
         context = self.contexts(indices, step.codebook, step.phase, step.mask, side)  # (B, N per image)
-        return self.context_tables(step.codebook, step.phase, context.reshape(-1))
+        used, rows = np.unique(context, return_inverse=True)
+        return self.context_tables(step.codebook, step.phase, used), rows.reshape(-1)
 
     def context_tables(self, codebook: int, phase: int, context: np.ndarray) -> np.ndarray:
         """(N,) context ids of one codebook and phase -> their (N, K_m) integer tables."""
@@ -252,10 +263,8 @@ def choose_indices(
     started: set[int] = set()
     for step in entropy.coding_steps(indices.shape):
         m = step.codebook
-        context = entropy.contexts(indices, m, step.phase, step.mask, side or {}).reshape(-1)  # (N,)
-        # The rate term is computed once per distinct context (a few dozen) and gathered.
-        used, rows = np.unique(context, return_inverse=True)
-        table = entropy.context_tables(m, step.phase, used)  # (U, K_m)
+        # The rate term is computed once per distinct table (a few dozen) and gathered.
+        table, rows = entropy.step_tables(indices, step, side or {})  # (U, K_m), (N,)
         bits = np.log2(table.sum(axis=1, keepdims=True)) - np.log2(table)
         nearest = nearest_first_rows and m < entropy.num_predicted and m not in started
         started.add(m)

@@ -425,6 +425,77 @@ def test_activity_contexts_read_only_what_the_decoder_has_and_sort_busy_blocks_a
     assert model.bits(indices, side) < model.bits(np.random.default_rng(4).permutation(indices.ravel()).reshape(indices.shape), side)
 
 
+def test_predicted_codebooks_take_the_level_bin_of_the_predicted_code():
+    from dqcodec.models.hierarchical_entropy import CoarseConditionedIndexModel, PREDICTED_BINS
+
+    rng = np.random.default_rng(5)
+    m_count, k_count = 2, 256
+    model = CoarseConditionedIndexModel(m_count, k_count, "coarse", 1, 4, factor=2, num_predicted=1)
+    # Codes in shuffled level order (as codes sorted by use are), used by a smooth field.
+    levels = rng.permutation(k_count).astype(np.float32)
+    field = np.cumsum(rng.normal(0, 3, (4, 32, 32)), axis=2) + 128
+    indices = np.argsort(levels)[np.clip(field.round(), 0, k_count - 1).astype(np.int64)]
+    indices = np.stack([indices, rng.integers(0, k_count, indices.shape)], axis=1)
+    codebooks = torch.from_numpy(np.stack([levels / 64, np.zeros(k_count, np.float32)]))[:, :, None]
+    usage = torch.ones(m_count, k_count)
+    model.set_codes(codebooks, usage)
+    model.set_coarse_codes(torch.arange(4, dtype=torch.float32)[None, :, None], torch.ones(1, 4))
+    side = {"coarse": rng.integers(0, 4, (4, 1, 16, 16))}
+    model.fit([(indices, side)])
+    bins = model.predicted_bins.numpy()[0]
+    # Bins follow the codes' levels and split the training use about equally.
+    assert (np.diff(bins[np.argsort(levels)]) >= 0).all() and bins.max() == PREDICTED_BINS - 1
+    counts = np.bincount(bins[indices[:, 0].ravel()], minlength=PREDICTED_BINS)
+    assert counts.max() < 4 * indices[:, 0].size / PREDICTED_BINS
+    # Context 0 where no neighbour is decoded (the first anchor row), the bin + 1 elsewhere.
+    step = next(iter(model.coding_steps(indices.shape)))
+    assert (model._level_contexts(indices, 0, 0, step.mask) == 0).all()
+    mask = np.ones(indices.shape[2:], dtype=bool)
+    nearest = model._nearest_codes(indices, 0, 1, mask)
+    assert np.array_equal(model._level_contexts(indices, 0, 1, mask), bins[nearest] + 1)
+    # A decoder holding only what is decoded so far gets the same tables at every step.
+    decoded = np.zeros_like(indices)
+    for step in model.coding_steps(indices.shape):
+        assert np.array_equal(model.tables(decoded, step, side), model.tables(indices, step, side))
+        step.place(decoded, step.symbols(indices))
+
+
+def test_second_phase_adapts_to_the_image_in_integers():
+    from dqcodec.models.context_tables import TABLE_PRECISION, ContextTables
+    from dqcodec.models.hierarchical_entropy import CoarseConditionedIndexModel
+
+    rng = np.random.default_rng(6)
+    m_count, k_count = 3, 8
+    model = CoarseConditionedIndexModel(m_count, k_count, "coarse", 1, 4, factor=2)
+    model.set_codes(torch.arange(k_count, dtype=torch.float32)[None, :, None].expand(m_count, -1, 1),
+                    torch.ones(m_count, k_count))
+    model.set_coarse_codes(torch.arange(4, dtype=torch.float32)[None, :, None], torch.ones(1, 4))
+    coarse = np.zeros((2, 1, 8, 8), dtype=np.int64)
+    model.fit([(rng.integers(0, k_count, (2, m_count, 16, 16)), {"coarse": coarse})])
+    # Image 0 uses code 5 nine times in ten, image 1 is like the training data.
+    indices = rng.integers(0, k_count, (2, m_count, 16, 16))
+    indices[0] = np.where(rng.random((m_count, 16, 16)) < 0.9, 5, indices[0])
+    side = {"coarse": coarse}
+    step = [step for step in model.coding_steps(indices.shape) if step.phase == 1][1]
+    adapted = model.tables(indices, step, side)
+    distinct, rows = ContextTables.step_tables(model, indices, step, side)  # the base class's: not adapted
+    static = distinct[rows]
+    share = lambda tables: tables[:, 5] / tables.sum(axis=1)  # noqa: E731
+    half = len(adapted) // 2  # the rows of image 0, then those of image 1
+    assert (share(adapted[:half]) > 2 * share(static[:half])).all()
+    assert np.allclose(share(adapted[half:]), share(static[half:]), rtol=0.5)
+    symbols = step.symbols(indices)[:half]
+    bits = lambda tables: -np.log2(tables[np.arange(half), symbols] / tables.sum(axis=1)).sum()  # noqa: E731
+    assert bits(adapted[:half]) < 0.8 * bits(static[:half])
+    # A large tile of one code, the code least used in training: rows stay valid integer tables.
+    model.marginal[1] = torch.tensor([1] + [9000] * (k_count - 1), dtype=torch.int32)
+    huge = np.zeros((1, m_count, 1024, 1024), dtype=np.int64)
+    mask = np.add.outer(np.arange(1024), np.arange(1024)) % 2 == 1  # the second phase's positions
+    tables = model.tables(huge, type(step)(1, 1, mask), {"coarse": np.zeros((1, 1, 512, 512), dtype=np.int64)})
+    assert tables.dtype == np.int32 and (tables >= 1).all() and (tables.sum(axis=1) <= TABLE_PRECISION).all()
+    assert (tables[:, 0] > TABLE_PRECISION // 2).all()
+
+
 def test_fit_tables_counts_new_tables_and_keeps_the_network(tiny_model, tmp_path, capsys):
     import shutil
 
@@ -451,6 +522,11 @@ def test_fit_tables_counts_new_tables_and_keeps_the_network(tiny_model, tmp_path
     registry.clear_cache()
     assert np.asarray(dqcodec.decode(dqcodec.encode(pixels, model=str(copy.with_suffix(".json"))))).shape == pixels.shape
     assert not list(tmp_path.glob(".fit-tables-*"))  # the staging folder is gone
+    # Refitted again: the recipe names the latest refit once.
+    assert main(["fit-tables", str(copy), "--crops", "8", "--data", str(data), "--threads", "1",
+                 "--measure-images", "0"]) == 0
+    recipe = json.loads(copy.with_suffix(".json").read_text())["training"]["recipe"]
+    assert recipe.count("fit-tables") == 1 and "over 8 crops" in recipe
 
 
 def test_fit_tables_refuses_what_it_cannot_refit_in_one_line(tiny_model, tmp_path, capsys):

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dqcodec.codec.errors import DQCodecError
-from dqcodec.models.registry import WEIGHTS_DIR, load_checkpoint
+from dqcodec.models.registry import ARCHITECTURES, WEIGHTS_DIR, load_checkpoint, read_model
 from dqcodec.train.weight_average import WeightAverage
 
 
@@ -98,4 +98,37 @@ def load_model_as(stem: Path, network: type[nn.Module], label: str, wanted: str 
         raise DQCodecError(f"{label}: cannot load the model ({error})") from None
     if not isinstance(net, network):
         raise DQCodecError(f"{label} is a {type(net).__name__}, not {wanted or 'a ' + network.__name__}")
+    return net, info
+
+
+# An hdq model's entropy tables: counted at export (and by fit-tables), never trained.
+TABLE_PREFIXES = ("fine_entropy.", "coarse_entropy.")
+
+
+def load_hdq_without_tables(stem: Path, label: str, other_architecture: str) -> tuple[nn.Module, dict]:
+    """(hdq network in eval mode, its JSON info) of model ``stem``, its entropy tables left at
+    their initial values: what training and a recount of the tables start from, which also
+    loads a model saved before the entropy model's contexts changed (its tables are dropped).
+
+    Raises DQCodecError (one line, starting with ``label``) when the files are missing or
+    damaged, or the model is another architecture (``other_architecture`` ends that message).
+    """
+    try:
+        arrays, info, _ = read_model(stem)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DQCodecError(f"{label}: cannot load the model ({error})") from None
+    if info["architecture"] != "HierarchicalDQCodec":
+        raise DQCodecError(f"{label} is a {info['architecture']} model; {other_architecture}")
+    architecture = ARCHITECTURES[info["architecture"]]
+    try:
+        net = architecture.network(architecture.config(**info["config"]))
+    except (TypeError, ValueError) as error:
+        raise DQCodecError(f"{label}.json: its config does not describe an hdq model ({error})") from None
+    state = net.state_dict()
+    kept = {key: value for key, value in arrays.items() if not key.startswith(TABLE_PREFIXES)}
+    try:
+        net.load_state_dict({**state, **{key: torch.from_numpy(value).to(state[key].dtype) for key, value in kept.items()}})
+    except (KeyError, RuntimeError) as error:
+        raise DQCodecError(f"{label}: its weights do not fit its config ({str(error).splitlines()[0]})") from None
+    net.eval()
     return net, info

@@ -26,9 +26,7 @@ from pathlib import Path
 
 from dqcodec.codec.errors import DQCodecError
 
-# The buffers that the fit sets; everything else of the model is kept as it was saved.
-TABLE_PREFIXES = ("fine_entropy.", "coarse_entropy.")
-
+REFIT_CLAUSE = "; context tables counted anew (dqcodec fit-tables)"  # what a refit adds to a model's recipe
 
 def add_fit_tables_arguments(parser: argparse.ArgumentParser) -> None:
     from dqcodec.paths import data_dir
@@ -103,18 +101,20 @@ def refit_model(stem: Path, out: Path, files: list[Path], crops: int, backoff: i
     as its training recorded them, else hdq's defaults) and save it as ``out``, with its shared
     weights (if any) beside ``out``."""
     from dqcodec.models.registry import save_model
+    from dqcodec.train.checkpoint import load_hdq_without_tables
     from dqcodec.train.recipes import RECIPES
 
     recipe = RECIPES["hdq"]
-    net, info = load_without_tables(stem)
+    net, info = load_hdq_without_tables(stem, str(stem), "fit-tables counts the tables of hdq models")
     training = info.get("training", {})
     recorded = {item.name: training[item.name] for item in dataclasses.fields(recipe.options) if item.name in training}
     options = dataclasses.replace(recipe.options(**recorded), table_crops=crops, table_backoff=backoff)
     recipe.finish(net, options, files)  # the export's table step
     training = {**training, "table_crops": crops, "table_backoff": backoff}
-    training["recipe"] = (f"{training.get('recipe', '')}; context tables counted anew (dqcodec fit-tables) over {crops} "
-                          f"crops of {options.fit_crop} px, contexts seen fewer than {options.table_backoff} times backed "
-                          "off to their codebook's table")
+    # A model refitted before says so once, with the latest counts.
+    trained = training.get("recipe", "").split(REFIT_CLAUSE)[0]
+    training["recipe"] = (f"{trained}{REFIT_CLAUSE} over {crops} crops of {options.fit_crop} px, contexts seen fewer than "
+                          f"{options.table_backoff} times backed off to their codebook's table")
     kept = {key: value for key, value in info.items() if key not in ("architecture", "config", "shared_weights", "kodak")}
     try:
         save_model(net, out, {**kept, "training": training}, shared=info.get("shared_weights"))
@@ -145,32 +145,3 @@ def _shared_weights(path: Path) -> str | None:
     except (OSError, ValueError):
         return None
     return info.get("shared_weights") if isinstance(info, dict) else None
-
-
-def load_without_tables(stem: Path):
-    """(hdq network in eval mode, its JSON info) of model ``stem``, its entropy tables left at
-    their initial values. Raises DQCodecError (one line) when the files are missing or damaged,
-    or the model is not an hdq model."""
-    import torch
-
-    from dqcodec.models.registry import ARCHITECTURES, read_model
-
-    try:
-        arrays, info, _ = read_model(stem)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DQCodecError(f"{stem}: cannot load the model ({error})") from None
-    if info["architecture"] != "HierarchicalDQCodec":
-        raise DQCodecError(f"{stem} is a {info['architecture']} model; fit-tables counts the tables of hdq models")
-    architecture = ARCHITECTURES[info["architecture"]]
-    try:
-        net = architecture.network(architecture.config(**info["config"]))
-    except (TypeError, ValueError) as error:
-        raise DQCodecError(f"{stem}.json: its config does not describe an hdq model ({error})") from None
-    state = net.state_dict()
-    kept = {key: value for key, value in arrays.items() if not key.startswith(TABLE_PREFIXES)}
-    try:
-        net.load_state_dict({**state, **{key: torch.from_numpy(value).to(state[key].dtype) for key, value in kept.items()}})
-    except (KeyError, RuntimeError) as error:
-        raise DQCodecError(f"{stem}: its weights do not fit its config ({str(error).splitlines()[0]})") from None
-    net.eval()
-    return net, info

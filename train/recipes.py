@@ -484,15 +484,17 @@ def _load_family_levels(net: nn.Module, folder: Path) -> nn.Module:
     own. Raises DQCodecError (one line) when they are not ``net``'s levels or do not share their
     transforms."""
     from dqcodec.codec.errors import DQCodecError
-    from dqcodec.models.hdq_codec import HierarchicalDQCodec
     from dqcodec.models.hdq_family import HDQFamily
     from dqcodec.models.registry import ARCHITECTURES
-    from dqcodec.train.checkpoint import load_model_as
+    from dqcodec.train.checkpoint import load_hdq_without_tables
 
     stems = [folder / info["name"] for info in _level_infos(folder)]
     if len(stems) != net.num_levels:
         raise DQCodecError(f"--start-levels {folder}: {len(stems)} hdq models, the family has {net.num_levels} levels")
-    levels = [load_model_as(stem, HierarchicalDQCodec, f"--start-levels {stem}")[0] for stem in stems]
+    # Without their tables: the export counts them anew, and levels saved before the entropy
+    # model last changed still start a family.
+    levels = [load_hdq_without_tables(stem, f"--start-levels {stem}", "a family starts from hdq levels")[0]
+              for stem in stems]
     if asdict(levels[0].config) != asdict(net.level_configs[0]):
         try:
             check_widening(levels[0].config, net.config)
