@@ -28,6 +28,7 @@ from dqcodec.codec.errors import DQCodecError
 
 REFIT_CLAUSE = "; context tables counted anew (dqcodec fit-tables)"  # what a refit adds to a model's recipe
 
+
 def add_fit_tables_arguments(parser: argparse.ArgumentParser) -> None:
     from dqcodec.paths import data_dir
     from dqcodec.train.recipes import HDQOptions
