@@ -231,25 +231,32 @@ class HierarchicalDQCodec(nn.Module):
         return torch.from_numpy(mask)
 
     @torch.no_grad()
-    def nearest_indices(self, image: torch.Tensor) -> CompressedLevels:
-        """The quantizers' own choice (marginal-rate ECVQ, no context tables), coarse then fine."""
+    def analyse(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) image in [0, 1] -> (B, C, H/16, W/16) fine latent, as the coder computes it."""
+        return self.analysis(image.contiguous(memory_format=CODING_MEMORY_FORMAT))
+
+    @torch.no_grad()
+    def nearest_indices(self, latent: torch.Tensor) -> CompressedLevels:
+        """The quantizers' own choice (marginal-rate ECVQ, no context tables) for a fine
+        ``latent`` (:meth:`analyse`), coarse then fine."""
         self._set_assignment_lambdas()
-        latent = self.analysis(image)
         coarse = self.coarse_quantizer.quantize(self.coarse_analysis(latent))
         fine = self.fine_quantizer.quantize(latent)
         return [IndexLevel(COARSE, coarse.numpy()), IndexLevel(FINE, fine.numpy())]
 
     @torch.no_grad()
-    def compress(self, image: torch.Tensor, rate_lambda: float | None = None) -> CompressedLevels:
+    def compress(self, image: torch.Tensor, rate_lambda: float | None = None,
+                 latent: torch.Tensor | None = None) -> CompressedLevels:
         """(B, 3, H, W) image in [0, 1], H and W multiples of 64 -> the flat blocks' symbols,
         coarse and fine indices.
 
         Each index minimises latent distortion + lambda * (-log2 p) under the real context tables
         in coding order (:func:`~dqcodec.models.context_tables.choose_indices`); the fine level's tables
         read the coarse indices chosen first. ``rate_lambda``: pixel units; None: the model's own.
+        ``latent``: the image's :meth:`analyse`, when the caller already has it.
         """
         fine_lambda, coarse_lambda = self.rate_lambdas(rate_lambda)
-        latent = self.analysis(image.contiguous(memory_format=CODING_MEMORY_FORMAT))
+        latent = self.analyse(image) if latent is None else latent
         coarse_slices = self.coarse_quantizer.project(self.coarse_analysis(latent)).double().numpy()
         coarse = choose_indices(coarse_slices, self._codewords(self.coarse_quantizer), self.coarse_entropy, coarse_lambda)
         fine_slices = self.fine_quantizer.project(latent).double().numpy()

@@ -12,7 +12,7 @@
 #     DATA: default ../shared/data (BSDS500 and the photos' training split)
 #     TRAIN-OPTIONS: passed on to dqcodec train, e.g. --batch-size 10 (two crops per level of five);
 #       the architecture and the levels' LAMBDA:K are WEIGHTS' unless given here
-# Then count the levels' tables over more crops than the export's 192 (about an hour on 2 cores):
+# Then count the levels' tables over more crops than the export's 192 (about 20 minutes):
 #   dqcodec fit-tables WEIGHTS/hdq-q1 WEIGHTS/hdq-q2 ... --crops 1536
 # and the family's RD curve:  dqcodec eval --codec WEIGHTS --threads 2
 set -euo pipefail
