@@ -182,22 +182,22 @@ class CoarseConditionedIndexModel(ContextIndexModel):
             edges[i] = max(edges[i], edges[i - 1] + 1)
         self.coarse_edges.copy_(torch.from_numpy(edges).int())
         self._fit_activity_edges([indices for indices, _ in batches])
-        self._fit_predicted_bins([indices for indices, _ in batches])
-        symbols = np.zeros((self.num_codebooks, self.codebook_size))
-        for indices, _ in batches:
-            for m in range(self.num_codebooks):
-                symbols[m] += np.bincount(indices[:, m].ravel(), minlength=self.codebook_size)
+        # (M, K) how often each code occurs: the predicted codebooks' bins and every marginal.
+        offsets = (np.arange(self.num_codebooks) * self.codebook_size)[:, None, None]
+        symbols = sum(np.bincount((indices + offsets).ravel(), minlength=self.num_codebooks * self.codebook_size)
+                      for indices, _ in batches).reshape(self.num_codebooks, self.codebook_size)
+        self._fit_predicted_bins(symbols)
         self.marginal.copy_(torch.from_numpy(quantize_table(symbols + prior_count)))
         super().fit(batches, prior_count, backoff)
 
-    def _fit_predicted_bins(self, batches: list[np.ndarray]) -> None:
+    def _fit_predicted_bins(self, symbols: np.ndarray) -> None:
         """``predicted_bins``: each predicted codebook's used codes, sorted by level, cut into
-        ``PREDICTED_BINS`` runs of about equal use in ``batches`` ((B, M, H, W) indices each);
-        a code's bin is where the middle of its share of the use falls."""
+        ``PREDICTED_BINS`` runs of about equal use in the training data ((M, K) code counts
+        ``symbols``); a code's bin is where the middle of its share of the use falls."""
         for m in range(min(self.num_predicted, self.num_codebooks)):
             size = int(self.alphabet_sizes[m])
-            # +1: a code unused in these batches still takes a sliver of its bin's range.
-            usage = sum(np.bincount(indices[:, m].ravel(), minlength=size)[:size] for indices in batches) + 1.0
+            # +1: a code unused in the training data still takes a sliver of its bin's range.
+            usage = symbols[m, :size] + 1.0
             order = np.argsort(self.code_level[m, :size].numpy(), kind="stable")
             middle = (np.cumsum(usage[order]) - usage[order] / 2) / usage.sum()
             bins = np.zeros(self.codebook_size, dtype=np.int64)
