@@ -10,6 +10,9 @@ level's tables are chosen by its own decoded neighbours and earlier codebooks an
 level (:class:`~dqcodec.models.hierarchical_entropy.CoarseConditionedIndexModel`). A first level
 marks the 16 x 16 blocks that hold one flat colour and carries it; the decoder paints them with
 it (:mod:`~dqcodec.models.flat_blocks`), so flat areas come back exact whatever the network does.
+A model may add a last level, the fine indices' refinement (:mod:`~dqcodec.models.refinement`): a
+residual code per fine codebook and position, which lifts the top rates past the fine codebooks'
+resolution.
 
 Rate-distortion trade-off: ``rate_lambda`` is in pixel units (squared error of [0, 1] RGB values
 per bit). The fine quantizer's entropy-constrained assignment works in latent units, so it uses
@@ -36,6 +39,7 @@ from dqcodec.models.flat_blocks import NUM_SYMBOLS, FlatBlockModel, flat_block_c
 from dqcodec.models.hierarchical_entropy import CoarseConditionedIndexModel
 from dqcodec.models.interface import RATE_LAMBDA_HELP, CodecOutput, CompressedLevels, IndexLevel, LevelSpec
 from dqcodec.models.quantizers import DepthwiseQuantizer
+from dqcodec.models.refinement import REFINE, FineRefinement
 
 FLAT, COARSE, FINE = "flat", "coarse", "fine"
 COARSE_FACTOR = 4
@@ -67,6 +71,11 @@ class HDQConfig:
         default=3, metadata={"help": "first fine codebooks coded with DPCM-like contexts (they hold the block mean colours)"}
     )
     rate_lambda: float = field(default=0.01, metadata={"help": RATE_LAMBDA_HELP, "flag": "--lambda"})
+    refinement_size: int = field(
+        default=0, metadata={"help": "codes of each fine codebook's residual refinement (0: no refinement level); fitted "
+                                     "with the tables at export, not trained ('dqcodec fit-tables --refinement-size' "
+                                     "gives one to a trained model)"}
+    )
 
 
 class HierarchicalDQCodec(nn.Module):
@@ -95,6 +104,7 @@ class HierarchicalDQCodec(nn.Module):
         self.synthesis = ConvSynthesis(self.fine_quantizer.out_channels, config.channels, config.channels)
         self.coarse_entropy = ContextIndexModel(config.coarse_codebooks, config.coarse_codebook_size)
         self.fine_entropy = self._fine_entropy(config)
+        self.refinement = self._refinement(config)
         # (fine, coarse) pixel squared error per squared error of one latent dimension.
         self.register_buffer("synthesis_gains", torch.ones(2))
         # Set by the training recipe before a pass that re-measures the gains (that pass resets
@@ -115,19 +125,29 @@ class HierarchicalDQCodec(nn.Module):
             config.coarse_codebook_size, COARSE_FACTOR, config.coarse_buckets, config.predicted_codebooks,
         )
 
+    @staticmethod
+    def _refinement(config: HDQConfig) -> FineRefinement | None:
+        if config.refinement_size <= 0:
+            return None
+        return FineRefinement(config.num_codebooks, config.refinement_size, config.code_dim, config.codebook_size, FINE)
+
     @property
     def padding_multiple(self) -> int:
         return FINE_STRIDE * COARSE_FACTOR
 
     def levels(self, height: int, width: int) -> list[LevelSpec]:
         """The flat blocks (4, H/16, W/16) (:mod:`~dqcodec.models.flat_blocks`), then coarse
-        (M_c, H/64, W/64) and fine (M, H/16, W/16) indices."""
-        fine, coarse = height // FINE_STRIDE, width // FINE_STRIDE
-        return [
-            LevelSpec(FLAT, (NUM_SYMBOLS, fine, coarse), FlatBlockModel()),
-            LevelSpec(COARSE, (self.config.coarse_codebooks, fine // COARSE_FACTOR, coarse // COARSE_FACTOR), self.coarse_entropy),
-            LevelSpec(FINE, (self.config.num_codebooks, fine, coarse), self.fine_entropy),
+        (M_c, H/64, W/64) and fine (M, H/16, W/16) indices, and with a refinement its (M, H/16,
+        W/16) indices."""
+        rows, cols = height // FINE_STRIDE, width // FINE_STRIDE
+        levels = [
+            LevelSpec(FLAT, (NUM_SYMBOLS, rows, cols), FlatBlockModel()),
+            LevelSpec(COARSE, (self.config.coarse_codebooks, rows // COARSE_FACTOR, cols // COARSE_FACTOR), self.coarse_entropy),
+            LevelSpec(FINE, (self.config.num_codebooks, rows, cols), self.fine_entropy),
         ]
+        if self.refinement is not None:
+            levels.append(LevelSpec(REFINE, (self.config.num_codebooks, rows, cols), self.refinement.entropy))
+        return levels
 
     def rate_lambdas(self, rate_lambda: float | None = None) -> tuple[float, float]:
         """(fine, coarse) ``rate_lambda`` (pixel units; None: the model's) in latent units: squared
@@ -152,7 +172,14 @@ class HierarchicalDQCodec(nn.Module):
         self.fine_quantizer = self._fine_quantizer(self.config)
         self.fine_quantizer.projection.load_state_dict(projection)
         self.fine_entropy = self._fine_entropy(self.config)
+        self.refinement = self._refinement(self.config)
         self._set_assignment_lambdas()
+
+    def set_refinement_size(self, refinement_size: int) -> None:
+        """K_r codes per refinement codebook (0: none); the codes and tables start anew, to be
+        fitted by the table step (``dqcodec fit-tables --refinement-size``)."""
+        self.config.refinement_size = refinement_size
+        self.refinement = self._refinement(self.config)
 
     def reconstruct(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         """(B, M*D, h, w) fine and (B, M_c*D_c, h/4, w/4) coarse codewords -> (B, 3, 16h, 16w) image."""
@@ -246,14 +273,17 @@ class HierarchicalDQCodec(nn.Module):
 
     @torch.no_grad()
     def compress(self, image: torch.Tensor, rate_lambda: float | None = None,
-                 latent: torch.Tensor | None = None) -> CompressedLevels:
+                 latent: torch.Tensor | None = None, refine: bool = True) -> CompressedLevels:
         """(B, 3, H, W) image in [0, 1], H and W multiples of 64 -> the flat blocks' symbols,
-        coarse and fine indices.
+        coarse and fine indices, and the refinement indices of a model that has them.
 
         Each index minimises latent distortion + lambda * (-log2 p) under the real context tables
         in coding order (:func:`~dqcodec.models.context_tables.choose_indices`); the fine level's tables
-        read the coarse indices chosen first. ``rate_lambda``: pixel units; None: the model's own.
-        ``latent``: the image's :meth:`analyse`, when the caller already has it.
+        read the coarse indices chosen first, the refinement codes the residual the fine codes
+        left, at the fine level's lambda. ``rate_lambda``: pixel units; None: the model's own.
+        ``latent``: the image's :meth:`analyse`, when the caller already has it. ``refine``
+        False: no refinement level (the table step counts the fine tables before it fits the
+        refinement).
         """
         fine_lambda, coarse_lambda = self.rate_lambdas(rate_lambda)
         latent = self.analyse(image) if latent is None else latent
@@ -264,15 +294,25 @@ class HierarchicalDQCodec(nn.Module):
             fine_slices, self._codewords(self.fine_quantizer), self.fine_entropy, fine_lambda, side={COARSE: coarse}
         )
         flat = flat_block_symbols(image.numpy(), FINE_STRIDE)
-        return [IndexLevel(FLAT, flat), IndexLevel(COARSE, coarse), IndexLevel(FINE, fine)]
+        levels = [IndexLevel(FLAT, flat), IndexLevel(COARSE, coarse), IndexLevel(FINE, fine)]
+        if refine and self.refinement is not None:
+            residual = fine_slices - self.fine_quantizer.lookup(torch.from_numpy(fine)).double().numpy()
+            codes = self.refinement.codebooks.double().numpy()
+            levels.append(IndexLevel(REFINE, choose_indices(residual, codes, self.refinement.entropy, fine_lambda,
+                                                            side={FINE: fine})))
+        return levels
 
     @torch.no_grad()
     def decompress(self, levels: CompressedLevels) -> torch.Tensor:
         """The levels of :meth:`compress` -> (B, 3, H, W) image clamped to [0, 1], in the network's
         dtype: the network's reconstruction, with the flat blocks painted in their colours."""
         indices = {level.name: level.indices for level in levels}
-        coarse, fine = (self._quantizer(name).dequantize(torch.from_numpy(indices[name])).contiguous(
-            memory_format=CODING_MEMORY_FORMAT) for name in (COARSE, FINE))
+        coarse = self.coarse_quantizer.dequantize(torch.from_numpy(indices[COARSE]))
+        slices = self.fine_quantizer.lookup(torch.from_numpy(indices[FINE]))
+        if REFINE in indices:
+            slices = slices + self.refinement.lookup(torch.from_numpy(indices[REFINE]))
+        coarse, fine = (codes.contiguous(memory_format=CODING_MEMORY_FORMAT)
+                        for codes in (coarse, self.fine_quantizer.assemble(slices)))
         image = self.reconstruct(fine, coarse).clamp(0, 1)
         flat, colours = flat_block_colours(indices[FLAT])
 
@@ -280,9 +320,6 @@ class HierarchicalDQCodec(nn.Module):
             return torch.from_numpy(blocks).repeat_interleave(FINE_STRIDE, 2).repeat_interleave(FINE_STRIDE, 3)
 
         return torch.where(to_pixels(flat[:, None]), to_pixels(colours).to(image.dtype) / 255, image)
-
-    def _quantizer(self, name: str) -> DepthwiseQuantizer:
-        return {COARSE: self.coarse_quantizer, FINE: self.fine_quantizer}[name]
 
     @staticmethod
     def _codewords(quantizer: DepthwiseQuantizer) -> np.ndarray:

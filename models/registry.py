@@ -87,7 +87,8 @@ class Architecture:
     integer_dtypes: state-dict name -> storage dtype of integer buffers (narrowed to what holds
         their values); float tensors are stored as float32.
     packed_tables: state-dict prefixes of :class:`~dqcodec.models.entropy.ContextIndexModel`s
-        whose tables are stored cut to each codebook's alphabet.
+        whose tables are stored cut to each codebook's alphabet (a model without that entropy
+        model, e.g. an hdq model without a refinement, stores none).
     half_precision: state-dict prefixes of float tensors stored as float16 (convolution weights,
         where float16 costs nothing measurable and halves the file); the rest stays float32.
     shareable: state-dict prefixes of the tensors that the levels of one family may share (the
@@ -143,8 +144,9 @@ ARCHITECTURES: dict[str, Architecture] = {
         integer_dtypes={**_context_tables("coarse_entropy"), **_context_tables("fine_entropy"),
          "fine_entropy.coarse_class": np.uint8, "fine_entropy.coarse_edges": np.int32,
          "fine_entropy.activity_edges": np.int32, "fine_entropy.predicted_bins": np.uint8,
-         "fine_entropy.marginal": np.uint16},
-        packed_tables=("coarse_entropy", "fine_entropy"),
+         "fine_entropy.marginal": np.uint16, **_context_tables("refinement.entropy"),
+         "refinement.entropy.cell_bucket": np.uint8},
+        packed_tables=("coarse_entropy", "fine_entropy", "refinement.entropy"),
         half_precision=("analysis.", "coarse_analysis.", "synthesis.", "coarse_synthesis.",
                         "fine_quantizer.projection.", "coarse_quantizer.projection."),
         # Levels of one network (refitted by --init-from with a new --lambda or --codebook-size,
@@ -241,8 +243,9 @@ def save_model(model: nn.Module, stem: Path, info: dict, shared: str | None = No
         storage = architecture.integer_dtypes.get(key, floats if array.dtype.kind == "f" else array.dtype)
         tensors[key] = array.astype(storage)
     for prefix in architecture.packed_tables:
-        tensors[f"{prefix}.frequencies"], tensors[f"{prefix}.{ROWS_SUFFIX}"] = pack_tables(
-            tensors[f"{prefix}.frequencies"], tensors[f"{prefix}.alphabet_sizes"])
+        if f"{prefix}.frequencies" in tensors:  # an optional level (hdq's refinement) may be absent
+            tensors[f"{prefix}.frequencies"], tensors[f"{prefix}.{ROWS_SUFFIX}"] = pack_tables(
+                tensors[f"{prefix}.frequencies"], tensors[f"{prefix}.alphabet_sizes"])
     stem.parent.mkdir(parents=True, exist_ok=True)
     if shared is not None:
         tensors = _share(tensors, architecture.shareable, Path(stem).parent, shared)

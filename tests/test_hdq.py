@@ -552,7 +552,79 @@ def test_fit_tables_refuses_what_it_cannot_refit_in_one_line(tiny_model, tmp_pat
         assert main(["fit-tables", *models, "--crops", "8", "--data", str(data), "--measure-images", "0"]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
-    for option, value in (("--crops", "4"), ("--backoff", "-1"), ("--threads", "0")):
+    for option, value in (("--crops", "4"), ("--backoff", "-1"), ("--threads", "0"), ("--refinement-size", "-1"),
+                          ("--refinement-size", "257")):
         assert main(["fit-tables", str(stem), option, value, "--data", str(data)]) == 2
         assert f"{option} {value}" in capsys.readouterr().err
     assert (tmp_path / "low.safetensors").read_bytes() == untouched
+
+
+def test_refinement_contexts_read_only_what_the_decoder_has_and_follow_the_fine_cells():
+    from dqcodec.models.refinement import CELL_BUCKETS, RefinementIndexModel
+
+    rng = np.random.default_rng(5)
+    m_count, k_fine, k_refine = 6, 8, 5
+    model = RefinementIndexModel(m_count, k_refine, k_fine, "fine")
+    fine = rng.integers(0, k_fine, (3, m_count, 8, 10))
+    # Residuals grow with the fine code: codes 6 and 7 have the widest cells.
+    power = torch.arange(k_fine, dtype=torch.float64)[None].expand(m_count, -1)
+    model.set_cell_buckets(power, torch.ones(m_count, k_fine))
+    assert model.cell_bucket[0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]  # quartiles of equal use
+    # Refined (index > 0) mostly where the fine code's cell is wide.
+    wide = model.cell_bucket.numpy()[np.arange(m_count)[None, :, None, None], fine] == CELL_BUCKETS - 1
+    refine = np.where(rng.random(fine.shape) < np.where(wide, 0.7, 0.05), rng.integers(1, k_refine, fine.shape), 0)
+    usage = torch.from_numpy(np.stack([np.bincount(refine[:, m].ravel(), minlength=k_refine) for m in range(m_count)]))
+    model.set_codes(torch.zeros(m_count, k_refine, 2), usage.float())
+    side = {"fine": fine}
+    model.fit([(refine, side)])
+    decoded = np.zeros_like(refine)
+    for step in model.coding_steps(refine.shape):
+        assert np.array_equal(model.tables(decoded, step, side), model.tables(refine, step, side))
+        step.place(decoded, step.symbols(refine))
+    assert np.array_equal(decoded, refine)
+    shuffled = {"fine": rng.permutation(fine.ravel()).reshape(fine.shape)}
+    assert model.bits(refine, side) < 0.9 * model.bits(refine, shuffled)
+
+
+def test_fit_tables_gives_a_model_a_refinement_level_that_codes_exactly_and_lowers_distortion(tiny_model, tmp_path,
+                                                                                              capsys):
+    import shutil
+
+    stem, data = tiny_model
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(f"{stem}{suffix}", tmp_path / f"hdq-tiny{suffix}")
+    copy = tmp_path / "hdq-tiny"
+    assert main(["fit-tables", str(copy), "--crops", "16", "--data", str(data), "--threads", "1",
+                 "--measure-images", "0", "--refinement-size", "8"]) == 0
+    info = json.loads(copy.with_suffix(".json").read_text())
+    assert info["config"]["refinement_size"] == 8 and "refinement level of 8 codes" in info["training"]["recipe"]
+    registry.clear_cache()
+    net = registry.load_model(registry.register_checkpoint(copy.with_suffix(".json")))[0].network
+    assert torch.equal(net.refinement.codebooks[:, 0], torch.zeros_like(net.refinement.codebooks[:, 0]))
+    pixels = np.asarray(Image.open(data / "0.png"))
+    encoded = dqcodec.encode(pixels, model=f"{copy}.json")
+    header, streams = unpack(encoded)
+    assert len(streams) == 4  # flat blocks, coarse, fine, refinement
+    image = torch.from_numpy(np.pad(pixels, ((0, 32), (0, 16), (0, 0)), mode="edge")).permute(2, 0, 1)[None].float() / 255
+    levels = net.compress(image)
+    assert levels[-1].name == "refine" and (levels[-1].indices > 0).any()
+    expected = (net.decompress(levels)[0, :, :96, :112].permute(1, 2, 0) * 255).round().byte().numpy()
+    assert within_one_level(np.asarray(dqcodec.decode(encoded)), expected)  # the decoder runs on one thread
+    estimate = estimated_bits(net.levels(128, 128), levels)
+    assert 8 * sum(len(s) for s in streams) <= 1.01 * estimate + 4 * 32
+    # Together, 2 threads and a batch of two: the same refinement indices.
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        together = net.compress(torch.cat([image, image.flip(3)]))
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(together[-1].indices[:1], levels[-1].indices)
+    unrefined = net.decompress(levels[:-1])
+    assert ((net.decompress(levels) - image) ** 2).mean() < ((unrefined - image) ** 2).mean()
+    # --refinement-size 0 takes the level away again.
+    assert main(["fit-tables", str(copy), "--crops", "8", "--data", str(data), "--threads", "1",
+                 "--measure-images", "0", "--refinement-size", "0"]) == 0
+    registry.clear_cache()
+    assert len(unpack(dqcodec.encode(pixels, model=f"{copy}.json"))[1]) == 3
+    assert not any(key.startswith("refinement.") for key in load_file(f"{copy}.safetensors"))

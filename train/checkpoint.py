@@ -101,8 +101,8 @@ def load_model_as(stem: Path, network: type[nn.Module], label: str, wanted: str 
     return net, info
 
 
-# An hdq model's entropy tables: counted at export (and by fit-tables), never trained.
-TABLE_PREFIXES = ("fine_entropy.", "coarse_entropy.")
+# An hdq model's entropy tables and refinement codes: fitted at export (and by fit-tables), never trained.
+TABLE_PREFIXES = ("fine_entropy.", "coarse_entropy.", "refinement.")
 
 
 def load_hdq_without_tables(stem: Path, label: str, other_architecture: str) -> tuple[nn.Module, dict]:

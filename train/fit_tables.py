@@ -8,7 +8,9 @@ images in fewer bits), or to give a model saved before the entropy model's conte
 tables of the current design (its tables cannot be read by the current code, so they are
 dropped before the network loads).
 The transforms and the coarse level are untouched; the fine codebooks keep their codes, sorted
-by use (unused ones dropped, as at export).
+by use (unused ones dropped, as at export). ``--refinement-size`` gives the models a refinement
+level (:mod:`~dqcodec.models.refinement`) of that many codes per fine codebook, or takes it away
+(0); without it a model keeps its own size, and its refinement codes are fitted anew.
 
 The levels of a family that share their transforms (``shared_weights`` in their JSON) also share
 the coarse level's tables, so they are refitted together: every model is written to a temporary
@@ -27,6 +29,7 @@ from pathlib import Path
 from dqcodec.codec.errors import DQCodecError
 
 REFIT_CLAUSE = "; context tables counted anew (dqcodec fit-tables)"  # what a refit adds to a model's recipe
+MAX_REFINEMENT_SIZE = 256  # refinement codes per fine codebook (the tables grow with it)
 
 
 def add_fit_tables_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +48,9 @@ def add_fit_tables_arguments(parser: argparse.ArgumentParser) -> None:
                              "tables)")
     parser.add_argument("--data", type=Path, default=data_dir(),
                         help="training images (default: the data folder, BSDS500 and the photos' training split)")
+    parser.add_argument("--refinement-size", type=int, default=None,
+                        help="codes per fine codebook of the refinement level, fitted on the same crops (0: none; "
+                             "default: as each model has)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--measure-images", type=int, default=24,
                         help="Kodak images to measure each refitted model on, written into its JSON (default 24; 0 skips)")
@@ -62,6 +68,8 @@ def run_fit_tables(args: argparse.Namespace) -> int:
         raise DQCodecError(f"--backoff {args.backoff}: need 0 or more")
     if args.threads < 1:
         raise DQCodecError(f"--threads {args.threads}: need at least 1")
+    if args.refinement_size is not None and not 0 <= args.refinement_size <= MAX_REFINEMENT_SIZE:
+        raise DQCodecError(f"--refinement-size {args.refinement_size}: need 0 to {MAX_REFINEMENT_SIZE}")
     torch.set_num_threads(args.threads)
     try:
         files = image_files(args.data)
@@ -77,7 +85,8 @@ def run_fit_tables(args: argparse.Namespace) -> int:
         for folder in {stem.parent.resolve() for stem in stems}:
             staging[folder] = Path(tempfile.mkdtemp(prefix=".fit-tables-", dir=folder))
         for stem in stems:
-            refit_model(stem, staging[stem.parent.resolve()] / stem.name, files, args.crops, args.backoff)
+            refit_model(stem, staging[stem.parent.resolve()] / stem.name, files, args.crops, args.backoff,
+                        args.refinement_size)
         for folder, staged in staging.items():
             for path in staged.iterdir():
                 os.replace(path, folder / path.name)
@@ -96,10 +105,12 @@ def run_fit_tables(args: argparse.Namespace) -> int:
     return 0
 
 
-def refit_model(stem: Path, out: Path, files: list[Path], crops: int, backoff: int) -> None:
+def refit_model(stem: Path, out: Path, files: list[Path], crops: int, backoff: int,
+                refinement_size: int | None = None) -> None:
     """Load hdq model ``stem`` without its tables, count them over ``crops`` crops of ``files``
     (contexts seen fewer than ``backoff`` times take their codebook's table; the other options
-    as its training recorded them, else hdq's defaults) and save it as ``out``, with its shared
+    as its training recorded them, else hdq's defaults), with a refinement level of
+    ``refinement_size`` codes (None: the model's own) and save it as ``out``, with its shared
     weights (if any) beside ``out``."""
     from dqcodec.models.registry import save_model
     from dqcodec.train.checkpoint import load_hdq_without_tables
@@ -107,6 +118,8 @@ def refit_model(stem: Path, out: Path, files: list[Path], crops: int, backoff: i
 
     recipe = RECIPES["hdq"]
     net, info = load_hdq_without_tables(stem, str(stem), "fit-tables counts the tables of hdq models")
+    if refinement_size is not None:
+        net.set_refinement_size(refinement_size)
     training = info.get("training", {})
     recorded = {item.name: training[item.name] for item in dataclasses.fields(recipe.options) if item.name in training}
     options = dataclasses.replace(recipe.options(**recorded), table_crops=crops, table_backoff=backoff)
@@ -115,7 +128,9 @@ def refit_model(stem: Path, out: Path, files: list[Path], crops: int, backoff: i
     # A model refitted before says so once, with the latest counts.
     trained = training.get("recipe", "").split(REFIT_CLAUSE)[0]
     training["recipe"] = (f"{trained}{REFIT_CLAUSE} over {crops} crops of {options.fit_crop} px, contexts seen fewer than "
-                          f"{options.table_backoff} times backed off to their codebook's table")
+                          f"{options.table_backoff} times backed off to their codebook's table"
+                          + (f", and a refinement level of {net.config.refinement_size} codes per fine codebook fitted on "
+                             "them" if net.refinement is not None else ""))
     kept = {key: value for key, value in info.items() if key not in ("architecture", "config", "shared_weights", "kodak")}
     try:
         save_model(net, out, {**kept, "training": training}, shared=info.get("shared_weights"))

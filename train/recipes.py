@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from dqcodec.models.block_runtime import guard_colours
 from dqcodec.models.interface import IndexLevel
-from dqcodec.models.lloyd import LloydResult, kmeans_plus_plus, lloyd, sample_centres
+from dqcodec.models.lloyd import LloydResult, kmeans_plus_plus, lloyd, nearest_codes, sample_centres
 from dqcodec.models.quantizers import slice_vectors
 from dqcodec.paths import data_dir
 from dqcodec.train.data import ImageFolder, RandomCrops, fitting_images, load_fitting_image, to_tensor
@@ -377,6 +377,60 @@ def _fit_hdq_tables(net: nn.Module, options: HDQOptions, files: list[Path]) -> N
         net.coarse_entropy.fit(((level["coarse"], {}) for level in levels), backoff=options.table_backoff)
         net.fine_entropy.fit(((level["fine"], {"coarse": level["coarse"]}) for level in levels),
                              backoff=options.table_backoff)
+    if net.refinement is not None:
+        _fit_refinement(net, options, crops, latents)
+
+
+@torch.no_grad()
+def _fit_refinement(net: nn.Module, options: HDQOptions, crops: list[torch.Tensor], latents: list[torch.Tensor]) -> None:
+    """The refinement level (:mod:`~dqcodec.models.refinement`) of the table crops' fine indices
+    chosen under the fine tables just counted: codes by ``options.ecvq_iterations`` Lloyd
+    iterations on the residuals (the first third plain, the rest entropy-constrained at the fine
+    level's lambda; code 0 held at zero), sorted by use; the fine codes' cell buckets from their
+    mean squared residual; then the tables, counted in 2 rounds as the fine level's (indices by
+    the codes' training shares, then those ``net.compress`` chooses under the first round's)."""
+    refinement, quantizer = net.refinement, net.fine_quantizer
+    fine_levels, residuals = [], []
+    for batch, latent in tqdm(list(zip(crops, latents)), desc="refinement residuals", unit="batch", leave=False):
+        fine = {level.name: level.indices for level in net.compress(batch, latent=latent, refine=False)}["fine"]
+        fine_levels.append(fine)
+        residuals.append(quantizer.project(latent) - quantizer.lookup(torch.from_numpy(fine)))
+    points = torch.cat([slice_vectors(residual) for residual in residuals], dim=1)  # (M, N, D)
+    fine_codes = torch.cat([torch.from_numpy(fine).permute(1, 0, 2, 3).reshape(len(points), -1) for fine in fine_levels], 1)
+    start = sample_centres(points, refinement.codebooks.shape[1], torch.Generator().manual_seed(0))
+    start[:, 0] = 0
+    fixed = torch.zeros(start.shape[:2], dtype=torch.bool)
+    fixed[:, 0] = True
+    fine_lambda = net.rate_lambdas()[0]
+    plain = lloyd(points, start, options.ecvq_iterations // 3, chunk=8192, fixed=fixed)
+    fitted = lloyd(points, plain.centres, options.ecvq_iterations - options.ecvq_iterations // 3, fine_lambda,
+                   plain.counts.clamp_min(1e-3), chunk=8192, fixed=fixed)
+    # Code 0 stays the zero vector (the contexts count the codes other than 0 as refined), the
+    # rest sorted by use; it stays in the alphabet even where no residual took it.
+    counts = torch.cat([fitted.counts[:, :1].clamp_min(1.0), fitted.counts[:, 1:]], dim=1)
+    order = torch.cat([torch.zeros_like(counts[:, :1], dtype=torch.long),
+                       1 + counts[:, 1:].argsort(dim=1, descending=True, stable=True)], dim=1)
+    codes = fitted.centres.gather(1, order[..., None].expand(-1, -1, points.shape[2]))
+    usage = counts.gather(1, order)
+    refinement.codebooks.copy_(codes)
+    refinement.entropy.set_codes(codes, usage)
+    # (M, K_fine) use and summed squared residual of every fine code.
+    fine_usage = torch.zeros_like(quantizer.ema_counts).scatter_add_(1, fine_codes, torch.ones_like(points[..., 0]))
+    power = torch.zeros_like(fine_usage).scatter_add_(1, fine_codes, points.pow(2).sum(-1))
+    refinement.entropy.set_cell_buckets(power / fine_usage.clamp_min(1), fine_usage)
+    bits = -fine_lambda * torch.log2((usage / usage.sum(dim=1, keepdim=True)).clamp_min(1e-12))
+    bits = bits.masked_fill(usage <= 0, float("inf"))
+    for round_index in range(2):
+        batches = []
+        for batch, latent, fine, residual in zip(crops, latents, fine_levels, residuals):
+            if round_index == 0:
+                b, m, _, h, w = residual.shape
+                chosen, _ = nearest_codes(slice_vectors(residual), codes, bits)
+                refine = chosen.view(m, b, h, w).transpose(0, 1).numpy()
+            else:
+                refine = net.compress(batch, latent=latent)[-1].indices
+            batches.append((refine, {"fine": fine}))
+        refinement.entropy.fit(batches, backoff=options.table_backoff)
 
 
 def _code_usage(net: nn.Module, latents: list[torch.Tensor]) -> dict[str, torch.Tensor]:
