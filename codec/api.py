@@ -351,7 +351,7 @@ def _encode_level(spec: LevelSpec, level: IndexLevel, coarser: CompressedLevels)
     encoder = RangeEncoder()
     side = _side(coarser)
     for step in spec.entropy.coding_steps(level.indices.shape):
-        encoder.encode(step.symbols(level.indices), spec.entropy.tables(level.indices, step, side))
+        encoder.encode(step.symbols(level.indices), *spec.entropy.step_tables(level.indices, step, side))
     return encoder.to_bytes()
 
 
@@ -361,6 +361,6 @@ def _decode_level(spec: LevelSpec, stream: bytes, coarser: CompressedLevels) -> 
     indices = np.zeros((1, *spec.shape), dtype=np.int64)
     side = _side(coarser)
     for step in spec.entropy.coding_steps(indices.shape):
-        step.place(indices, decoder.decode(spec.entropy.tables(indices, step, side)))
+        step.place(indices, decoder.decode(*spec.entropy.step_tables(indices, step, side)))
     decoder.finish()
     return IndexLevel(spec.name, indices)

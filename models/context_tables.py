@@ -197,17 +197,10 @@ class ContextTables:
                 yield CodingStep(m, 0, anchors)
             yield CodingStep(m, 1, ~anchors)
 
-    def tables(self, indices: np.ndarray, step: CodingStep, side: Side) -> np.ndarray:
-        """(N, K_m) integer tables for the N positions of ``step`` (all images, row-major).
-
-        The contexts come from this level and, with ``side_buckets`` > 1, from ``side``.
-        """
-        distinct, rows = self.step_tables(indices, step, side)
-        return distinct[rows]
-
     def step_tables(self, indices: np.ndarray, step: CodingStep, side: Side) -> tuple[np.ndarray, np.ndarray]:
         """The distinct tables of ``step``, (U, K_m) integers, and the row of them that each of
-        its N positions (all images, row-major) reads, (N,): one table per context seen."""
+        its N positions (all images, row-major) reads, (N,): one table per context seen. The
+        contexts come from this level and, with ``side_buckets`` > 1, from ``side``."""
         context = self.contexts(indices, step.codebook, step.phase, step.mask, side)  # (B, N per image)
         used, rows = np.unique(context, return_inverse=True)
         return self.context_tables(step.codebook, step.phase, used), rows.reshape(-1)
@@ -250,7 +243,7 @@ def choose_indices(
     codebooks: (M, K, D) float64 codewords in the entropy model's code order.
     rate_lambda: squared error (in the units of ``vectors``) per bit, a scalar or one per
         codebook (M,).
-    side: decoded coarser levels, as the entropy model's ``tables`` reads them.
+    side: decoded coarser levels, as the entropy model's ``step_tables`` reads them.
     nearest_first_rows: the first step of each predicted codebook (its first row of anchors,
         which has no decoded neighbour) takes the nearest code instead: what it chooses becomes
         the context of everything below, so a flat area keeps the code of its first row, and a

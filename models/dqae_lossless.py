@@ -133,15 +133,16 @@ class PixelMixtureModel:
         everywhere = np.ones(shape[2:], dtype=bool)
         return (CodingStep(channel, 0, everywhere) for channel in range(3))
 
-    def tables(self, indices: np.ndarray, step: CodingStep, side: Side) -> np.ndarray:
-        """(B H W, 256) tables of channel ``step.codebook``, reading the decoded earlier channels."""
+    def step_tables(self, indices: np.ndarray, step: CodingStep, side: Side) -> tuple[np.ndarray, np.ndarray]:
+        """(B H W, 256) tables of channel ``step.codebook``, one per pixel (each its own row),
+        reading the decoded earlier channels."""
         channel = step.codebook
         b, _, h, w = indices.shape
         earlier = np.moveaxis(indices[:, :channel], 1, -1).reshape(b * h * w, channel)
         tables = self._tables_for(side)
         chunks = [tables.frequencies(channel, earlier[start : start + CHUNK], start, start + CHUNK)
                   for start in range(0, len(earlier), CHUNK)]
-        return np.concatenate(chunks)
+        return np.concatenate(chunks), np.arange(len(earlier))
 
     def bits(self, indices: np.ndarray, side: Side) -> float:
         """-log2 p of the (B, 3, H, W) pixels under the integer tables."""

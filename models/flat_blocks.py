@@ -52,14 +52,15 @@ class FlatBlockModel:
         for channel in range(1, NUM_SYMBOLS):
             yield CodingStep(channel, 0, np.ones((height, width), dtype=bool))
 
-    def tables(self, indices: np.ndarray, step: CodingStep, side: Side) -> np.ndarray:
-        """(N, K) tables of ``step``: reads the decoded modes only."""
+    def step_tables(self, indices: np.ndarray, step: CodingStep, side: Side) -> tuple[np.ndarray, np.ndarray]:
+        """The two tables of ``step``'s kind and the (N,) one each symbol reads: reads the
+        decoded modes only."""
         modes = indices[:, MODE]
         if step.codebook == MODE:
             above = np.zeros_like(modes)
             above[:, 1:] = modes[:, :-1]
-            return self.mode_tables[(above[:, step.mask] > 0).reshape(-1).astype(np.int64)]
-        return self.colour_tables[(modes[:, step.mask] == NEW_COLOUR_MODE).reshape(-1).astype(np.int64)]
+            return self.mode_tables, (above[:, step.mask] > 0).reshape(-1).astype(np.int64)
+        return self.colour_tables, (modes[:, step.mask] == NEW_COLOUR_MODE).reshape(-1).astype(np.int64)
 
     def bits(self, indices: np.ndarray, side: Side) -> float:
         """-log2 p of all (B, 4, h, w) symbols under the tables."""

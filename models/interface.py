@@ -19,7 +19,7 @@ levels of code indices, coarse to fine, and back:
 
 Index entropy models turn indices into integer frequency tables for the range coder
 (``dqcodec.codec`` owns the coder and the bytes). They code one level's (B, M, h, w) indices in
-``coding_steps``; ``tables`` may read what is already decoded of that level and ``side``, the
+``coding_steps``; ``step_tables`` may read what is already decoded of that level and ``side``, the
 decoded coarser levels by name, so a hierarchical model is a composition of per-level models in
 which the fine level reads the coarse one (as CompressAI's ``latent_codecs`` nest). Tables are
 integers computed only from integers, so encoder and decoder rebuild them bit for bit
@@ -109,9 +109,11 @@ class IndexEntropyModel(Protocol):
     def coding_steps(self, shape: tuple[int, int, int, int]) -> Iterator[CodingStep]:
         """The steps, in coding order, that together code every index of a (B, M, h, w) level once."""
 
-    def tables(self, indices: np.ndarray, step: CodingStep, side: Side) -> np.ndarray:
-        """(N, K) int32 frequency tables (each >= 1, rows summing to at most 2**16) for the N
-        symbols of ``step``; reads only what is decoded before ``step`` and ``side``."""
+    def step_tables(self, indices: np.ndarray, step: CodingStep, side: Side) -> tuple[np.ndarray, np.ndarray]:
+        """The tables of ``step``'s N symbols: (U, K) int32 distinct frequency tables (each entry
+        >= 1, rows summing to at most 2**16) and the (N,) row of them each symbol reads (a step
+        codes hundreds of symbols with a few dozen tables, and the coder turns each distinct
+        table into probabilities once); reads only what is decoded before ``step`` and ``side``."""
 
     def bits(self, indices: np.ndarray, side: Side) -> float:
         """-log2 p of all indices under the tables (the estimate beside a file's real size)."""
@@ -182,9 +184,9 @@ def level_bits(entropy: IndexEntropyModel, indices: np.ndarray, side: Side) -> f
     in its coding order (what an entropy model's ``bits`` returns)."""
     total = 0.0
     for step in entropy.coding_steps(indices.shape):
-        table = entropy.tables(indices, step, side).astype(np.float64)
-        symbols = step.symbols(indices)
-        total -= float(np.log2(table[np.arange(len(symbols)), symbols] / table.sum(axis=1)).sum())
+        tables, rows = entropy.step_tables(indices, step, side)
+        tables = tables.astype(np.float64)
+        total -= float(np.log2(tables[rows, step.symbols(indices)] / tables.sum(axis=1)[rows]).sum())
     return total
 
 

@@ -41,8 +41,8 @@ class CoarseConditionedModel(nn.Module):
         coarse = side["coarse"][:, step.codebook].repeat(self.factor, axis=1).repeat(self.factor, axis=2)
         return (coarse * 4 // LEVELS)[:, step.mask].reshape(-1)
 
-    def tables(self, indices, step, side):
-        return self.frequencies[step.codebook].numpy()[self._contexts(step, side)]
+    def step_tables(self, indices, step, side):
+        return self.frequencies[step.codebook].numpy(), self._contexts(step, side)
 
     def bits(self, indices, side):
         return level_bits(self, indices, side)

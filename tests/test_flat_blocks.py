@@ -38,11 +38,11 @@ def test_the_level_round_trips_through_the_range_coder_and_photographs_pay_almos
     symbols = flat_block_symbols(_image(), BLOCK)
     encoder = RangeEncoder()
     for step in model.coding_steps(symbols.shape):
-        encoder.encode(step.symbols(symbols), model.tables(symbols, step, {}))
+        encoder.encode(step.symbols(symbols), *model.step_tables(symbols, step, {}))
     decoder = RangeDecoder(encoder.to_bytes())
     decoded = np.zeros_like(symbols)
     for step in model.coding_steps(decoded.shape):
-        step.place(decoded, decoder.decode(model.tables(decoded, step, {})))
+        step.place(decoded, decoder.decode(*model.step_tables(decoded, step, {})))
     decoder.finish()
     assert np.array_equal(decoded, symbols)
     noise = np.random.default_rng(1).integers(0, 256, size=(2, 3, 64, 64)) / 255

@@ -407,7 +407,7 @@ def test_activity_contexts_read_only_what_the_decoder_has_and_sort_busy_blocks_a
     side = {"coarse": coarse}
     decoded = np.zeros_like(indices)  # what a decoder holds, step by step
     for step in model.coding_steps(indices.shape):
-        assert np.array_equal(model.tables(decoded, step, side), model.tables(indices, step, side))
+        assert all(map(np.array_equal, model.step_tables(decoded, step, side), model.step_tables(indices, step, side)))
         step.place(decoded, step.symbols(indices))
     assert np.array_equal(decoded, indices)
     assert model.frequencies.shape == (20, 2, 128, 8)  # 64 contexts per phase, times 2 coarse buckets
@@ -456,7 +456,7 @@ def test_predicted_codebooks_take_the_level_bin_of_the_predicted_code():
     # A decoder holding only what is decoded so far gets the same tables at every step.
     decoded = np.zeros_like(indices)
     for step in model.coding_steps(indices.shape):
-        assert np.array_equal(model.tables(decoded, step, side), model.tables(indices, step, side))
+        assert all(map(np.array_equal, model.step_tables(decoded, step, side), model.step_tables(indices, step, side)))
         step.place(decoded, step.symbols(indices))
 
 
@@ -477,7 +477,8 @@ def test_second_phase_adapts_to_the_image_in_integers():
     indices[0] = np.where(rng.random((m_count, 16, 16)) < 0.9, 5, indices[0])
     side = {"coarse": coarse}
     step = [step for step in model.coding_steps(indices.shape) if step.phase == 1][1]
-    adapted = model.tables(indices, step, side)
+    tables, rows = model.step_tables(indices, step, side)
+    adapted = tables[rows]
     distinct, rows = ContextTables.step_tables(model, indices, step, side)  # the base class's: not adapted
     static = distinct[rows]
     share = lambda tables: tables[:, 5] / tables.sum(axis=1)  # noqa: E731
@@ -491,7 +492,7 @@ def test_second_phase_adapts_to_the_image_in_integers():
     model.marginal[1] = torch.tensor([1] + [9000] * (k_count - 1), dtype=torch.int32)
     huge = np.zeros((1, m_count, 1024, 1024), dtype=np.int64)
     mask = np.add.outer(np.arange(1024), np.arange(1024)) % 2 == 1  # the second phase's positions
-    tables = model.tables(huge, type(step)(1, 1, mask), {"coarse": np.zeros((1, 1, 512, 512), dtype=np.int64)})
+    tables, _ = model.step_tables(huge, type(step)(1, 1, mask), {"coarse": np.zeros((1, 1, 512, 512), dtype=np.int64)})
     assert tables.dtype == np.int32 and (tables >= 1).all() and (tables.sum(axis=1) <= TABLE_PRECISION).all()
     assert (tables[:, 0] > TABLE_PRECISION // 2).all()
 
@@ -579,7 +580,7 @@ def test_refinement_contexts_read_only_what_the_decoder_has_and_follow_the_fine_
     model.fit([(refine, side)])
     decoded = np.zeros_like(refine)
     for step in model.coding_steps(refine.shape):
-        assert np.array_equal(model.tables(decoded, step, side), model.tables(refine, step, side))
+        assert all(map(np.array_equal, model.step_tables(decoded, step, side), model.step_tables(refine, step, side)))
         step.place(decoded, step.symbols(refine))
     assert np.array_equal(decoded, refine)
     shuffled = {"fine": rng.permutation(fine.ravel()).reshape(fine.shape)}

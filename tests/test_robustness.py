@@ -197,24 +197,25 @@ def test_the_generic_loop_checks_every_level_of_a_two_level_codec():
 def test_the_range_decoder_stops_as_soon_as_its_stream_runs_out(monkeypatch):
     monkeypatch.setattr(RangeDecoder, "CHUNK", 1000)
     tables = RNG.integers(1, 1000, (200_000, 16)).astype(np.int32)
+    rows = np.arange(len(tables))  # a table of its own for every symbol
     symbols = RNG.integers(0, 16, 200_000)
     encoder = RangeEncoder()
-    encoder.encode(symbols, tables)
+    encoder.encode(symbols, tables, rows)
     stream = encoder.to_bytes()
     decoder = RangeDecoder(stream)
-    assert np.array_equal(decoder.decode(tables), symbols)
+    assert np.array_equal(decoder.decode(tables, rows), symbols)
     decoder.finish()
     for cut in (0, 4, 8, len(stream) // 3, len(stream) - 4):
         decoder = RangeDecoder(stream[:cut])
         with pytest.raises(dqcodec.DQCodecError, match="ends before"):
-            decoder.decode(tables)
+            decoder.decode(tables, rows)
         # One chunk past the end at most: 1000 symbols of at most 14 bits each.
         assert decoder._mirror.pos()[0] < cut // 4 + 1000 * 14 // 32
     changed = bytearray(stream)
     changed[-4] ^= 0x01  # the lowest bit of the last word: symbols may decode the same, the check sees it
     decoder = RangeDecoder(bytes(changed))
     with pytest.raises(dqcodec.DQCodecError):
-        decoder.decode(tables)
+        decoder.decode(tables, rows)
         decoder.finish()
 
 
