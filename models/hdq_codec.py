@@ -296,11 +296,16 @@ class HierarchicalDQCodec(nn.Module):
         flat = flat_block_symbols(image.numpy(), FINE_STRIDE)
         levels = [IndexLevel(FLAT, flat), IndexLevel(COARSE, coarse), IndexLevel(FINE, fine)]
         if refine and self.refinement is not None:
-            residual = fine_slices - self.fine_quantizer.lookup(torch.from_numpy(fine)).double().numpy()
-            codes = self.refinement.codebooks.double().numpy()
-            levels.append(IndexLevel(REFINE, choose_indices(residual, codes, self.refinement.entropy, fine_lambda,
-                                                            side={FINE: fine})))
+            levels.append(IndexLevel(REFINE, self.choose_refinement(fine_slices, fine, fine_lambda)))
         return levels
+
+    def choose_refinement(self, fine_slices: np.ndarray, fine: np.ndarray, fine_lambda: float) -> np.ndarray:
+        """(B, M, D, h, w) float64 fine slices and their (B, M, h, w) fine indices -> (B, M, h, w)
+        refinement indices, chosen for the residual the fine codes left under the refinement's
+        tables in coding order, at ``fine_lambda`` (latent units, :meth:`rate_lambdas`)."""
+        residual = fine_slices - self.fine_quantizer.lookup(torch.from_numpy(fine)).double().numpy()
+        return choose_indices(residual, self.refinement.codebooks.double().numpy(), self.refinement.entropy,
+                              fine_lambda, side={FINE: fine})
 
     @torch.no_grad()
     def decompress(self, levels: CompressedLevels) -> torch.Tensor:

@@ -418,17 +418,17 @@ def _fit_refinement(net: nn.Module, options: HDQOptions, crops: list[torch.Tenso
     fine_usage = torch.zeros_like(quantizer.ema_counts).scatter_add_(1, fine_codes, torch.ones_like(points[..., 0]))
     power = torch.zeros_like(fine_usage).scatter_add_(1, fine_codes, points.pow(2).sum(-1))
     refinement.entropy.set_cell_buckets(power / fine_usage.clamp_min(1), fine_usage)
-    bits = -fine_lambda * torch.log2((usage / usage.sum(dim=1, keepdim=True)).clamp_min(1e-12))
-    bits = bits.masked_fill(usage <= 0, float("inf"))
+    code_cost = -fine_lambda * torch.log2((usage / usage.sum(dim=1, keepdim=True)).clamp_min(1e-12))
+    code_cost = code_cost.masked_fill(usage <= 0, float("inf"))
     for round_index in range(2):
         batches = []
-        for batch, latent, fine, residual in zip(crops, latents, fine_levels, residuals):
+        for latent, fine, residual in zip(latents, fine_levels, residuals):
             if round_index == 0:
                 b, m, _, h, w = residual.shape
-                chosen, _ = nearest_codes(slice_vectors(residual), codes, bits)
+                chosen, _ = nearest_codes(slice_vectors(residual), codes, code_cost)
                 refine = chosen.view(m, b, h, w).transpose(0, 1).numpy()
             else:
-                refine = net.compress(batch, latent=latent)[-1].indices
+                refine = net.choose_refinement(quantizer.project(latent).double().numpy(), fine, fine_lambda)
             batches.append((refine, {"fine": fine}))
         refinement.entropy.fit(batches, backoff=options.table_backoff)
 
