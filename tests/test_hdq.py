@@ -587,6 +587,19 @@ def test_refinement_contexts_read_only_what_the_decoder_has_and_follow_the_fine_
     assert model.bits(refine, side) < 0.9 * model.bits(refine, shuffled)
 
 
+def test_a_model_trained_with_a_refinement_size_exports_its_refinement_level(tmp_path):
+    data = wave_images(tmp_path / "images", seed=2)
+    export = ["--export", "hdq-refined", "--family", "hdq-test", "--quality", "1", "--weights-dir", str(tmp_path / "w"),
+              "--measure-images", "0"]
+    assert main(tiny_run(tmp_path / "run", data, 2, "--refinement-size", "4", *export)) == 0
+    stem = tmp_path / "w" / "hdq-refined"
+    assert json.loads(stem.with_suffix(".json").read_text())["config"]["refinement_size"] == 4
+    pixels = np.asarray(Image.open(data / "1.png"))
+    encoded = dqcodec.encode(pixels, model=f"{stem}.json")
+    assert len(unpack(encoded)[1]) == 4
+    assert np.asarray(dqcodec.decode(encoded)).shape == pixels.shape
+
+
 def test_fit_tables_gives_a_model_a_refinement_level_that_codes_exactly_and_lowers_distortion(tiny_model, tmp_path,
                                                                                               capsys):
     import shutil
