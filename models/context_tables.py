@@ -159,26 +159,31 @@ class ContextTables:
     def _nearest_codes(self, indices: np.ndarray, m: int, phase: int, mask: np.ndarray) -> np.ndarray:
         """(B, N) code of predicted codebook m nearest to the mean level of each masked
         position's decoded same-codebook neighbours; -1 where none is decoded yet."""
+        level = np.asarray(self.code_level)[m, : int(self.alphabet_sizes[m])].astype(np.int64)
+        values, inside = self._decoded_neighbours(indices, m, phase, mask)
+        count, total = inside.sum(axis=0), (values * inside).sum(axis=1)
+        # argmin_k |level_k - total / count|, scaled by count to stay in integers.
+        error = np.abs(count[None, :, None] * level - total[..., None])
+        return np.where(count > 0, error.argmin(axis=-1), -1)
+
+    def _decoded_neighbours(self, indices: np.ndarray, m: int, phase: int, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The levels of predicted codebook m's decoded same-codebook neighbours of each masked
+        position, (B, n, N) int64 for the n neighbour offsets of the phase, and (n, N) whether
+        each lies in the image."""
         size = int(self.alphabet_sizes[m])
         level = np.asarray(self.code_level)[m, :size].astype(np.int64)
+        offsets = _ANCHOR_NEIGHBOURS if phase == 0 else _CROSS_NEIGHBOURS
         # Only the rows around the masked ones are read (neighbours lie 2 rows up to 1 row down):
         # a level coded row by row would otherwise be scanned whole once per row.
         rows = np.flatnonzero(mask.any(axis=1))
         if len(rows) == 0:
-            return np.zeros((indices.shape[0], 0), dtype=np.int64)
+            return np.zeros((indices.shape[0], len(offsets), 0), dtype=np.int64), np.zeros((len(offsets), 0), dtype=bool)
         top, bottom = max(0, rows[0] - 2), min(mask.shape[0], rows[-1] + 2)
         mask = mask[top:bottom]
         values = level[np.minimum(indices[:, m, top:bottom], size - 1)]
-        total = np.zeros_like(values)
-        count = np.zeros(values.shape[1:], dtype=np.int64)
-        for dy, dx in _ANCHOR_NEIGHBOURS if phase == 0 else _CROSS_NEIGHBOURS:
-            shifted, inside = _shifted(values, dy, dx)
-            total += shifted * inside
-            count += inside
-        # argmin_k |level_k - total / count|, scaled by count to stay in integers.
-        count, total = count[mask], total[:, mask]
-        error = np.abs(count[None, :, None] * level - total[..., None])
-        return np.where(count > 0, error.argmin(axis=-1), -1)
+        shifted = [_shifted(values, dy, dx) for dy, dx in offsets]
+        return (np.stack([moved[:, mask] for moved, _ in shifted], axis=1),
+                np.stack([inside[mask] for _, inside in shifted]))
 
     def coding_steps(self, shape: tuple[int, int, int, int]) -> Iterator[CodingStep]:
         """The coding order of (B, M, H, W) indices: codebook by codebook, anchors then the rest.

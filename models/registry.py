@@ -144,6 +144,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         integer_dtypes={**_context_tables("coarse_entropy"), **_context_tables("fine_entropy"),
          "fine_entropy.coarse_class": np.uint8, "fine_entropy.coarse_edges": np.int32,
          "fine_entropy.activity_edges": np.int32, "fine_entropy.predicted_bins": np.uint8,
+         "fine_entropy.predicted_spread_edges": np.int32,
          "fine_entropy.marginal": np.uint16, **_context_tables("refinement.entropy"),
          "refinement.entropy.cell_bucket": np.uint8},
         packed_tables=("coarse_entropy", "fine_entropy", "refinement.entropy"),

@@ -426,7 +426,7 @@ def test_activity_contexts_read_only_what_the_decoder_has_and_sort_busy_blocks_a
 
 
 def test_predicted_codebooks_take_the_level_bin_of_the_predicted_code():
-    from dqcodec.models.hierarchical_entropy import CoarseConditionedIndexModel, PREDICTED_BINS
+    from dqcodec.models.hierarchical_entropy import PREDICTED_BINS, PREDICTED_SPREADS, CoarseConditionedIndexModel
 
     rng = np.random.default_rng(5)
     m_count, k_count = 2, 256
@@ -447,12 +447,24 @@ def test_predicted_codebooks_take_the_level_bin_of_the_predicted_code():
     assert (np.diff(bins[np.argsort(levels)]) >= 0).all() and bins.max() == PREDICTED_BINS - 1
     counts = np.bincount(bins[indices[:, 0].ravel()], minlength=PREDICTED_BINS)
     assert counts.max() < 4 * indices[:, 0].size / PREDICTED_BINS
-    # Context 0 where no neighbour is decoded (the first anchor row), the bin + 1 elsewhere.
+    # Context 0 where no neighbour is decoded (the first anchor row), else 1 + the bin, split by
+    # the spread of the neighbours' levels.
     step = next(iter(model.coding_steps(indices.shape)))
     assert (model._level_contexts(indices, 0, 0, step.mask) == 0).all()
     mask = np.ones(indices.shape[2:], dtype=bool)
     nearest = model._nearest_codes(indices, 0, 1, mask)
-    assert np.array_equal(model._level_contexts(indices, 0, 1, mask), bins[nearest] + 1)
+    spread = model._neighbour_spread(indices, 0, 1, mask)
+    contexts = model._level_contexts(indices, 0, 1, mask)
+    assert np.array_equal((contexts - 1) // PREDICTED_SPREADS, bins[nearest])
+    # Wider spreads take higher buckets, and the terciles of the data use all of them.
+    order = np.argsort(spread.ravel(), kind="stable")
+    assert (np.diff(((contexts - 1) % PREDICTED_SPREADS).ravel()[order]) >= 0).all()
+    assert len(np.unique((contexts - 1) % PREDICTED_SPREADS)) == PREDICTED_SPREADS
+    # The spread is the largest minus the smallest of the 4 decoded anchor neighbours' levels.
+    level = model.code_level.numpy()[0].astype(np.int64)[indices[:, 0]]
+    row, col = 5, 8
+    around = [level[0, row + dy, col + dx] for dy, dx in ((0, -1), (0, 1), (-1, 0), (1, 0))]
+    assert spread[0].reshape(indices.shape[2:])[row, col] == max(around) - min(around)
     # A decoder holding only what is decoded so far gets the same tables at every step.
     decoded = np.zeros_like(indices)
     for step in model.coding_steps(indices.shape):
