@@ -159,8 +159,12 @@ class ContextTables:
     def _nearest_codes(self, indices: np.ndarray, m: int, phase: int, mask: np.ndarray) -> np.ndarray:
         """(B, N) code of predicted codebook m nearest to the mean level of each masked
         position's decoded same-codebook neighbours; -1 where none is decoded yet."""
+        return self._nearest_to_mean(m, *self._decoded_neighbours(indices, m, phase, mask))
+
+    def _nearest_to_mean(self, m: int, values: np.ndarray, inside: np.ndarray) -> np.ndarray:
+        """(B, N) code of predicted codebook m nearest to the mean of the neighbour levels
+        ``values`` (B, n, N) where ``inside`` (n, N); -1 where there is none."""
         level = np.asarray(self.code_level)[m, : int(self.alphabet_sizes[m])].astype(np.int64)
-        values, inside = self._decoded_neighbours(indices, m, phase, mask)
         count, total = inside.sum(axis=0), (values * inside).sum(axis=1)
         # argmin_k |level_k - total / count|, scaled by count to stay in integers.
         error = np.abs(count[None, :, None] * level - total[..., None])

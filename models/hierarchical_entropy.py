@@ -67,6 +67,14 @@ ADAPT_STRENGTH = 4  # pseudo-counts of the training marginal per code in the sec
 WEIGHT_ONE = 1 << 8  # fixed-point unit of the adaptation's weights
 
 
+def level_spread(values: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """(B, N) largest minus smallest of the neighbour levels ``values`` (B, n, N) where ``inside``
+    (n, N) (0 with fewer than two)."""
+    highest = np.where(inside, values, np.iinfo(np.int64).min).max(axis=1)
+    lowest = np.where(inside, values, np.iinfo(np.int64).max).min(axis=1)
+    return np.where(inside.sum(axis=0) > 1, highest - lowest, 0)
+
+
 class CoarseConditionedIndexModel(ContextIndexModel):
     """Context tables of a fine level whose contexts also read the coarse level ``coarse_name``.
 
@@ -111,9 +119,10 @@ class CoarseConditionedIndexModel(ContextIndexModel):
         predicted code and the spread of the neighbours it was predicted from, the others' from
         the activity sums (module docstring)."""
         if m < self.num_predicted:
-            nearest = self._nearest_codes(indices, m, phase, mask)
+            neighbours = self._decoded_neighbours(indices, m, phase, mask)  # gathered once for both
+            nearest = self._nearest_to_mean(m, *neighbours)
             level_bin = self.predicted_bins[m].numpy()[np.maximum(nearest, 0)]
-            spread = _bucket(self._neighbour_spread(indices, m, phase, mask), self.predicted_spread_edges[m, phase].numpy())
+            spread = _bucket(level_spread(*neighbours), self.predicted_spread_edges[m, phase].numpy())
             return np.where(nearest >= 0, 1 + level_bin * PREDICTED_SPREADS + spread, 0)
         previous, own, neighbours = self._activity(indices, m, phase)
         edges = self.activity_edges[m, phase].numpy()
@@ -123,10 +132,7 @@ class CoarseConditionedIndexModel(ContextIndexModel):
     def _neighbour_spread(self, indices: np.ndarray, m: int, phase: int, mask: np.ndarray) -> np.ndarray:
         """(B, N) largest minus smallest level of predicted codebook m's decoded neighbours of each
         masked position (0 with fewer than two)."""
-        values, inside = self._decoded_neighbours(indices, m, phase, mask)
-        highest = np.where(inside, values, np.iinfo(np.int64).min).max(axis=1)
-        lowest = np.where(inside, values, np.iinfo(np.int64).max).min(axis=1)
-        return np.where(inside.sum(axis=0) > 1, highest - lowest, 0)
+        return level_spread(*self._decoded_neighbours(indices, m, phase, mask))
 
     def step_tables(self, indices: np.ndarray, step: CodingStep, side: Side) -> tuple[np.ndarray, np.ndarray]:
         """As :meth:`ContextTables.step_tables`; in the second phase, one table per image and
@@ -232,10 +238,11 @@ class CoarseConditionedIndexModel(ContextIndexModel):
         each predicted codebook and phase codes in ``batches`` ((B, M, H, W) indices each)."""
         for m in range(min(self.num_predicted, self.num_codebooks)):
             for phase in range(NUM_PHASES):
-                spreads = np.concatenate([self._neighbour_spread(indices, m, phase, step.mask).ravel()
-                                          for indices in batches
-                                          for step in self.coding_steps(indices.shape)
-                                          if step.codebook == m and step.phase == phase])
+                # A phase's whole mask at once: from complete indices, a position's decoded
+                # neighbours are the same whether its step codes one row or all of them.
+                spreads = np.concatenate([
+                    self._neighbour_spread(indices, m, phase, anchor_mask(*indices.shape[2:]) == (phase == 0)).ravel()
+                    for indices in batches])
                 quantiles = np.quantile(spreads, np.arange(1, PREDICTED_SPREADS) / PREDICTED_SPREADS)
                 edges = np.floor(quantiles).astype(np.int64) + 1
                 for i in range(1, len(edges)):  # strictly rising: every bucket spans at least one value

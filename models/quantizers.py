@@ -26,6 +26,14 @@ from dqcodec.models.lloyd import nearest_codes, squared_distances
 GUARD_SHARE = 1e-2
 
 
+def lookup_codes(codebooks: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """(M, K, D) codebooks and (B, M, H', W') indices into them -> (B, M, D, H', W') codewords."""
+    b, m, h, w = indices.shape
+    flat = indices.permute(1, 0, 2, 3).reshape(m, -1)
+    codes = torch.gather(codebooks, 1, flat[..., None].expand(-1, -1, codebooks.shape[2]))
+    return codes.view(m, b, h, w, codebooks.shape[2]).permute(1, 0, 4, 2, 3)
+
+
 def slice_vectors(slices: torch.Tensor) -> torch.Tensor:
     """(B, M, D, H', W') slices -> (M, B*H'*W', D): the vectors each codebook quantizes."""
     b, m, d, h, w = slices.shape
@@ -152,10 +160,7 @@ class CodebookQuantizer(nn.Module):
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, M, H', W') indices -> (B, M, D, H', W') codewords."""
-        b, m, h, w = indices.shape
-        flat = indices.permute(1, 0, 2, 3).reshape(m, -1)
-        codes = torch.gather(self.codebooks, 1, flat[..., None].expand(-1, -1, self.code_dim))
-        return codes.view(m, b, h, w, self.code_dim).permute(1, 0, 4, 2, 3)
+        return lookup_codes(self.codebooks, indices)
 
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) features -> (B, M, H', W') int64 indices."""

@@ -37,6 +37,7 @@ from torch import nn
 from dqcodec.models.context_tables import _bucket, _neighbour_sum, anchor_mask
 from dqcodec.models.entropy import ContextIndexModel
 from dqcodec.models.interface import Side
+from dqcodec.models.quantizers import lookup_codes
 
 REFINE = "refine"
 CELL_BUCKETS = 4
@@ -95,6 +96,4 @@ class FineRefinement(nn.Module):
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, M, h, w) refinement indices -> (B, M, D, h, w) residual codes."""
-        m_count, _, dim = self.codebooks.shape
-        codes = self.codebooks[torch.arange(m_count)[None, :, None, None], indices]  # (B, M, h, w, D)
-        return codes.permute(0, 1, 4, 2, 3)
+        return lookup_codes(self.codebooks, indices)

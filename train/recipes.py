@@ -390,11 +390,12 @@ def _fit_refinement(net: nn.Module, options: HDQOptions, crops: list[torch.Tenso
     mean squared residual; then the tables, counted in 2 rounds as the fine level's (indices by
     the codes' training shares, then those ``net.compress`` chooses under the first round's)."""
     refinement, quantizer = net.refinement, net.fine_quantizer
-    fine_levels, residuals = [], []
+    fine_levels, slices, residuals = [], [], []
     for batch, latent in tqdm(list(zip(crops, latents)), desc="refinement residuals", unit="batch", leave=False):
         fine = {level.name: level.indices for level in net.compress(batch, latent=latent, refine=False)}["fine"]
         fine_levels.append(fine)
-        residuals.append(quantizer.project(latent) - quantizer.lookup(torch.from_numpy(fine)))
+        slices.append(quantizer.project(latent))
+        residuals.append(slices[-1] - quantizer.lookup(torch.from_numpy(fine)))
     points = torch.cat([slice_vectors(residual) for residual in residuals], dim=1)  # (M, N, D)
     fine_codes = torch.cat([torch.from_numpy(fine).permute(1, 0, 2, 3).reshape(len(points), -1) for fine in fine_levels], 1)
     start = sample_centres(points, refinement.codebooks.shape[1], torch.Generator().manual_seed(0))
@@ -422,13 +423,13 @@ def _fit_refinement(net: nn.Module, options: HDQOptions, crops: list[torch.Tenso
     code_cost = code_cost.masked_fill(usage <= 0, float("inf"))
     for round_index in range(2):
         batches = []
-        for latent, fine, residual in zip(latents, fine_levels, residuals):
+        for batch_slices, fine, residual in zip(slices, fine_levels, residuals):
             if round_index == 0:
                 b, m, _, h, w = residual.shape
                 chosen, _ = nearest_codes(slice_vectors(residual), codes, code_cost)
                 refine = chosen.view(m, b, h, w).transpose(0, 1).numpy()
             else:
-                refine = net.choose_refinement(quantizer.project(latent).double().numpy(), fine, fine_lambda)
+                refine = net.choose_refinement(batch_slices.double().numpy(), fine, fine_lambda)
             batches.append((refine, {"fine": fine}))
         refinement.entropy.fit(batches, backoff=options.table_backoff)
 
