@@ -350,8 +350,9 @@ def _encode_level(spec: LevelSpec, level: IndexLevel, coarser: CompressedLevels)
     """One level's indices -> its stream, step by step in the entropy model's coding order."""
     encoder = RangeEncoder()
     side = _side(coarser)
-    for step in spec.entropy.coding_steps(level.indices.shape):
-        encoder.encode(step.symbols(level.indices), *spec.entropy.step_tables(level.indices, step, side))
+    for number, step in enumerate(spec.entropy.coding_steps(level.indices.shape)):
+        tables = spec.entropy.step_tables(level.indices, step, side) if level.step_tables is None else level.step_tables[number]
+        encoder.encode(step.symbols(level.indices), *tables)
     return encoder.to_bytes()
 
 

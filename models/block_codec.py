@@ -186,9 +186,9 @@ class BlockCodec(nn.Module):
         the same weights still write the same files). ``rate_lambda``: pixel units; None: the model's own.
         """
         slices = self.code_slices(image).double().numpy()
-        indices = choose_indices(slices, self.code_values(), self.entropy, self.rate_lambdas(rate_lambda),
-                                 nearest_first_rows=self.holds_guard_codes())
-        return [IndexLevel(LEVEL_NAME, indices)]
+        indices, step_tables = choose_indices(slices, self.code_values(), self.entropy, self.rate_lambdas(rate_lambda),
+                                              nearest_first_rows=self.holds_guard_codes())
+        return [IndexLevel(LEVEL_NAME, indices, step_tables)]
 
     @torch.no_grad()
     def decompress(self, levels: CompressedLevels) -> torch.Tensor:

@@ -143,9 +143,9 @@ class BlockRuntime:
         """(B, 3, H, W) float64 image in [0, 1] -> one level of (B, M, H/P, W/P) indices, each
         minimising distortion + lambda * (-log2 p) under the context tables in coding order
         (``rate_lambda`` in pixel units; None: the model's own)."""
-        indices = choose_indices(self.code_slices(image), self.code_values, self.entropy, self.rate_lambdas(rate_lambda),
-                                 nearest_first_rows=self.nearest_first_rows)
-        return [IndexLevel(LEVEL_NAME, indices)]
+        indices, step_tables = choose_indices(self.code_slices(image), self.code_values, self.entropy,
+                                              self.rate_lambdas(rate_lambda), nearest_first_rows=self.nearest_first_rows)
+        return [IndexLevel(LEVEL_NAME, indices, step_tables)]
 
     def decompress(self, levels: CompressedLevels) -> np.ndarray:
         """The ``"blocks"`` level -> (B, 3, H, W) float64 image clamped to [0, 1]."""

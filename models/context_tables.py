@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dqcodec.models.interface import CodingStep, Side, level_bits
+from dqcodec.models.interface import CodingStep, Side, StepTables, level_bits
 
 NUM_CLASSES = 4
 # Class of a code by its distance rank from the mode: rank 0 -> 0, ranks 1-2 -> 1, 3-6 -> 2, 7+ -> 3.
@@ -245,7 +245,7 @@ def choose_indices(
     rate_lambda: np.ndarray | float,
     side: Side | None = None,
     nearest_first_rows: bool = False,
-) -> np.ndarray:
+) -> tuple[np.ndarray, StepTables]:
     """Rate-distortion optimised indices under the context tables, in coding order (greedy RDO).
 
     vectors: (B, M, D, H, W) float64, the values that codebook m quantizes at each position.
@@ -257,8 +257,9 @@ def choose_indices(
         which has no decoded neighbour) takes the nearest code instead: what it chooses becomes
         the context of everything below, so a flat area keeps the code of its first row, and a
         code off the nearest one that was cheaper for that row would spread over the whole area.
-    Returns (B, M, H, W) int64: each index minimises ||x - c_k||^2 + lambda * (-log2 p(k | context)),
-    the context made of the indices already chosen, exactly as the decoder will see them.
+    Returns (B, M, H, W) int64 indices, each minimising ||x - c_k||^2 + lambda * (-log2 p(k | context)),
+    the context made of the indices already chosen, exactly as the decoder will see them; and each
+    step's (tables, rows) from ``entropy.step_tables``, for the range coder (``IndexLevel.step_tables``).
     """
     b, m_count, d, h, w = vectors.shape
     lambdas = np.broadcast_to(np.asarray(rate_lambda, dtype=np.float64), (m_count,))
@@ -269,20 +270,25 @@ def choose_indices(
     norms = (codebooks * codebooks).sum(axis=-1)  # (M, K)
     indices = np.zeros((b, m_count, h, w), dtype=np.int64)
     started: set[int] = set()
+    step_tables: StepTables = []
     for step in entropy.coding_steps(indices.shape):
         m = step.codebook
         # The rate term is computed once per distinct table (a few dozen) and gathered.
         table, rows = entropy.step_tables(indices, step, side or {})  # (U, K_m), (N,)
+        step_tables.append((table, rows))
         bits = np.log2(table.sum(axis=1, keepdims=True)) - np.log2(table)
         nearest = nearest_first_rows and m < entropy.num_predicted and m not in started
         started.add(m)
         size = table.shape[1]
         offset = norms[m, :size] + (0.0 if nearest else lambdas[m]) * bits  # (U, K_m)
         points = vectors[:, m][:, :, step.mask].transpose(0, 2, 1).reshape(-1, d)  # (N, D)
-        cost = points @ (-2.0 * codebooks[m, :size].T)  # (N, K_m)
-        cost += offset[rows]
+        # The rows' offsets gathered by np.take, then the product added in place: the same sums
+        # as the product plus offset[rows], and hdq-q5's fine level of a Kodak image took 0.28
+        # instead of 0.33 s.
+        cost = np.take(offset, rows, axis=0)  # (N, K_m)
+        cost += points @ (-2.0 * codebooks[m, :size].T)
         step.place(indices, cost.argmin(axis=1))
-    return indices
+    return indices, step_tables
 
 
 def quantize_table(counts: np.ndarray) -> np.ndarray:

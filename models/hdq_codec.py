@@ -14,6 +14,13 @@ A model may add a last level, the fine indices' refinement (:mod:`~dqcodec.model
 residual code per fine codebook and position, which lifts the top rates past the fine codebooks'
 resolution.
 
+Decoder feedback (encoder only): the analysis is one amortised guess at the latent. Before the
+fine codes are chosen, the encoder decodes a first guess (each slice's nearest code),
+takes the pixel residual x - x_hat back through the synthesis' linear block path (W^T, one matrix
+per block) and moves the slices by ``feedback_step * W^T (x - x_hat) / gain``: a step of gradient
+descent on the squared pixel error, straight through the quantizer. The file format does not
+change; the decoder never sees it.
+
 Rate-distortion trade-off: ``rate_lambda`` is in pixel units (squared error of [0, 1] RGB values
 per bit). The fine quantizer's entropy-constrained assignment works in latent units, so it uses
 ``rate_lambda / gain``, where ``gain`` is the synthesis' squared gain per latent dimension
@@ -29,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dqcodec.models.block_runtime import GUARD_PIXEL_ERROR
@@ -37,7 +45,7 @@ from dqcodec.models.context_tables import choose_indices
 from dqcodec.models.entropy import ContextIndexModel
 from dqcodec.models.flat_blocks import NUM_SYMBOLS, FlatBlockModel, flat_block_colours, flat_block_symbols
 from dqcodec.models.hierarchical_entropy import CoarseConditionedIndexModel
-from dqcodec.models.interface import RATE_LAMBDA_HELP, CodecOutput, CompressedLevels, IndexLevel, LevelSpec
+from dqcodec.models.interface import RATE_LAMBDA_HELP, CodecOutput, CompressedLevels, IndexLevel, LevelSpec, StepTables
 from dqcodec.models.quantizers import DepthwiseQuantizer
 from dqcodec.models.refinement import REFINE, FineRefinement
 
@@ -71,6 +79,11 @@ class HDQConfig:
         default=3, metadata={"help": "first fine codebooks coded with DPCM-like contexts (they hold the block mean colours)"}
     )
     rate_lambda: float = field(default=0.01, metadata={"help": RATE_LAMBDA_HELP, "flag": "--lambda"})
+    feedback_step: float = field(
+        default=0.1, metadata={"help": "encoder only: step of the decoder feedback that moves the fine slices before the "
+                                      "codes are chosen, in units of the pixel residual's gradient over the synthesis "
+                                      "gain (0: code the analysis' slices as they are)"}
+    )
     refinement_size: int = field(
         default=0, metadata={"help": "codes of each fine codebook's residual refinement (0: no refinement level); fitted "
                                      "with the tables at export, not trained ('dqcodec fit-tables --refinement-size' "
@@ -278,8 +291,8 @@ class HierarchicalDQCodec(nn.Module):
         coarse and fine indices, and the refinement indices of a model that has them.
 
         Each index minimises latent distortion + lambda * (-log2 p) under the real context tables
-        in coding order (:func:`~dqcodec.models.context_tables.choose_indices`); the fine level's tables
-        read the coarse indices chosen first, the refinement codes the residual the fine codes
+        in coding order (:func:`~dqcodec.models.context_tables.choose_indices`), the fine ones for
+        the slices of :meth:`fine_targets`; the fine level's tables read the coarse indices chosen first, the refinement codes the residual the fine codes
         left, at the fine level's lambda. ``rate_lambda``: pixel units; None: the model's own.
         ``latent``: the image's :meth:`analyse`, when the caller already has it. ``refine``
         False: no refinement level (the table step counts the fine tables before it fits the
@@ -288,21 +301,56 @@ class HierarchicalDQCodec(nn.Module):
         fine_lambda, coarse_lambda = self.rate_lambdas(rate_lambda)
         latent = self.analyse(image) if latent is None else latent
         coarse_slices = self.coarse_quantizer.project(self.coarse_analysis(latent)).double().numpy()
-        coarse = choose_indices(coarse_slices, self._codewords(self.coarse_quantizer), self.coarse_entropy, coarse_lambda)
-        fine_slices = self.fine_quantizer.project(latent).double().numpy()
-        fine = choose_indices(
+        coarse, coarse_tables = choose_indices(coarse_slices, self._codewords(self.coarse_quantizer), self.coarse_entropy,
+                                               coarse_lambda)
+        flat = flat_block_symbols(image.numpy(), FINE_STRIDE)
+        fine_slices = self.fine_targets(image, latent, coarse, flat).double().numpy()
+        fine, fine_tables = choose_indices(
             fine_slices, self._codewords(self.fine_quantizer), self.fine_entropy, fine_lambda, side={COARSE: coarse}
         )
-        flat = flat_block_symbols(image.numpy(), FINE_STRIDE)
-        levels = [IndexLevel(FLAT, flat), IndexLevel(COARSE, coarse), IndexLevel(FINE, fine)]
+        levels = [IndexLevel(FLAT, flat), IndexLevel(COARSE, coarse, coarse_tables), IndexLevel(FINE, fine, fine_tables)]
         if refine and self.refinement is not None:
-            levels.append(IndexLevel(REFINE, self.choose_refinement(fine_slices, fine, fine_lambda)))
+            levels.append(IndexLevel(REFINE, *self.choose_refinement(fine_slices, fine, fine_lambda)))
         return levels
 
-    def choose_refinement(self, fine_slices: np.ndarray, fine: np.ndarray, fine_lambda: float) -> np.ndarray:
+    @torch.no_grad()
+    def fine_targets(self, image: torch.Tensor, latent: torch.Tensor, coarse: np.ndarray, flat: np.ndarray) -> torch.Tensor:
+        """(B, M, D, h, w) slices that the fine codes are chosen for: the analysis' slices of
+        ``latent`` (B, C, h, w), moved by one step of decoder feedback (module docstring).
+
+        image: the (B, 3, 16h, 16w) image in [0, 1]; coarse: its (B, M_c, h/4, w/4) coarse
+        indices; flat: its (B, 4, h, w) flat-block symbols, whose blocks the decoder paints
+        exactly (their residual is zero, so a flat area keeps the codes of its slices, the guard
+        codes).
+
+        The first guess is each slice's nearest code: its residual is what the network and the
+        analysis get wrong, not the rate-distortion choice's own coarseness. Measured on Kodak
+        with real files (all 24 images, the 5 levels of this release): with the nearest codes as
+        the first guess and a step of 0.1, -3.0 % BD-rate over PSNR and 0.0 % over MS-SSIM; with
+        the marginal-rate ECVQ codes at the level's lambda as the first guess, +0.7 % and +3.6 %
+        (the rate rose 4-9 %). In probes on estimated rates a step of 0.2 lost 2.9 % and a second
+        step lost more: the gradient is largest along the block means, whose slices it then moves
+        past their codes.
+        """
+        quantizer = self.fine_quantizer
+        slices = quantizer.project(latent)
+        step = self.config.feedback_step
+        if step == 0:
+            return slices
+        guess = quantizer.assemble(quantizer.lookup(quantizer.assign(slices, 0.0)))
+        coarse_codes = self.coarse_quantizer.dequantize(torch.from_numpy(coarse))
+        decoded = self.reconstruct(*(codes.to(latent).contiguous(memory_format=CODING_MEMORY_FORMAT)
+                                     for codes in (guess, coarse_codes)))
+        painted = torch.from_numpy(flat_block_colours(flat)[0])[:, None]  # (B, 1, h, w)
+        residual = F.pixel_unshuffle(image.to(latent) - decoded, FINE_STRIDE).masked_fill(painted, 0.0)  # (B, 768, h, w)
+        pull = F.conv2d(residual, self.synthesis.linear.weight.transpose(0, 1))  # W^T (x - x_hat): (B, M*D, h, w)
+        return slices + (step / max(self.synthesis_gains[0].item(), 1e-12)) * pull.view_as(slices)
+
+    def choose_refinement(self, fine_slices: np.ndarray, fine: np.ndarray, fine_lambda: float) -> tuple[np.ndarray, StepTables]:
         """(B, M, D, h, w) float64 fine slices and their (B, M, h, w) fine indices -> (B, M, h, w)
         refinement indices, chosen for the residual the fine codes left under the refinement's
-        tables in coding order, at ``fine_lambda`` (latent units, :meth:`rate_lambdas`)."""
+        tables in coding order, at ``fine_lambda`` (latent units, :meth:`rate_lambdas`), and the
+        tables of their coding steps."""
         residual = fine_slices - self.fine_quantizer.lookup(torch.from_numpy(fine)).double().numpy()
         return choose_indices(residual, self.refinement.codebooks.double().numpy(), self.refinement.entropy,
                               fine_lambda, side={FINE: fine})

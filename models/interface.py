@@ -73,12 +73,23 @@ class CodecOutput:
     statistics: dict[str, float] = field(default_factory=dict)
 
 
+StepTables = list[tuple[np.ndarray, np.ndarray]]  # per coding step: (U, K) distinct tables, (N,) row of each symbol
+
+
 @dataclass(frozen=True)
 class IndexLevel:
-    """One level of code indices: ``indices`` is (B, M, h, w) int64."""
+    """One level of code indices: ``indices`` is (B, M, h, w) int64.
+
+    ``step_tables``: what the entropy model's ``step_tables`` gave for each coding step when the
+    encoder chose these indices (:func:`~dqcodec.models.context_tables.choose_indices`), so that
+    the range coder need not compute every context a second time; None: computed when coded.
+    Each step's tables read only indices placed before it, which the choice never changes
+    afterwards, so they are the ones the decoder computes.
+    """
 
     name: str
     indices: np.ndarray
+    step_tables: StepTables | None = field(default=None, compare=False, repr=False)
 
 
 CompressedLevels = list[IndexLevel]

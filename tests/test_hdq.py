@@ -11,12 +11,13 @@ from PIL import Image
 from safetensors.numpy import load_file, save
 
 import dqcodec
+from dqcodec.codec import api
 from dqcodec.codec.cli import main
 from dqcodec.codec.container import unpack
 from dqcodec.models import registry
 from dqcodec.models.context_tables import TABLE_PRECISION
 from dqcodec.models.hdq_codec import HDQConfig, HierarchicalDQCodec
-from dqcodec.models.interface import estimated_bits
+from dqcodec.models.interface import IndexLevel, estimated_bits
 from dqcodec.train.training_log import read_log
 
 TINY = ["--channels", "12", "--latent-channels", "16", "--num-codebooks", "4", "--codebook-size", "16",
@@ -157,6 +158,11 @@ def test_round_trip_is_exact_and_three_streams_match_the_estimate(tiny_model):
     estimate = estimated_bits(net.levels(128, 128), levels)
     payload_bits = 8 * sum(len(s) for s in streams)
     assert payload_bits <= 1.01 * estimate + 3 * 32  # each stream ends on a 32-bit word
+    # The tables that the encoder's choice recorded are the ones the coder computes without them.
+    assert all(level.step_tables is not None for level in levels[1:])
+    bare = [IndexLevel(level.name, level.indices) for level in levels]
+    specs = net.levels(128, 128)
+    assert [api._encode_level(spec, level, bare[:i]) for i, (spec, level) in enumerate(zip(specs, bare))] == streams
 
 
 def test_an_encode_time_lambda_reaches_the_hdq_encoder(tiny_model):
@@ -166,6 +172,39 @@ def test_an_encode_time_lambda_reaches_the_hdq_encoder(tiny_model):
     cheap = dqcodec.encode(pixels, model=f"{stem}.json", rate_lambda=0.5)
     assert len(cheap) < len(own)
     assert np.asarray(dqcodec.decode(cheap)).shape == pixels.shape
+
+
+def test_decoder_feedback_is_a_gradient_step_on_the_pixel_error_through_the_linear_path(tiny_model):
+    stem, data = tiny_model
+    net = registry.load_model(registry.register_checkpoint(stem.with_suffix(".json")))[0].network  # the torch runtime's network
+    pixels = np.asarray(Image.open(data / "1.png"))[:64, :64].copy()
+    pixels[:16, :16] = (40, 120, 200)  # one flat block: the decoder paints it, so it pulls nothing
+    image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
+    latent = net.analyse(image)
+    flat, coarse = (level.indices for level in net.compress(image)[:2])
+    assert flat[0, 0, 0, 0] > 0 and (flat[0, 0] > 0).sum() == 1
+    targets = net.fine_targets(image, latent, coarse, flat)
+    quantizer = net.fine_quantizer
+    slices = quantizer.project(latent)
+    # Autograd's gradient of (x_hat_linear . (x_hat - x)) at the nearest codes (the first guess):
+    # the linear path's share of the gradient of half the squared pixel error, outside the
+    # painted block.
+    guess = quantizer.lookup(quantizer.assign(slices, 0.0)).requires_grad_(True)
+    with torch.enable_grad():
+        features = quantizer.assemble(guess)
+        decoded = net.reconstruct(features.detach(), net.coarse_quantizer.dequantize(torch.from_numpy(coarse)))
+        error = decoded - image
+        error[..., :16, :16] = 0.0
+        (net.synthesis.shuffle(net.synthesis.linear(features)) * error).sum().backward()
+    expected = slices - net.config.feedback_step / net.synthesis_gains[0] * guess.grad
+    assert net.config.feedback_step > 0 and not torch.equal(targets, slices)
+    assert torch.equal(targets[..., 0, 0], slices[..., 0, 0])
+    assert torch.allclose(targets, expected.detach(), rtol=1e-4, atol=1e-5 * float(slices.abs().max()))
+    net.config.feedback_step = 0.0
+    try:
+        assert torch.equal(net.fine_targets(image, latent, coarse, flat), slices)
+    finally:
+        net.config.feedback_step = HDQConfig().feedback_step
 
 
 def within_one_level(a: np.ndarray, b: np.ndarray) -> bool:

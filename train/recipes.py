@@ -392,9 +392,10 @@ def _fit_refinement(net: nn.Module, options: HDQOptions, crops: list[torch.Tenso
     refinement, quantizer = net.refinement, net.fine_quantizer
     fine_levels, slices, residuals = [], [], []
     for batch, latent in tqdm(list(zip(crops, latents)), desc="refinement residuals", unit="batch", leave=False):
-        fine = {level.name: level.indices for level in net.compress(batch, latent=latent, refine=False)}["fine"]
+        levels = {level.name: level.indices for level in net.compress(batch, latent=latent, refine=False)}
+        fine = levels["fine"]
         fine_levels.append(fine)
-        slices.append(quantizer.project(latent))
+        slices.append(net.fine_targets(batch, latent, levels["coarse"], levels["flat"]))
         residuals.append(slices[-1] - quantizer.lookup(torch.from_numpy(fine)))
     points = torch.cat([slice_vectors(residual) for residual in residuals], dim=1)  # (M, N, D)
     fine_codes = torch.cat([torch.from_numpy(fine).permute(1, 0, 2, 3).reshape(len(points), -1) for fine in fine_levels], 1)
@@ -429,7 +430,7 @@ def _fit_refinement(net: nn.Module, options: HDQOptions, crops: list[torch.Tenso
                 chosen, _ = nearest_codes(slice_vectors(residual), codes, code_cost)
                 refine = chosen.view(m, b, h, w).transpose(0, 1).numpy()
             else:
-                refine = net.choose_refinement(batch_slices.double().numpy(), fine, fine_lambda)
+                refine, _ = net.choose_refinement(batch_slices.double().numpy(), fine, fine_lambda)
             batches.append((refine, {"fine": fine}))
         refinement.entropy.fit(batches, backoff=options.table_backoff)
 
