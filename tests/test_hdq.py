@@ -185,7 +185,7 @@ def test_decoder_feedback_is_a_gradient_step_on_the_pixel_error_through_the_line
     assert flat[0, 0, 0, 0] > 0 and (flat[0, 0] > 0).sum() == 1
     targets = net.fine_targets(image, latent, coarse, flat)
     quantizer = net.fine_quantizer
-    slices = quantizer.project(latent)
+    slices = quantizer.project(latent).detach()
     # Autograd's gradient of (x_hat_linear . (x_hat - x)) at the nearest codes (the first guess):
     # the linear path's share of the gradient of half the squared pixel error, outside the
     # painted block.
