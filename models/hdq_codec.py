@@ -328,7 +328,7 @@ class HierarchicalDQCodec(nn.Module):
         with real files (all 24 images, the 5 levels of this release): with the nearest codes as
         the first guess and a step of 0.1, -3.0 % BD-rate over PSNR and 0.0 % over MS-SSIM; with
         the marginal-rate ECVQ codes at the level's lambda as the first guess, +0.7 % and +3.6 %
-        (the rate rose 4-9 %). In probes on estimated rates a step of 0.2 lost 2.9 % and a second
+        (the rate rose 3-9 %). In probes on estimated rates a step of 0.2 lost 2.9 % and a second
         step lost more: the gradient is largest along the block means, whose slices it then moves
         past their codes.
         """
