@@ -286,17 +286,30 @@ class HierarchicalDQCodec(nn.Module):
 
     @torch.no_grad()
     def compress(self, image: torch.Tensor, rate_lambda: float | None = None,
-                 latent: torch.Tensor | None = None, refine: bool = True) -> CompressedLevels:
+                 latent: torch.Tensor | None = None) -> CompressedLevels:
+        """(B, 3, H, W) image in [0, 1], H and W multiples of 64 -> the levels of
+        :meth:`choose_levels`, then the refinement indices of a model that has them: the residual
+        the fine codes left, at the fine level's lambda. ``rate_lambda`` and ``latent``: as for
+        :meth:`choose_levels`.
+        """
+        levels, fine_slices = self.choose_levels(image, rate_lambda, latent)
+        if self.refinement is not None:
+            fine_lambda = self.rate_lambdas(rate_lambda)[0]
+            levels.append(IndexLevel(REFINE, *self.choose_refinement(fine_slices.double().numpy(), levels[-1].indices,
+                                                                     fine_lambda)))
+        return levels
+
+    @torch.no_grad()
+    def choose_levels(self, image: torch.Tensor, rate_lambda: float | None = None,
+                      latent: torch.Tensor | None = None) -> tuple[CompressedLevels, torch.Tensor]:
         """(B, 3, H, W) image in [0, 1], H and W multiples of 64 -> the flat blocks' symbols,
-        coarse and fine indices, and the refinement indices of a model that has them.
+        coarse and fine indices, and the (B, M, D, h, w) slices the fine indices were chosen for
+        (:meth:`fine_targets`; the table step fits the refinement to what they left).
 
         Each index minimises latent distortion + lambda * (-log2 p) under the real context tables
-        in coding order (:func:`~dqcodec.models.context_tables.choose_indices`), the fine ones for
-        the slices of :meth:`fine_targets`; the fine level's tables read the coarse indices chosen first, the refinement codes the residual the fine codes
-        left, at the fine level's lambda. ``rate_lambda``: pixel units; None: the model's own.
-        ``latent``: the image's :meth:`analyse`, when the caller already has it. ``refine``
-        False: no refinement level (the table step counts the fine tables before it fits the
-        refinement).
+        in coding order (:func:`~dqcodec.models.context_tables.choose_indices`); the fine level's
+        tables read the coarse indices chosen first. ``rate_lambda``: pixel units; None: the
+        model's own. ``latent``: the image's :meth:`analyse`, when the caller already has it.
         """
         fine_lambda, coarse_lambda = self.rate_lambdas(rate_lambda)
         latent = self.analyse(image) if latent is None else latent
@@ -304,14 +317,13 @@ class HierarchicalDQCodec(nn.Module):
         coarse, coarse_tables = choose_indices(coarse_slices, self._codewords(self.coarse_quantizer), self.coarse_entropy,
                                                coarse_lambda)
         flat = flat_block_symbols(image.numpy(), FINE_STRIDE)
-        fine_slices = self.fine_targets(image, latent, coarse, flat).double().numpy()
+        fine_slices = self.fine_targets(image, latent, coarse, flat)
         fine, fine_tables = choose_indices(
-            fine_slices, self._codewords(self.fine_quantizer), self.fine_entropy, fine_lambda, side={COARSE: coarse}
+            fine_slices.double().numpy(), self._codewords(self.fine_quantizer), self.fine_entropy, fine_lambda,
+            side={COARSE: coarse},
         )
         levels = [IndexLevel(FLAT, flat), IndexLevel(COARSE, coarse, coarse_tables), IndexLevel(FINE, fine, fine_tables)]
-        if refine and self.refinement is not None:
-            levels.append(IndexLevel(REFINE, *self.choose_refinement(fine_slices, fine, fine_lambda)))
-        return levels
+        return levels, fine_slices
 
     @torch.no_grad()
     def fine_targets(self, image: torch.Tensor, latent: torch.Tensor, coarse: np.ndarray, flat: np.ndarray) -> torch.Tensor:

@@ -344,7 +344,7 @@ def _before_hdq_step(net: nn.Module, options: HDQOptions, step: int, total_steps
 def _fit_hdq_tables(net: nn.Module, options: HDQOptions, files: list[Path]) -> None:
     """Give the fine level guard codes for flat colours, sort both levels' codes by usage (dropping
     unused ones but never a guard code), then count the context tables over training crops in 2 rounds
-    (the quantizers' own indices, then the indices that ``net.compress`` chooses under the first
+    (the quantizers' own indices, then the indices that ``net.choose_levels`` chooses under the first
     round's tables) and, in each round, over a flat 64 x 64 area of every guard colour on its
     nearest codes: photographs seldom reach a guard code, and tables that price it like one
     they never use would make the encoder trade a flat colour for a common code nearby. Small
@@ -370,7 +370,7 @@ def _fit_hdq_tables(net: nn.Module, options: HDQOptions, files: list[Path]) -> N
     flat_areas = _flat_area_indices(net, colours, net.padding_multiple)
     for round_index in range(2):
         levels = [{level.name: level.indices for level in (net.nearest_indices(latent) if round_index == 0
-                                                           else net.compress(batch, latent=latent))}
+                                                           else net.choose_levels(batch, latent=latent)[0])}
                   for batch, latent in tqdm(list(zip(crops, latents)), desc=f"context tables {round_index + 1}/2",
                                             unit="batch", leave=False)]
         levels.append({level.name: level.indices for level in flat_areas})
@@ -388,14 +388,14 @@ def _fit_refinement(net: nn.Module, options: HDQOptions, crops: list[torch.Tenso
     iterations on the residuals (the first third plain, the rest entropy-constrained at the fine
     level's lambda; code 0 held at zero), sorted by use; the fine codes' cell buckets from their
     mean squared residual; then the tables, counted in 2 rounds as the fine level's (indices by
-    the codes' training shares, then those ``net.compress`` chooses under the first round's)."""
+    the codes' training shares, then those ``net.choose_refinement`` chooses under the first round's)."""
     refinement, quantizer = net.refinement, net.fine_quantizer
     fine_levels, slices, residuals = [], [], []
     for batch, latent in tqdm(list(zip(crops, latents)), desc="refinement residuals", unit="batch", leave=False):
-        levels = {level.name: level.indices for level in net.compress(batch, latent=latent, refine=False)}
-        fine = levels["fine"]
+        levels, fine_slices = net.choose_levels(batch, latent=latent)
+        fine = {level.name: level.indices for level in levels}["fine"]
         fine_levels.append(fine)
-        slices.append(net.fine_targets(batch, latent, levels["coarse"], levels["flat"]))
+        slices.append(fine_slices)
         residuals.append(slices[-1] - quantizer.lookup(torch.from_numpy(fine)))
     points = torch.cat([slice_vectors(residual) for residual in residuals], dim=1)  # (M, N, D)
     fine_codes = torch.cat([torch.from_numpy(fine).permute(1, 0, 2, 3).reshape(len(points), -1) for fine in fine_levels], 1)
