@@ -23,6 +23,8 @@ COMMANDS = {
     "train-shvq": ("dqcodec.train.commands", "train_shvq", "alias of 'train --arch shvq'"),
     "fit-tables": ("dqcodec.train.fit_tables", "fit_tables",
                    "count trained hdq models' context tables anew (more crops, the current contexts); networks unchanged"),
+    "tune-synthesis": ("dqcodec.train.tune_synthesis", "tune_synthesis",
+                       "tune a trained hdq family's synthesis to the codes its encoder sends; rates stay"),
     "plot-training": ("dqcodec.train.training_log", "plot_training", "plot a training run's loss, bpp and PSNR against steps and wall time"),
     "eval": ("dqcodec.eval.commands", "eval", "rate-distortion sweep of codecs on an image folder"),
     "bdrate": ("dqcodec.eval.commands", "bdrate", "Bjontegaard delta rate of RD curves against an anchor"),

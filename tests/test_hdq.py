@@ -693,3 +693,102 @@ def test_fit_tables_gives_a_model_a_refinement_level_that_codes_exactly_and_lowe
     registry.clear_cache()
     assert len(unpack(dqcodec.encode(pixels, model=f"{copy}.json"))[1]) == 3
     assert not any(key.startswith("refinement.") for key in load_file(f"{copy}.safetensors"))
+
+
+def _copy_model(stem, folder, name="hdq-tiny"):
+    import shutil
+
+    folder.mkdir(exist_ok=True)
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(f"{stem}{suffix}", folder / f"{name}{suffix}")
+    return folder / name
+
+
+def test_tune_synthesis_trains_the_nonlinear_synthesis_on_the_encoders_codes_and_keeps_the_rest(tiny_model, tmp_path,
+                                                                                                 capsys):
+    from dqcodec.train.tune_synthesis import SynthesisTuner, TuneOptions, load_family
+
+    stem, data = tiny_model
+    copy = _copy_model(stem, tmp_path / "m")
+    before = load_file(f"{copy}.safetensors")
+    options = TuneOptions(crops=8, crop=64, steps=12, learning_rate=3e-3)
+    tuner = SynthesisTuner(load_family([copy]), options, tmp_path / "probe")
+    tuner.encode_crops(sorted(data.glob("*.png")))
+    rows = np.arange(8)
+    with torch.no_grad():
+        start = tuner.loss(rows, 0).item()
+    tuner.train(save_every=100)
+    with torch.no_grad():
+        assert tuner.loss(rows, 0).item() < start  # the decoding of the encoded crops got better
+
+    assert main(["tune-synthesis", str(copy), "--work", str(tmp_path / "work"), "--crops", "8", "--crop", "64",
+                 "--steps", "3", "--save-every", "2", "--data", str(data), "--threads", "1", "--measure-images", "1"]) == 0
+    assert "hdq-tiny: Kodak" in capsys.readouterr().out
+    after = load_file(f"{copy}.safetensors")
+    kept = [key for key in before if not key.startswith(("synthesis.layers.", "coarse_synthesis."))]
+    assert kept and all(np.array_equal(before[key], after[key]) for key in kept)  # analysis, linear path, codes, tables
+    assert any(not np.array_equal(before[key], after[key]) for key in before if key.startswith("synthesis.layers."))
+    info = json.loads(copy.with_suffix(".json").read_text())
+    assert "tune-synthesis" in info["training"]["recipe"] and info["training"]["synthesis_tuning"]["steps"] == 3
+    assert info["training"]["steps"] == 6 and info["kodak"]["images"] == 1  # the training record stays
+    assert {path.name for path in (tmp_path / "work").iterdir()} == {"codes.npz", "state.pt"}
+    assert not list((tmp_path / "m").glob(".tune-synthesis-*"))
+    pixels = np.asarray(Image.open(data / "0.png"))
+    registry.clear_cache()
+    assert np.asarray(dqcodec.decode(dqcodec.encode(pixels, model=str(copy.with_suffix(".json"))))).shape == pixels.shape
+
+
+def test_tune_synthesis_resumes_where_it_stopped(tiny_model, tmp_path, monkeypatch):
+    from dqcodec.train import tune_synthesis
+    from dqcodec.train.tune_synthesis import SynthesisTuner, TuneOptions, load_family
+
+    stem, data = tiny_model
+    files = sorted(data.glob("*.png"))
+    options = TuneOptions(crops=8, crop=64, steps=4, learning_rate=3e-3)
+
+    def tuned(work):
+        tuner = SynthesisTuner(load_family([stem]), options, work)
+        tuner.encode_crops(files)
+        tuner.train(save_every=2)
+        return [parameter.detach().clone() for parameter in tuner.parameters]
+
+    whole = tuned(tmp_path / "whole")
+    calls = []
+    loss = SynthesisTuner.loss
+
+    def stopping(self, rows, level):
+        calls.append(level)
+        if len(calls) == 3:  # stopped during step 3, after the state of step 2 was saved
+            raise KeyboardInterrupt
+        return loss(self, rows, level)
+
+    monkeypatch.setattr(tune_synthesis.SynthesisTuner, "loss", stopping)
+    with pytest.raises(KeyboardInterrupt):
+        tuned(tmp_path / "split")
+    monkeypatch.setattr(tune_synthesis.SynthesisTuner, "loss", loss)
+    assert all(torch.equal(a, b) for a, b in zip(whole, tuned(tmp_path / "split")))
+
+
+def test_tune_synthesis_refuses_bad_input_in_one_line(tiny_model, tmp_path, capsys):
+    stem, data = tiny_model
+    copy = _copy_model(stem, tmp_path / "m")
+    untouched = (tmp_path / "m" / "hdq-tiny.safetensors").read_bytes()
+    common = ["--work", str(tmp_path / "work"), "--data", str(data), "--measure-images", "0", "--crop", "64"]
+    cases = {
+        (str(tmp_path / "missing"),): "no such model file",
+        (str(registry.WEIGHTS_DIR / "dq-q3"),): "tune-synthesis tunes hdq models",
+        (str(copy), "--steps", "0"): "--steps 0",
+        (str(copy), "--crops", "4"): "--crops 4",
+        (str(copy), "--crop", "100"): "--crop 100",
+        (str(copy), "--learning-rate", "0"): "--learning-rate 0",
+    }
+    for args, message in cases.items():
+        assert main(["tune-synthesis", *common, *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    # The codes of one run are not read by a run with other options.
+    assert main(["tune-synthesis", str(copy), *common, "--crops", "8", "--steps", "1"]) == 0
+    assert main(["tune-synthesis", str(copy), *common, "--crops", "16", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "holds the codes of another run" in err and err.count("\n") == 1, err
+    assert (tmp_path / "m" / "hdq-tiny.safetensors").read_bytes() != untouched  # only the first run wrote it
