@@ -729,7 +729,7 @@ def test_tune_synthesis_trains_the_nonlinear_synthesis_on_the_encoders_codes_and
     assert kept and all(np.array_equal(before[key], after[key]) for key in kept)  # analysis, linear path, codes, tables
     assert any(not np.array_equal(before[key], after[key]) for key in before if key.startswith("synthesis.layers."))
     info = json.loads(copy.with_suffix(".json").read_text())
-    assert "tune-synthesis" in info["training"]["recipe"] and info["training"]["synthesis_tuning"]["steps"] == 3
+    assert "tune-synthesis" in info["training"]["recipe"] and info["training"]["synthesis_tuning"][-1]["steps"] == 3
     assert info["training"]["steps"] == 6 and info["kodak"]["images"] == 1  # the training record stays
     assert {path.name for path in (tmp_path / "work").iterdir()} == {"codes.npz", "state.pt"}
     assert not list((tmp_path / "m").glob(".tune-synthesis-*"))
@@ -792,3 +792,9 @@ def test_tune_synthesis_refuses_bad_input_in_one_line(tiny_model, tmp_path, caps
     err = capsys.readouterr().err
     assert "holds the codes of another run" in err and err.count("\n") == 1, err
     assert (tmp_path / "m" / "hdq-tiny.safetensors").read_bytes() != untouched  # only the first run wrote it
+    # A second tuning (another --work) continues from the first and is recorded after it.
+    assert main(["tune-synthesis", str(copy), *common[2:], "--work", str(tmp_path / "again"), "--crops", "8",
+                 "--steps", "2", "--seed", "1"]) == 0
+    training = json.loads(copy.with_suffix(".json").read_text())["training"]
+    assert [run["steps"] for run in training["synthesis_tuning"]] == [1, 2]
+    assert training["recipe"].count("tune-synthesis") == 2 and "(seed 1)" in training["recipe"]

@@ -34,7 +34,7 @@ TUNE_CLAUSE = "; synthesis tuned to the encoder's codes (dqcodec tune-synthesis)
 
 @dataclasses.dataclass(frozen=True)
 class TuneOptions:
-    """What a tuning run does; written into each model's JSON (``synthesis_tuning``)."""
+    """What a tuning run does; each run is appended to each model's JSON (``synthesis_tuning``)."""
 
     crops: int = 384  # training crops encoded by every level
     crop: int = 256  # px, a multiple of 64
@@ -297,12 +297,13 @@ def save_family(family: Family, stems: list[Path], options: TuneOptions, minutes
     try:
         for net, info, stem in zip(family.nets, family.infos, stems):
             training = dict(info.get("training", {}))
-            trained = training.get("recipe", "").split(TUNE_CLAUSE)[0]
-            training["recipe"] = (f"{trained}{TUNE_CLAUSE}: {options.steps} Adam steps (peak learning rate "
-                                  f"{options.learning_rate:g}, cosine) on {options.crops} crops of {options.crop} px as "
-                                  "the levels' encoders code them, the synthesis' nonlinear branch and the coarse "
-                                  "synthesis only")
-            training["synthesis_tuning"] = {**dataclasses.asdict(options), "minutes": round(minutes, 1)}
+            # Each tuning continues from the last one, so each is recorded, in order.
+            training["recipe"] = (f"{training.get('recipe', '')}{TUNE_CLAUSE}: {options.steps} Adam steps (peak "
+                                  f"learning rate {options.learning_rate:g}, cosine) on {options.crops} crops of "
+                                  f"{options.crop} px (seed {options.seed}) as the levels' encoders code them, the "
+                                  "synthesis' nonlinear branch and the coarse synthesis only")
+            training["synthesis_tuning"] = [*training.get("synthesis_tuning", []),
+                                            {**dataclasses.asdict(options), "minutes": round(minutes, 1)}]
             kept = {key: value for key, value in info.items() if key not in ("architecture", "config", "shared_weights", "kodak")}
             save_model(net, staging / stem.name, {**kept, "training": training}, shared=info.get("shared_weights"))
         for path in staging.iterdir():
