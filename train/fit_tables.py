@@ -59,9 +59,6 @@ def add_fit_tables_arguments(parser: argparse.ArgumentParser) -> None:
 def run_fit_tables(args: argparse.Namespace) -> int:
     import torch
 
-    from dqcodec.train.commands import measure_on_kodak
-    from dqcodec.train.data import image_files
-
     if args.crops < 8:
         raise DQCodecError(f"--crops {args.crops}: need at least 8")
     if args.backoff < 0:
@@ -71,38 +68,70 @@ def run_fit_tables(args: argparse.Namespace) -> int:
     if args.refinement_size is not None and not 0 <= args.refinement_size <= MAX_REFINEMENT_SIZE:
         raise DQCodecError(f"--refinement-size {args.refinement_size}: need 0 to {MAX_REFINEMENT_SIZE}")
     torch.set_num_threads(args.threads)
+    files = training_files(args.data)
+    stems = model_stems(args.models)
+
+    def refit(stem: Path, out: Path) -> None:
+        refit_model(stem, out, files, args.crops, args.backoff, args.refinement_size)
+
+    write_in_place(stems, refit, ".fit-tables-", "refitted")
+    measure_into_json(stems, args.measure_images)
+    return 0
+
+
+def training_files(data: Path) -> list[Path]:
+    """The training images under ``data``; DQCodecError (one line) when there are none."""
+    from dqcodec.train.data import image_files
+
     try:
-        files = image_files(args.data)
+        return image_files(data)
     except FileNotFoundError as error:
         raise DQCodecError(f"--data: {error}") from None
-    stems = [Path(str(stem).removesuffix(".json").removesuffix(".safetensors")) for stem in args.models]
+
+
+def model_stems(models: list[Path]) -> list[Path]:
+    """MODEL arguments -> model stems (a .json or .safetensors suffix dropped); DQCodecError
+    (one line) when one has no JSON or a level sharing a transforms file with one is not given."""
+    stems = [Path(str(stem).removesuffix(".json").removesuffix(".safetensors")) for stem in models]
     for stem in stems:
         if not Path(f"{stem}.json").is_file():
             raise DQCodecError(f"{stem}.json: no such model file")
     check_whole_families(stems)
+    return stems
+
+
+def write_in_place(stems: list[Path], write, prefix: str, what: str) -> None:
+    """Rewrite the models ``stems``: ``write(stem, out)`` saves each as ``out`` in a staging folder
+    (named ``prefix``...) beside it, and all are moved into place only when every one is
+    written, so an error leaves the models as they were. ``what``: the models' adjective in the
+    error message."""
     staging = {}
     try:
         for folder in {stem.parent.resolve() for stem in stems}:
-            staging[folder] = Path(tempfile.mkdtemp(prefix=".fit-tables-", dir=folder))
+            staging[folder] = Path(tempfile.mkdtemp(prefix=prefix, dir=folder))
         for stem in stems:
-            refit_model(stem, staging[stem.parent.resolve()] / stem.name, files, args.crops, args.backoff,
-                        args.refinement_size)
+            write(stem, staging[stem.parent.resolve()] / stem.name)
         for folder, staged in staging.items():
             for path in staged.iterdir():
                 os.replace(path, folder / path.name)
     except OSError as error:
-        raise DQCodecError(f"cannot write the refitted models ({error})") from None
+        raise DQCodecError(f"cannot write the {what} models ({error})") from None
     finally:
         for staged in staging.values():
             shutil.rmtree(staged, ignore_errors=True)
-    for stem in stems:
-        if args.measure_images > 0:
-            model = json.loads(Path(f"{stem}.json").read_text())
-            model["kodak"] = figures = measure_on_kodak(stem, args.measure_images)
-            Path(f"{stem}.json").write_text(json.dumps(model, indent=2) + "\n")
-            print(f"{stem.name}: Kodak {figures['bpp']:.4f} bpp, {figures['psnr']:.2f} dB PSNR, "
-                  f"MS-SSIM {figures['ms_ssim']:.4f} ({figures['images']} images, real files)")
-    return 0
+
+
+def measure_into_json(stems: list[Path], count: int) -> None:
+    """Measure each model of ``stems`` on ``count`` Kodak images (none when 0) and write the
+    figures into its JSON (``kodak``)."""
+    from dqcodec.train.commands import measure_on_kodak
+
+    for stem in stems if count > 0 else []:
+        model = json.loads(Path(f"{stem}.json").read_text())
+        model["kodak"] = figures = measure_on_kodak(stem, count)
+        Path(f"{stem}.json").write_text(json.dumps(model, indent=2) + "\n")
+        print(f"{stem.name}: Kodak {figures['bpp']:.4f} bpp, {figures['psnr']:.2f} dB PSNR, "
+              f"MS-SSIM {figures['ms_ssim']:.4f} ({figures['images']} images, real files)")
 
 
 def refit_model(stem: Path, out: Path, files: list[Path], crops: int, backoff: int,

@@ -22,8 +22,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -75,9 +73,7 @@ def add_tune_synthesis_arguments(parser: argparse.ArgumentParser) -> None:
 def run_tune_synthesis(args: argparse.Namespace) -> int:
     import torch
 
-    from dqcodec.train.commands import measure_on_kodak
-    from dqcodec.train.data import image_files
-    from dqcodec.train.fit_tables import check_whole_families
+    from dqcodec.train.fit_tables import measure_into_json, model_stems, training_files
 
     options = TuneOptions(crops=args.crops, crop=args.crop, steps=args.steps, learning_rate=args.learning_rate,
                           seed=args.seed)
@@ -90,29 +86,15 @@ def run_tune_synthesis(args: argparse.Namespace) -> int:
     if not 0 < args.learning_rate < 1:
         raise DQCodecError(f"--learning-rate {args.learning_rate}: need a value between 0 and 1")
     torch.set_num_threads(args.threads)
-    try:
-        files = image_files(args.data)
-    except FileNotFoundError as error:
-        raise DQCodecError(f"--data: {error}") from None
-    stems = [Path(str(stem).removesuffix(".json").removesuffix(".safetensors")) for stem in args.models]
-    for stem in stems:
-        if not Path(f"{stem}.json").is_file():
-            raise DQCodecError(f"{stem}.json: no such model file")
-    check_whole_families(stems)
+    files = training_files(args.data)
+    stems = model_stems(args.models)
     family = load_family(stems)
     start = time.time()
     tuner = SynthesisTuner(family, options, args.work)
     tuner.encode_crops(files)
     tuner.train(args.save_every)
-    minutes = (time.time() - start) / 60
-    save_family(family, stems, options, minutes)
-    for stem in stems:
-        if args.measure_images > 0:
-            model = json.loads(Path(f"{stem}.json").read_text())
-            model["kodak"] = figures = measure_on_kodak(stem, args.measure_images)
-            Path(f"{stem}.json").write_text(json.dumps(model, indent=2) + "\n")
-            print(f"{stem.name}: Kodak {figures['bpp']:.4f} bpp, {figures['psnr']:.2f} dB PSNR, "
-                  f"MS-SSIM {figures['ms_ssim']:.4f} ({figures['images']} images, real files)")
+    save_family(family, stems, options, (time.time() - start) / 60)
+    measure_into_json(stems, args.measure_images)
     return 0
 
 
@@ -175,8 +157,9 @@ class SynthesisTuner:
 
         path = self.work / "codes.npz"
         names = [info["name"] for info in self.family.infos]
+        # "painted": one mask per crop (the flat blocks are the image's, the same at every level).
         signature = json.dumps({"levels": names, "crops": self.options.crops, "crop": self.options.crop,
-                                "seed": self.options.seed})
+                                "seed": self.options.seed, "painted": "per crop"})
         if path.is_file():
             with np.load(path) as stored:
                 if str(stored["signature"]) != signature:
@@ -196,7 +179,7 @@ class SynthesisTuner:
                           for net in self.family.nets]
             coarse.append(np.stack([level["coarse"] for level in levels], axis=1).astype(np.uint16))
             fine.append(np.stack([level["fine"] for level in levels], axis=1).astype(np.uint16))
-            painted.append(np.stack([flat_block_colours(level["flat"])[0] for level in levels], axis=1))
+            painted.append(flat_block_colours(levels[0]["flat"])[0])
         self.codes = {"signature": np.array(signature), "images": np.concatenate(images),
                       "coarse": np.concatenate(coarse), "fine": np.concatenate(fine), "painted": np.concatenate(painted)}
         self.work.mkdir(parents=True, exist_ok=True)
@@ -214,7 +197,7 @@ class SynthesisTuner:
         images = torch.from_numpy(self.codes["images"][rows]).float() / 255
         fine = net.fine_quantizer.assemble(net.fine_quantizer.lookup(torch.from_numpy(self.codes["fine"][rows, level].astype("int64"))))
         coarse = net.coarse_quantizer.dequantize(torch.from_numpy(self.codes["coarse"][rows, level].astype("int64")))
-        drawn = 1.0 - F.interpolate(torch.from_numpy(self.codes["painted"][rows, level])[:, None].float(),
+        drawn = 1.0 - F.interpolate(torch.from_numpy(self.codes["painted"][rows])[:, None].float(),
                                     scale_factor=images.shape[-1] // self.codes["painted"].shape[-1], mode="nearest")
         error = (self.family.base.reconstruct(fine, coarse) - images).pow(2) * drawn
         return error.sum() / (drawn.sum() * 3).clamp_min(1.0)
@@ -288,27 +271,28 @@ def _crop_source(files: list[Path], info: dict, crop: int, batch: int, generator
 
 
 def save_family(family: Family, stems: list[Path], options: TuneOptions, minutes: float) -> None:
-    """Rewrite the levels ``stems`` with the tuned synthesis: each written to a staging folder,
-    then moved into place when all are written."""
+    """Rewrite the levels ``stems`` with the tuned synthesis, all or none
+    (:func:`~dqcodec.train.fit_tables.write_in_place`), each with this tuning recorded after
+    any before it."""
     from dqcodec.models.registry import save_model
+    from dqcodec.train.fit_tables import write_in_place
 
-    folder = stems[0].parent
-    staging = Path(tempfile.mkdtemp(prefix=".tune-synthesis-", dir=folder))
-    try:
-        for net, info, stem in zip(family.nets, family.infos, stems):
-            training = dict(info.get("training", {}))
-            # Each tuning continues from the last one, so each is recorded, in order.
-            training["recipe"] = (f"{training.get('recipe', '')}{TUNE_CLAUSE}: {options.steps} Adam steps (peak "
-                                  f"learning rate {options.learning_rate:g}, cosine) on {options.crops} crops of "
-                                  f"{options.crop} px (seed {options.seed}) as the levels' encoders code them, the "
-                                  "synthesis' nonlinear branch and the coarse synthesis only")
-            training["synthesis_tuning"] = [*training.get("synthesis_tuning", []),
-                                            {**dataclasses.asdict(options), "minutes": round(minutes, 1)}]
-            kept = {key: value for key, value in info.items() if key not in ("architecture", "config", "shared_weights", "kodak")}
-            save_model(net, staging / stem.name, {**kept, "training": training}, shared=info.get("shared_weights"))
-        for path in staging.iterdir():
-            os.replace(path, folder / path.name)
-    except (OSError, ValueError) as error:
-        raise DQCodecError(f"cannot write the tuned models ({error})") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    levels = {stem: (net, info) for stem, net, info in zip(stems, family.nets, family.infos)}
+
+    def write(stem: Path, out: Path) -> None:
+        net, info = levels[stem]
+        training = dict(info.get("training", {}))
+        # Each tuning continues from the last one, so each is recorded, in order.
+        training["recipe"] = (f"{training.get('recipe', '')}{TUNE_CLAUSE}: {options.steps} Adam steps (peak "
+                              f"learning rate {options.learning_rate:g}, cosine) on {options.crops} crops of "
+                              f"{options.crop} px (seed {options.seed}) as the levels' encoders code them, the "
+                              "synthesis' nonlinear branch and the coarse synthesis only")
+        training["synthesis_tuning"] = [*training.get("synthesis_tuning", []),
+                                        {**dataclasses.asdict(options), "minutes": round(minutes, 1)}]
+        kept = {key: value for key, value in info.items() if key not in ("architecture", "config", "shared_weights", "kodak")}
+        try:
+            save_model(net, out, {**kept, "training": training}, shared=info.get("shared_weights"))
+        except ValueError as error:
+            raise DQCodecError(f"{stem}: {error}") from None
+
+    write_in_place(stems, write, ".tune-synthesis-", "tuned")
