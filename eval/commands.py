@@ -179,8 +179,10 @@ def format_bdrate_tables(records: list[dict], quality_delta: bool = False) -> st
     blocks = []
     for metric in dict.fromkeys(record["metric"] for record in records):
         rows = [record for record in records if record["metric"] == metric]
-        anchors = list(dict.fromkeys(record["anchor"] for record in rows))
-        tests = list(dict.fromkeys(record["test"] for record in rows))
+        # Curves are told apart by name and file: two results files of one codec (this run's and
+        # an earlier one's) have the same name and must not share a column.
+        anchors = _curve_labels([(record["anchor"], record["anchor_file"]) for record in rows])
+        tests = _curve_labels([(record["test"], record["test_file"]) for record in rows])
         if quality_delta:
             heading = f"BD-{METRIC_TITLES[metric]} (dB, positive = better than the anchor at equal rate)"
         else:
@@ -188,23 +190,32 @@ def format_bdrate_tables(records: list[dict], quality_delta: bool = False) -> st
         lines = [
             heading,
             "",
-            "| codec | " + " | ".join(anchors) + " |",
+            "| codec | " + " | ".join(anchors.values()) + " |",
             "| --- |" + " ---: |" * len(anchors),
         ]
-        for test in tests:
+        for test, test_label in tests.items():
             cells = []
             for anchor in anchors:
-                record = next(r for r in rows if r["test"] == test and r["anchor"] == anchor)
+                record = next(r for r in rows if (r["test"], r["test_file"]) == test
+                              and (r["anchor"], r["anchor_file"]) == anchor)
                 if record["error"]:
                     cells.append("n/a")
                 elif quality_delta:
                     cells.append(_signed(record["bd_metric_db"], 2))
                 else:
                     cells.append(_signed(record["bd_rate_percent"], 1))
-            lines.append(f"| {test} | " + " | ".join(cells) + " |")
+            lines.append(f"| {test_label} | " + " | ".join(cells) + " |")
         notes = [f"n/a: {r['test']} vs {r['anchor']}: {r['error']}" for r in rows if r["error"]]
         blocks.append("\n".join(lines + ([""] + notes if notes else [])))
     return "\n\n".join(blocks)
+
+
+def _curve_labels(curves: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """(name, file) of each curve, in first-seen order -> its label: the name, or "name (file)"
+    where two files carry the same name."""
+    distinct = list(dict.fromkeys(curves))
+    names = [name for name, _ in distinct]
+    return {(name, file): name if names.count(name) == 1 else f"{name} ({file})" for name, file in distinct}
 
 
 def run_bdrate(args: argparse.Namespace) -> int:

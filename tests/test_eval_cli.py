@@ -92,6 +92,19 @@ def test_bdrate_reports_curves_that_do_not_overlap(jpeg_results, tmp_path, capsy
     assert "| far better | n/a |" in output and "do not overlap" in output
 
 
+def test_bdrate_keeps_two_files_of_one_name_apart(jpeg_results, tmp_path, capsys):
+    """An earlier results file of the same codec is its own column, not merged with this one's."""
+    content = json.loads(jpeg_results.read_text())
+    content["results"]["bpp"] = [value / 2 for value in content["results"]["bpp"]]  # same name, half the bits
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps(content))
+    assert main(["bdrate", str(jpeg_results), "--anchor", str(jpeg_results), "--anchor", str(earlier)]) == 0
+    header, _, row = capsys.readouterr().out.splitlines()[2:5]
+    assert header.count("JPEG (4:2:0) (") == 2 and str(earlier) in header
+    assert row.startswith("| JPEG (4:2:0) | +0.0 | ")
+    assert float(row.split("|")[3]) == pytest.approx(100.0, abs=0.5)
+
+
 def test_plot_writes_png_and_svg(jpeg_results, tmp_path):
     assert main(["plot", str(jpeg_results), "--no-anchors", "--out", str(tmp_path)]) == 0
     for stem in ("rd_psnr", "rd_ms-ssim"):
