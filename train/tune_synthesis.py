@@ -1,19 +1,14 @@
-"""``dqcodec tune-synthesis``: tune a trained hdq family's decoder to the codes its encoder sends.
+"""``dqcodec tune-synthesis``: tune a trained hdq family's synthesis to the codes its encoder sends.
 
 Training quantizes the fine latent by ECVQ at marginal rates (``HierarchicalDQCodec.forward``),
 while the encoder of a file chooses its codes under the context tables, after a step of decoder
 feedback (:meth:`~dqcodec.models.hdq_codec.HierarchicalDQCodec.choose_levels`): the synthesis
 never saw the codes it decodes. This step encodes training crops once with every level's real
-encoder, then trains the decoder to decode those codes: mean squared error over the pixels the
-network draws (the painted flat blocks left out), Adam with a cosine schedule, the levels in turn.
-``--parts`` says what is trained (:data:`PARTS`): the whole decoder (the synthesis with its linear
-path, the coarse synthesis, every level's fine codewords and the coarse codewords) or, as the
-first tuning of the committed levels did, the synthesis' nonlinear branch and the coarse
-synthesis only. The analysis, the tables (integers, read by index) and the synthesis gains stay,
-so the rates hardly move; the encoder still chooses the codes nearest (in rate and distortion)
-to the analysis' slices, now among the tuned codewords, and its feedback reads the tuned linear
-path. Measured on hdq's committed levels (README): training the whole decoder gained where a
-second round of the nonlinear branch alone gained nothing.
+encoder, then trains the synthesis' nonlinear branch and the coarse synthesis to decode those
+codes: mean squared error over the pixels the network draws (the painted flat blocks left out),
+Adam with a cosine schedule, the levels in turn. The analysis, the linear path, the codebooks,
+the tables and the synthesis gains stay, so the encoder's choices move only through the
+feedback's decoded guess and the rates hardly move.
 
 The levels of a family share one synthesis (``shared_weights``), so they are tuned together and
 rewritten in place when all are done, as ``fit-tables`` does. ``--work`` keeps the crops' codes
@@ -33,12 +28,6 @@ from pathlib import Path
 from dqcodec.codec.errors import DQCodecError
 
 TUNE_CLAUSE = "; synthesis tuned to the encoder's codes (dqcodec tune-synthesis)"  # what a tuning adds to a recipe
-# What --parts trains, as the recipe records it.
-PARTS = {
-    "decoder": "the whole decoder: the synthesis with its linear path, the coarse synthesis and the fine and coarse "
-               "codewords",
-    "nonlinear": "the synthesis' nonlinear branch and the coarse synthesis only",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +40,6 @@ class TuneOptions:
     steps: int = 2000
     learning_rate: float = 1e-4  # peak of the cosine schedule
     seed: int = 0
-    parts: str = "decoder"  # a key of PARTS
 
 
 def add_tune_synthesis_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,9 +62,6 @@ def add_tune_synthesis_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"peak learning rate, cosine to zero over the steps (default {defaults.learning_rate})")
     parser.add_argument("--seed", type=int, default=defaults.seed,
                         help=f"seed of the crops and of their order (default {defaults.seed}; another seed, other crops)")
-    parser.add_argument("--parts", choices=tuple(PARTS), default=defaults.parts,
-                        help="what is trained: " + "; ".join(f"{key}: {text}" for key, text in PARTS.items())
-                             + f" (default {defaults.parts})")
     parser.add_argument("--save-every", type=int, default=100, help="steps between saved states (default 100)")
     parser.add_argument("--data", type=Path, default=data_dir(),
                         help="training images (default: the data folder, BSDS500 and the photos' training split)")
@@ -91,7 +76,7 @@ def run_tune_synthesis(args: argparse.Namespace) -> int:
     from dqcodec.train.fit_tables import measure_into_json, model_stems, training_files
 
     options = TuneOptions(crops=args.crops, crop=args.crop, steps=args.steps, learning_rate=args.learning_rate,
-                          seed=args.seed, parts=args.parts)
+                          seed=args.seed)
     if args.crop < 64 or args.crop % 64:
         raise DQCodecError(f"--crop {args.crop}: need a multiple of 64")
     for name, value, least in (("--crops", args.crops, options.batch_size), ("--steps", args.steps, 1),
@@ -116,8 +101,7 @@ def run_tune_synthesis(args: argparse.Namespace) -> int:
 @dataclasses.dataclass
 class Family:
     """The loaded levels (networks in eval mode, their JSON info); the levels share the first
-    one's synthesis, coarse synthesis and coarse quantizer modules (stored once, in the shared
-    transforms file)."""
+    one's synthesis and coarse synthesis modules."""
 
     nets: list
     infos: list[dict]
@@ -146,8 +130,7 @@ def load_family(stems: list[Path]) -> Family:
     if len(stems) > 1 and (len(shared) != 1 or None in shared or len({stem.parent.resolve() for stem in stems}) != 1):
         raise DQCodecError("tune-synthesis: give the levels of one family (one folder, one shared transforms file)")
     for net in nets[1:]:
-        net.synthesis, net.coarse_synthesis, net.coarse_quantizer = (
-            nets[0].synthesis, nets[0].coarse_synthesis, nets[0].coarse_quantizer)
+        net.synthesis, net.coarse_synthesis = nets[0].synthesis, nets[0].coarse_synthesis
     return Family(nets, infos)
 
 
@@ -161,11 +144,7 @@ class SynthesisTuner:
         self.work = Path(work)
         self.codes: dict | None = None
         base = family.base
-        if options.parts == "nonlinear":
-            self.parameters = list(base.synthesis.layers.parameters()) + list(base.coarse_synthesis.parameters())
-        else:  # the codewords are buffers of the quantizers, trained here as parameters
-            self.parameters = (list(base.synthesis.parameters()) + list(base.coarse_synthesis.parameters())
-                               + [base.coarse_quantizer.codebooks] + [net.fine_quantizer.codebooks for net in family.nets])
+        self.parameters = list(base.synthesis.layers.parameters()) + list(base.coarse_synthesis.parameters())
 
     def encode_crops(self, files: list[Path]) -> None:
         """Encode ``options.crops`` random training crops with every level's encoder, or read
@@ -224,9 +203,9 @@ class SynthesisTuner:
         return error.sum() / (drawn.sum() * 3).clamp_min(1.0)
 
     def train(self, save_every: int) -> None:
-        """Adam on the parts of ``options.parts`` for ``options.steps`` steps (cosine schedule),
-        resuming from ``work/state.pt``; the networks end rounded to their storage precision, in
-        eval mode, the quantizers' EMA statistics following their tuned codewords."""
+        """Adam on the synthesis' nonlinear branch and the coarse synthesis for ``options.steps``
+        steps (cosine schedule), resuming from ``work/state.pt``; the networks end rounded to
+        their storage precision, in eval mode."""
         import numpy as np
         import torch
         from tqdm import tqdm
@@ -267,12 +246,8 @@ class SynthesisTuner:
             if (step + 1) % save_every == 0 or step + 1 == self.options.steps:
                 self._save_state(state_path, optimizer, rng, step + 1)
         base.eval()
-        for parameter in self.parameters:
+        for parameter in base.parameters():
             parameter.requires_grad_(False)
-        # Training resumed from these weights moves each codeword to its EMA sums / counts: they
-        # must describe the tuned codewords, or the first step would pull them back.
-        for quantizer in {id(q): q for net in self.family.nets for q in (net.coarse_quantizer, net.fine_quantizer)}.values():
-            quantizer.load_codebooks(quantizer.codebooks.clone(), quantizer.ema_counts.clone())
         for net in self.family.nets:
             round_to_storage(net)
 
@@ -310,8 +285,8 @@ def save_family(family: Family, stems: list[Path], options: TuneOptions, minutes
         # Each tuning continues from the last one, so each is recorded, in order.
         training["recipe"] = (f"{training.get('recipe', '')}{TUNE_CLAUSE}: {options.steps} Adam steps (peak "
                               f"learning rate {options.learning_rate:g}, cosine) on {options.crops} crops of "
-                              f"{options.crop} px (seed {options.seed}) as the levels' encoders code them, "
-                              f"{PARTS[options.parts]}")
+                              f"{options.crop} px (seed {options.seed}) as the levels' encoders code them, the "
+                              "synthesis' nonlinear branch and the coarse synthesis only")
         training["synthesis_tuning"] = [*training.get("synthesis_tuning", []),
                                         {**dataclasses.asdict(options), "minutes": round(minutes, 1)}]
         kept = {key: value for key, value in info.items() if key not in ("architecture", "config", "shared_weights", "kodak")}
