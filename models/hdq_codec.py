@@ -80,7 +80,7 @@ class HDQConfig:
     )
     rate_lambda: float = field(default=0.01, metadata={"help": RATE_LAMBDA_HELP, "flag": "--lambda"})
     feedback_step: float = field(
-        default=0.1, metadata={"help": "encoder only: step of the decoder feedback that moves the fine slices before the "
+        default=0.05, metadata={"help": "encoder only: step of the decoder feedback that moves the fine slices before the "
                                       "codes are chosen, in units of the pixel residual's gradient over the synthesis "
                                       "gain (0: code the analysis' slices as they are)"}
     )
@@ -342,7 +342,10 @@ class HierarchicalDQCodec(nn.Module):
         the marginal-rate ECVQ codes at the level's lambda as the first guess, +0.7 % and +3.6 %
         (the rate rose 3-9 %). In probes on estimated rates a step of 0.2 lost 2.9 % and a second
         step lost more: the gradient is largest along the block means, whose slices it then moves
-        past their codes.
+        past their codes. Once the synthesis was tuned to the encoder's codes, a step of 0.05 did
+        better than 0.1 at every level (+0.01 to +0.04 dB at equal rate on 12 Kodak images, each
+        level's curve swept over lambda; -0.5 % BD-rate over PSNR and -0.8 % over MS-SSIM on all
+        24, real files), hence the default.
         """
         quantizer = self.fine_quantizer
         slices = quantizer.project(latent)
