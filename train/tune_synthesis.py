@@ -170,7 +170,7 @@ class SynthesisTuner:
         batch = self.options.batch_size
         crops = _crop_source(files, self.family.infos[0], self.options.crop, batch, generator)
         images, coarse, fine, painted = [], [], [], []
-        for _ in tqdm(range(self.options.crops // batch), desc="encoding crops", unit="batch", disable=None):
+        for _ in tqdm(range(self.options.crops // batch), desc="encoding crops", unit="batch"):
             x = crops.batch()
             images.append((x * 255).round().to(torch.uint8).numpy())
             with torch.no_grad():
@@ -234,7 +234,7 @@ class SynthesisTuner:
         count, levels = len(self.codes["images"]), len(self.family.nets)
         base.train()
         progress = tqdm(range(step, self.options.steps), initial=step, total=self.options.steps, desc="tuning",
-                        unit="step", disable=None)
+                        unit="step")
         for step in progress:
             for group in optimizer.param_groups:
                 group["lr"] = self.options.learning_rate * 0.5 * (1 + math.cos(math.pi * step / self.options.steps))
