@@ -788,6 +788,7 @@ def test_tune_synthesis_refuses_bad_input_in_one_line(tiny_model, tmp_path, caps
         assert message in err and err.count("\n") == 1, err
     # The codes of one run are not read by a run with other options.
     assert main(["tune-synthesis", str(copy), *common, "--crops", "8", "--steps", "1"]) == 0
+    capsys.readouterr()  # that run's progress bars
     assert main(["tune-synthesis", str(copy), *common, "--crops", "16", "--steps", "1"]) == 2
     err = capsys.readouterr().err
     assert "holds the codes of another run" in err and err.count("\n") == 1, err
