@@ -41,8 +41,8 @@ def nearest_codes(
         centres: (M, K, D) codebooks.
         code_cost: (M, K) added to each code's squared distance (ECVQ: lambda times its bits;
             +inf keeps a code out of use), or None for nearest-neighbour assignment.
-        chunk: vectors per step, which bounds the (M, chunk, K) cost tensor; by default about
-            32 MB of float32 costs.
+        chunk: vectors per step, which bounds the (chunk, K) cost matrix of one codebook; by
+            default about 32 MB of float32 costs.
     Returns:
         indices: (M, N) int64, argmin_k ||x - c_k||^2 + code_cost[m, k] (the lowest k on ties).
         cost: (M, N) that minimum, in the points' dtype.
