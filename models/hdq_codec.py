@@ -21,6 +21,11 @@ per block) and moves the slices by ``feedback_step * W^T (x - x_hat) / gain``: a
 descent on the squared pixel error, straight through the quantizer. The file format does not
 change; the decoder never sees it.
 
+Structural weights (encoder only, ``structural_weighting``): each 16 x 16 block's squared error
+counts w times in the choice of the fine and refinement codes, w larger in flat blocks than in
+textured ones, as SSIM weighs errors (:mod:`~dqcodec.models.structural_weights`); a block is
+coded at ``lambda / w``.
+
 Rate-distortion trade-off: ``rate_lambda`` is in pixel units (squared error of [0, 1] RGB values
 per bit). The fine quantizer's entropy-constrained assignment works in latent units, so it uses
 ``rate_lambda / gain``, where ``gain`` is the synthesis' squared gain per latent dimension
@@ -48,6 +53,7 @@ from dqcodec.models.hierarchical_entropy import CoarseConditionedIndexModel
 from dqcodec.models.interface import RATE_LAMBDA_HELP, CodecOutput, CompressedLevels, IndexLevel, LevelSpec, StepTables
 from dqcodec.models.quantizers import DepthwiseQuantizer
 from dqcodec.models.refinement import REFINE, FineRefinement
+from dqcodec.models.structural_weights import block_weights
 
 FLAT, COARSE, FINE = "flat", "coarse", "fine"
 COARSE_FACTOR = 4
@@ -83,6 +89,11 @@ class HDQConfig:
         default=0.05, metadata={"help": "encoder only: step of the decoder feedback that moves the fine slices before the "
                                       "codes are chosen, in units of the pixel residual's gradient over the synthesis "
                                       "gain (0: code the analysis' slices as they are)"}
+    )
+    structural_weighting: float = field(
+        default=0.25, metadata={"help": "encoder only: exponent of the structural weights of each 16 x 16 block's squared "
+                                      "error in the choice of the fine (and refinement) codes (0: plain squared error; "
+                                      "1: SSIM's own sensitivity, so flat blocks get more bits)"}
     )
     refinement_size: int = field(
         default=0, metadata={"help": "codes of each fine codebook's residual refinement (0: no refinement level); fitted "
@@ -296,7 +307,7 @@ class HierarchicalDQCodec(nn.Module):
         if self.refinement is not None:
             fine_lambda = self.rate_lambdas(rate_lambda)[0]
             levels.append(IndexLevel(REFINE, *self.choose_refinement(fine_slices.double().numpy(), levels[-1].indices,
-                                                                     fine_lambda)))
+                                                                     fine_lambda, self.block_weights(image))))
         return levels
 
     @torch.no_grad()
@@ -320,7 +331,7 @@ class HierarchicalDQCodec(nn.Module):
         fine_slices = self.fine_targets(image, latent, coarse, flat)
         fine, fine_tables = choose_indices(
             fine_slices.double().numpy(), self._codewords(self.fine_quantizer), self.fine_entropy, fine_lambda,
-            side={COARSE: coarse},
+            side={COARSE: coarse}, weights=self.block_weights(image),
         )
         levels = [IndexLevel(FLAT, flat), IndexLevel(COARSE, coarse, coarse_tables), IndexLevel(FINE, fine, fine_tables)]
         return levels, fine_slices
@@ -361,14 +372,23 @@ class HierarchicalDQCodec(nn.Module):
         pull = F.conv2d(residual, self.synthesis.linear.weight.transpose(0, 1))  # W^T (x - x_hat): (B, M*D, h, w)
         return slices + (step / max(self.synthesis_gains[0].item(), 1e-12)) * pull.view_as(slices)
 
-    def choose_refinement(self, fine_slices: np.ndarray, fine: np.ndarray, fine_lambda: float) -> tuple[np.ndarray, StepTables]:
+    def block_weights(self, image: torch.Tensor) -> np.ndarray | None:
+        """(B, 3, H, W) image -> (B, H/16, W/16) structural weights of its blocks' squared errors
+        (``structural_weighting``, :mod:`~dqcodec.models.structural_weights`); None when the
+        model weights every block alike."""
+        exponent = self.config.structural_weighting
+        return block_weights(image.double().numpy(), FINE_STRIDE, exponent) if exponent else None
+
+    def choose_refinement(self, fine_slices: np.ndarray, fine: np.ndarray, fine_lambda: float,
+                          weights: np.ndarray | None = None) -> tuple[np.ndarray, StepTables]:
         """(B, M, D, h, w) float64 fine slices and their (B, M, h, w) fine indices -> (B, M, h, w)
         refinement indices, chosen for the residual the fine codes left under the refinement's
-        tables in coding order, at ``fine_lambda`` (latent units, :meth:`rate_lambdas`), and the
-        tables of their coding steps."""
+        tables in coding order, at ``fine_lambda`` (latent units, :meth:`rate_lambdas`) with the
+        blocks' structural ``weights`` (:meth:`block_weights`), and the tables of their coding
+        steps."""
         residual = fine_slices - self.fine_quantizer.lookup(torch.from_numpy(fine)).double().numpy()
         return choose_indices(residual, self.refinement.codebooks.double().numpy(), self.refinement.entropy,
-                              fine_lambda, side={FINE: fine})
+                              fine_lambda, side={FINE: fine}, weights=weights)
 
     @torch.no_grad()
     def decompress(self, levels: CompressedLevels) -> torch.Tensor:

@@ -15,9 +15,10 @@ from dqcodec.codec import api
 from dqcodec.codec.cli import main
 from dqcodec.codec.container import unpack
 from dqcodec.models import registry
-from dqcodec.models.context_tables import TABLE_PRECISION
+from dqcodec.models.context_tables import TABLE_PRECISION, choose_indices
 from dqcodec.models.hdq_codec import HDQConfig, HierarchicalDQCodec
 from dqcodec.models.interface import IndexLevel, estimated_bits
+from dqcodec.models.structural_weights import SSIM_C2, TYPICAL_BLOCK_TERM, block_weights
 from dqcodec.train.training_log import read_log
 
 TINY = ["--channels", "12", "--latent-channels", "16", "--num-codebooks", "4", "--codebook-size", "16",
@@ -205,6 +206,61 @@ def test_decoder_feedback_is_a_gradient_step_on_the_pixel_error_through_the_line
         assert torch.equal(net.fine_targets(image, latent, coarse, flat), slices)
     finally:
         net.config.feedback_step = HDQConfig().feedback_step
+
+
+def test_structural_weights_weigh_flat_blocks_up_and_textured_blocks_down():
+    rng = np.random.default_rng(0)
+    image = np.full((1, 3, 32, 32), 0.5)
+    image[..., :16, 16:] = rng.uniform(0, 1, (3, 16, 16))  # a textured block beside three flat ones
+    weights = block_weights(image, 16, 1.0)
+    assert weights.shape == (1, 2, 2)
+    assert np.allclose(weights[0, [0, 1, 1], [0, 0, 1]], TYPICAL_BLOCK_TERM / SSIM_C2)
+    variance = image[0, :, :16, 16:].var(axis=(1, 2)).mean()
+    assert np.isclose(weights[0, 0, 1], TYPICAL_BLOCK_TERM / (2 * variance + SSIM_C2)) and weights[0, 0, 1] < 1
+    assert np.allclose(block_weights(image, 16, 0.5) ** 2, weights)
+    assert np.array_equal(block_weights(image, 16, 0.0), np.ones((1, 2, 2)))
+
+
+def test_a_positions_weight_divides_its_lambda_in_the_encoders_choice(tiny_model):
+    stem, data = tiny_model
+    net = registry.load_model(registry.register_checkpoint(stem.with_suffix(".json")))[0].network  # the torch runtime's network
+    image = torch.from_numpy(np.asarray(Image.open(data / "2.png"))[:64, :64].copy()).permute(2, 0, 1)[None].float() / 255
+    coarse = net.compress(image)[1].indices
+    with torch.no_grad():
+        slices = net.fine_quantizer.project(net.analyse(image)).double().numpy()
+    codewords = net.fine_quantizer.codebooks.detach().double().numpy()
+    fine_lambda = net.rate_lambdas(0.1)[0]
+
+    def choose(rate_lambda, weights=None):
+        return choose_indices(slices, codewords, net.fine_entropy, rate_lambda, side={"coarse": coarse}, weights=weights)[0]
+
+    assert not np.array_equal(choose(fine_lambda), choose(fine_lambda / 8))
+    assert np.array_equal(choose(fine_lambda, np.ones((1, 4, 4))), choose(fine_lambda))
+    assert np.array_equal(choose(fine_lambda, np.full((1, 4, 4), 8.0)), choose(fine_lambda / 8))
+    # A huge weight at one position takes its nearest codes there, whatever the context.
+    plain, nearest = choose(fine_lambda), choose(0.0)
+    y, x = np.argwhere((plain != nearest).any(axis=1)[0])[0]
+    weights = np.ones((1, 4, 4))
+    weights[0, y, x] = 1e9
+    assert np.array_equal(choose(fine_lambda, weights)[..., y, x], nearest[..., y, x])
+
+
+def test_structural_weighting_changes_the_encoders_choice_only(tiny_model, tmp_path):
+    stem, data = tiny_model
+    info = json.loads(stem.with_suffix(".json").read_text())
+    info["config"]["structural_weighting"] = 1.0
+    weighted = tmp_path / "hdq-weighted"
+    weighted.with_suffix(".json").write_text(json.dumps(info))
+    weighted.with_suffix(".safetensors").write_bytes(stem.with_suffix(".safetensors").read_bytes())
+    pixels = np.asarray(Image.open(data / "0.png")).copy()
+    pixels[:32, :48] = pixels[:32, :48].mean(axis=(0, 1)).round() + np.arange(48)[:, None] % 3  # smooth, not flat
+    plain, structural = (dqcodec.encode(pixels, model=f"{model}.json", rate_lambda=0.05) for model in (stem, weighted))
+    assert plain != structural
+    net = registry.load_model(registry.register_checkpoint(weighted.with_suffix(".json")))[0].network
+    padded = np.pad(pixels, ((0, 128 - 96), (0, 128 - 112), (0, 0)), mode="edge")
+    levels = net.compress(torch.from_numpy(padded).permute(2, 0, 1)[None].float() / 255, 0.05)
+    expected = (net.decompress(levels)[0, :, :96, :112].permute(1, 2, 0) * 255).round().byte().numpy()
+    assert np.array_equal(np.asarray(dqcodec.decode(structural)), expected)
 
 
 def within_one_level(a: np.ndarray, b: np.ndarray) -> bool:
@@ -687,6 +743,16 @@ def test_fit_tables_gives_a_model_a_refinement_level_that_codes_exactly_and_lowe
     assert np.array_equal(together[-1].indices[:1], levels[-1].indices)
     unrefined = net.decompress(levels[:-1])
     assert ((net.decompress(levels) - image) ** 2).mean() < ((unrefined - image) ** 2).mean()
+    # tune-synthesis trains the synthesis on what the decoder decodes: fine plus refinement codes.
+    from dqcodec.train.tune_synthesis import SynthesisTuner, TuneOptions, load_family
+
+    tuner = SynthesisTuner(load_family([copy]), TuneOptions(crops=8, crop=64, steps=1), tmp_path / "tune")
+    tuner.encode_crops(sorted(data.glob("*.png")))
+    assert (tuner.codes["refine"] > 0).any()
+    with torch.no_grad():
+        refined = tuner.loss(np.arange(8), 0).item()
+        tuner.codes["refine"][:] = 0
+        assert tuner.loss(np.arange(8), 0).item() > refined
     # --refinement-size 0 takes the level away again.
     assert main(["fit-tables", str(copy), "--crops", "8", "--data", str(data), "--threads", "1",
                  "--measure-images", "0", "--refinement-size", "0"]) == 0

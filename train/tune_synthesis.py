@@ -2,8 +2,8 @@
 
 Training quantizes the fine latent by ECVQ at marginal rates (``HierarchicalDQCodec.forward``),
 while the encoder of a file chooses its codes under the context tables, after a step of decoder
-feedback (:meth:`~dqcodec.models.hdq_codec.HierarchicalDQCodec.choose_levels`): the synthesis
-never saw the codes it decodes. This step encodes training crops once with every level's real
+feedback (:meth:`~dqcodec.models.hdq_codec.HierarchicalDQCodec.compress`), and adds the
+refinement codes of a level that has them: the synthesis never saw the codes it decodes. This step encodes training crops once with every level's real
 encoder, then trains the synthesis' nonlinear branch and the coarse synthesis to decode those
 codes: mean squared error over the pixels the network draws (the painted flat blocks left out),
 Adam with a cosine schedule, the levels in turn. The analysis, the linear path, the codebooks,
@@ -154,12 +154,15 @@ class SynthesisTuner:
         from tqdm import tqdm
 
         from dqcodec.models.flat_blocks import flat_block_colours
+        from dqcodec.models.refinement import REFINE
 
         path = self.work / "codes.npz"
         names = [info["name"] for info in self.family.infos]
         # "painted": one mask per crop (the flat blocks are the image's, the same at every level).
+        refined = [net.config.refinement_size for net in self.family.nets]
         signature = json.dumps({"levels": names, "crops": self.options.crops, "crop": self.options.crop,
-                                "seed": self.options.seed, "painted": "per crop"})
+                                "seed": self.options.seed, "painted": "per crop",
+                                **({"refinement": refined} if any(refined) else {})})
         if path.is_file():
             with np.load(path) as stored:
                 if str(stored["signature"]) != signature:
@@ -169,19 +172,24 @@ class SynthesisTuner:
         generator = torch.Generator().manual_seed(self.options.seed)
         batch = self.options.batch_size
         crops = _crop_source(files, self.family.infos[0], self.options.crop, batch, generator)
-        images, coarse, fine, painted = [], [], [], []
+        images, coarse, fine, refine, painted = [], [], [], [], []
         for _ in tqdm(range(self.options.crops // batch), desc="encoding crops", unit="batch"):
             x = crops.batch()
             images.append((x * 255).round().to(torch.uint8).numpy())
             with torch.no_grad():
                 latent = self.family.base.analyse(x)
-                levels = [dict((level.name, level.indices) for level in net.choose_levels(x, latent=latent)[0])
+                levels = [dict((level.name, level.indices) for level in net.compress(x, latent=latent))
                           for net in self.family.nets]
             coarse.append(np.stack([level["coarse"] for level in levels], axis=1).astype(np.uint16))
             fine.append(np.stack([level["fine"] for level in levels], axis=1).astype(np.uint16))
+            # A level without a refinement level gets zeros: its code 0 would be the zero residual.
+            refine.append(np.stack([level.get(REFINE, np.zeros_like(level["fine"])) for level in levels],
+                                   axis=1).astype(np.uint16))
             painted.append(flat_block_colours(levels[0]["flat"])[0])
         self.codes = {"signature": np.array(signature), "images": np.concatenate(images),
                       "coarse": np.concatenate(coarse), "fine": np.concatenate(fine), "painted": np.concatenate(painted)}
+        if any(refined):
+            self.codes["refine"] = np.concatenate(refine)
         self.work.mkdir(parents=True, exist_ok=True)
         staged = path.with_suffix(".partial.npz")
         np.savez(staged, **self.codes)
@@ -195,7 +203,10 @@ class SynthesisTuner:
 
         net = self.family.nets[level]
         images = torch.from_numpy(self.codes["images"][rows]).float() / 255
-        fine = net.fine_quantizer.assemble(net.fine_quantizer.lookup(torch.from_numpy(self.codes["fine"][rows, level].astype("int64"))))
+        slices = net.fine_quantizer.lookup(torch.from_numpy(self.codes["fine"][rows, level].astype("int64")))
+        if net.refinement is not None:  # the decoder's slice is the fine code plus its refinement code
+            slices = slices + net.refinement.lookup(torch.from_numpy(self.codes["refine"][rows, level].astype("int64")))
+        fine = net.fine_quantizer.assemble(slices)
         coarse = net.coarse_quantizer.dequantize(torch.from_numpy(self.codes["coarse"][rows, level].astype("int64")))
         drawn = 1.0 - F.interpolate(torch.from_numpy(self.codes["painted"][rows])[:, None].float(),
                                     scale_factor=images.shape[-1] // self.codes["painted"].shape[-1], mode="nearest")
