@@ -352,13 +352,12 @@ def run_bench(args: argparse.Namespace) -> int:
 
     from dqcodec.eval.rd import load_images
     from dqcodec.eval.ours import default_model_name
-    from dqcodec.eval.speed import format_table, time_hyperprior, time_ours
+    from dqcodec.eval.speed import format_table, time_both
 
     _check_counts(args)
     torch.set_num_threads(args.threads)
     images = load_images(args.images or kodak_dir(), args.limit)
-    ours = time_ours(images, args.model or default_model_name())
-    baseline = time_hyperprior(images)
+    ours, baseline = time_both(images, args.model or default_model_name())
     print(format_table(ours, baseline, args.threads, len(images)))
     if args.json:
         codecs = [

@@ -101,6 +101,12 @@ class HDQConfig:
                                      "gives one to a trained model)"}
     )
 
+    def __post_init__(self):
+        for name in ("feedback_step", "structural_weighting"):
+            value = getattr(self, name)
+            if not 0.0 <= value < float("inf"):
+                raise ValueError(f"--{name.replace('_', '-')} {value}: need a finite value of 0 or more")
+
 
 class HierarchicalDQCodec(nn.Module):
     """Two-level depthwise-quantized convolutional codec; images (B, 3, H, W) in [0, 1]."""

@@ -263,6 +263,15 @@ def test_structural_weighting_changes_the_encoders_choice_only(tiny_model, tmp_p
     assert np.array_equal(np.asarray(dqcodec.decode(structural)), expected)
 
 
+def test_train_refuses_a_negative_structural_weighting_in_one_line(tmp_path, capsys):
+    data = wave_images(tmp_path / "images", seed=3)
+    assert main(tiny_run(tmp_path / "run", data, 1, "--structural-weighting", "-1")) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "dqcodec: error: --structural-weighting -1.0: need a finite value of 0 or more")
+    assert main(tiny_run(tmp_path / "run", data, 1, "--feedback-step", "nan")) == 2
+    assert "--feedback-step nan: need a finite value of 0 or more" in capsys.readouterr().err
+
+
 def within_one_level(a: np.ndarray, b: np.ndarray) -> bool:
     """hdq decodes in float32: the indices are exact, a rounded pixel may flip by one level."""
     return a.shape == b.shape and int(np.abs(a.astype(np.int16) - b).max()) <= 1
