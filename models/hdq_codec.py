@@ -312,8 +312,8 @@ class HierarchicalDQCodec(nn.Module):
         levels, fine_slices = self.choose_levels(image, rate_lambda, latent)
         if self.refinement is not None:
             fine_lambda = self.rate_lambdas(rate_lambda)[0]
-            levels.append(IndexLevel(REFINE, *self.choose_refinement(fine_slices.double().numpy(), levels[-1].indices,
-                                                                     fine_lambda, self.block_weights(image))))
+            levels.append(IndexLevel(REFINE, *self.choose_refinement(image, fine_slices.double().numpy(),
+                                                                     levels[-1].indices, fine_lambda)))
         return levels
 
     @torch.no_grad()
@@ -385,16 +385,16 @@ class HierarchicalDQCodec(nn.Module):
         exponent = self.config.structural_weighting
         return block_weights(image.double().numpy(), FINE_STRIDE, exponent) if exponent else None
 
-    def choose_refinement(self, fine_slices: np.ndarray, fine: np.ndarray, fine_lambda: float,
-                          weights: np.ndarray | None = None) -> tuple[np.ndarray, StepTables]:
-        """(B, M, D, h, w) float64 fine slices and their (B, M, h, w) fine indices -> (B, M, h, w)
-        refinement indices, chosen for the residual the fine codes left under the refinement's
-        tables in coding order, at ``fine_lambda`` (latent units, :meth:`rate_lambdas`) with the
-        blocks' structural ``weights`` (:meth:`block_weights`), and the tables of their coding
-        steps."""
+    def choose_refinement(self, image: torch.Tensor, fine_slices: np.ndarray, fine: np.ndarray,
+                          fine_lambda: float) -> tuple[np.ndarray, StepTables]:
+        """(B, 3, H, W) image, its (B, M, D, h, w) float64 fine slices and their (B, M, h, w) fine
+        indices -> (B, M, h, w) refinement indices, chosen for the residual the fine codes left
+        under the refinement's tables in coding order, at ``fine_lambda`` (latent units,
+        :meth:`rate_lambdas`) with the image blocks' structural weights (:meth:`block_weights`),
+        as the fine codes were; and the tables of their coding steps."""
         residual = fine_slices - self.fine_quantizer.lookup(torch.from_numpy(fine)).double().numpy()
         return choose_indices(residual, self.refinement.codebooks.double().numpy(), self.refinement.entropy,
-                              fine_lambda, side={FINE: fine}, weights=weights)
+                              fine_lambda, side={FINE: fine}, weights=self.block_weights(image))
 
     @torch.no_grad()
     def decompress(self, levels: CompressedLevels) -> torch.Tensor:

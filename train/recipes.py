@@ -424,13 +424,13 @@ def _fit_refinement(net: nn.Module, options: HDQOptions, crops: list[torch.Tenso
     code_cost = code_cost.masked_fill(usage <= 0, float("inf"))
     for round_index in range(2):
         batches = []
-        for batch_slices, fine, residual in zip(slices, fine_levels, residuals):
+        for batch, batch_slices, fine, residual in zip(crops, slices, fine_levels, residuals):
             if round_index == 0:
                 b, m, _, h, w = residual.shape
                 chosen, _ = nearest_codes(slice_vectors(residual), codes, code_cost)
                 refine = chosen.view(m, b, h, w).transpose(0, 1).numpy()
             else:
-                refine, _ = net.choose_refinement(batch_slices.double().numpy(), fine, fine_lambda)
+                refine, _ = net.choose_refinement(batch, batch_slices.double().numpy(), fine, fine_lambda)
             batches.append((refine, {"fine": fine}))
         refinement.entropy.fit(batches, backoff=options.table_backoff)
 

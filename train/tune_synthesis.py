@@ -3,10 +3,11 @@
 Training quantizes the fine latent by ECVQ at marginal rates (``HierarchicalDQCodec.forward``),
 while the encoder of a file chooses its codes under the context tables, after a step of decoder
 feedback (:meth:`~dqcodec.models.hdq_codec.HierarchicalDQCodec.compress`), and adds the
-refinement codes of a level that has them: the synthesis never saw the codes it decodes. This step encodes training crops once with every level's real
-encoder, then trains the synthesis' nonlinear branch and the coarse synthesis to decode those
-codes: mean squared error over the pixels the network draws (the painted flat blocks left out),
-Adam with a cosine schedule, the levels in turn. The analysis, the linear path, the codebooks,
+refinement codes of a level that has them: the synthesis never saw the codes it decodes. This
+step encodes training crops once with every level's real encoder, then trains the synthesis'
+nonlinear branch and the coarse synthesis to decode those codes: mean squared error over the
+pixels the network draws (the painted flat blocks left out), Adam with a cosine schedule, the
+levels in turn. The analysis, the linear path, the codebooks,
 the tables and the synthesis gains stay, so the encoder's choices move only through the
 feedback's decoded guess and the rates hardly move.
 
@@ -182,13 +183,13 @@ class SynthesisTuner:
                           for net in self.family.nets]
             coarse.append(np.stack([level["coarse"] for level in levels], axis=1).astype(np.uint16))
             fine.append(np.stack([level["fine"] for level in levels], axis=1).astype(np.uint16))
-            # A level without a refinement level gets zeros: its code 0 would be the zero residual.
-            refine.append(np.stack([level.get(REFINE, np.zeros_like(level["fine"])) for level in levels],
-                                   axis=1).astype(np.uint16))
+            if any(refined):  # a level without a refinement level gets zeros, code 0 being the zero residual
+                refine.append(np.stack([level.get(REFINE, np.zeros_like(level["fine"])) for level in levels],
+                                       axis=1).astype(np.uint16))
             painted.append(flat_block_colours(levels[0]["flat"])[0])
         self.codes = {"signature": np.array(signature), "images": np.concatenate(images),
                       "coarse": np.concatenate(coarse), "fine": np.concatenate(fine), "painted": np.concatenate(painted)}
-        if any(refined):
+        if refine:
             self.codes["refine"] = np.concatenate(refine)
         self.work.mkdir(parents=True, exist_ok=True)
         staged = path.with_suffix(".partial.npz")
