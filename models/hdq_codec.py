@@ -336,7 +336,7 @@ class HierarchicalDQCodec(nn.Module):
         flat = flat_block_symbols(image.numpy(), FINE_STRIDE)
         fine_slices = self.fine_targets(image, latent, coarse, flat)
         fine, fine_tables = choose_indices(
-            fine_slices.double().numpy(), self._codewords(self.fine_quantizer), self.fine_entropy, fine_lambda,
+            fine_slices.float().numpy(), self._codewords(self.fine_quantizer), self.fine_entropy, fine_lambda,
             side={COARSE: coarse}, weights=self.block_weights(image),
         )
         levels = [IndexLevel(FLAT, flat), IndexLevel(COARSE, coarse, coarse_tables), IndexLevel(FINE, fine, fine_tables)]

@@ -15,7 +15,9 @@ from dqcodec.codec import api
 from dqcodec.codec.cli import main
 from dqcodec.codec.container import unpack
 from dqcodec.models import registry
-from dqcodec.models.context_tables import TABLE_PRECISION, choose_indices
+from dqcodec.models.context_tables import (
+    CONTEXTS_PER_PHASE, TABLE_PRECISION, StoredContextTables, choose_indices, quantize_table,
+)
 from dqcodec.models.hdq_codec import HDQConfig, HierarchicalDQCodec
 from dqcodec.models.interface import IndexLevel, estimated_bits
 from dqcodec.models.structural_weights import SSIM_C2, TYPICAL_BLOCK_TERM, block_weights
@@ -243,6 +245,34 @@ def test_a_positions_weight_divides_its_lambda_in_the_encoders_choice(tiny_model
     weights = np.ones((1, 4, 4))
     weights[0, y, x] = 1e9
     assert np.array_equal(choose(fine_lambda, weights)[..., y, x], nearest[..., y, x])
+
+
+def test_the_encoders_choice_in_float32_costs_what_the_float64_choice_costs():
+    """choose_indices scores in the dtype of its vectors (hdq's fine level: float32). Each code
+    it picks there must cost, recomputed in float64 under the same context, what the best code
+    costs, to float32's precision, and almost every index must be the float64 one."""
+    rng = np.random.default_rng(5)
+    num_codebooks, size, dim, height, width = 3, 64, 4, 12, 16
+    vectors = rng.normal(size=(2, num_codebooks, dim, height, width))
+    codebooks = rng.normal(size=(num_codebooks, size, dim))
+    counts = rng.integers(1, 50, size=(num_codebooks, 1, 1, size))
+    # One context per codebook and phase: the cost of a code depends on nothing chosen before.
+    tables = StoredContextTables(
+        num_codebooks=num_codebooks, codebook_size=size, num_predicted=0,
+        code_class=np.zeros((num_codebooks, size), dtype=np.int64), code_level=np.zeros((num_codebooks, size), dtype=np.int64),
+        frequencies=np.broadcast_to(quantize_table(counts), (num_codebooks, 2, CONTEXTS_PER_PHASE, size)).copy(),
+        alphabet_sizes=np.full(num_codebooks, size))
+    weights = rng.uniform(0.5, 2.0, size=(2, height, width))
+    bits = np.log2(tables.frequencies[:, 0, 0].sum(-1, keepdims=True)) - np.log2(tables.frequencies[:, 0, 0])  # (M, K)
+    for weight in (None, weights):
+        single = choose_indices(vectors.astype(np.float32), codebooks, tables, 0.3, weights=weight)[0]
+        double = choose_indices(vectors, codebooks, tables, 0.3, weights=weight)[0]
+        scale = np.ones((2, 1, height, width)) if weight is None else weight[:, None]
+        cost = (scale[..., None] * ((vectors[:, :, None] - codebooks[None, :, :, :, None, None]) ** 2).sum(3).transpose(0, 1, 3, 4, 2)
+                + 0.3 * bits[None, :, None, None, :])  # (B, M, H, W, K) in float64
+        picked = np.take_along_axis(cost, single[..., None], axis=-1)[..., 0]
+        assert np.allclose(picked, cost.min(axis=-1), rtol=1e-5, atol=1e-5)
+        assert np.mean(single == double) > 0.99
 
 
 def test_structural_weighting_changes_the_encoders_choice_only(tiny_model, tmp_path):
