@@ -20,7 +20,8 @@ from compressai.layers import GDN as CompressaiGDN
 from compressai.models.utils import conv, deconv
 from torch import nn
 
-FINE_STRIDE = 16
+from dqcodec.models.hdq_levels import FINE_STRIDE
+
 
 
 class GDN(CompressaiGDN):

@@ -45,18 +45,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from dqcodec.models.block_runtime import GUARD_PIXEL_ERROR
-from dqcodec.models.conv_transforms import FINE_STRIDE, CoarseAnalysis, CoarseSynthesis, ConvAnalysis, ConvSynthesis
+from dqcodec.models.conv_transforms import CoarseAnalysis, CoarseSynthesis, ConvAnalysis, ConvSynthesis
 from dqcodec.models.context_tables import choose_indices
 from dqcodec.models.entropy import ContextIndexModel
 from dqcodec.models.flat_blocks import NUM_SYMBOLS, FlatBlockModel, flat_block_colours, flat_block_symbols
+from dqcodec.models.hdq_levels import COARSE, COARSE_FACTOR, FINE, FINE_STRIDE, FLAT
 from dqcodec.models.hierarchical_entropy import CoarseConditionedIndexModel
 from dqcodec.models.interface import RATE_LAMBDA_HELP, CodecOutput, CompressedLevels, IndexLevel, LevelSpec, StepTables
 from dqcodec.models.quantizers import DepthwiseQuantizer
 from dqcodec.models.refinement import REFINE, FineRefinement
 from dqcodec.models.structural_weights import block_weights
 
-FLAT, COARSE, FINE = "flat", "coarse", "fine"
-COARSE_FACTOR = 4
 GAIN_PROBE = 1e-2  # finite-difference step, relative to the codewords' RMS
 # Flat images of this size (pixels) give the latents of flat areas: their centre lies 96 pixels
 # from the zero padding of the convolutions.

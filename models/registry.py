@@ -61,6 +61,8 @@ class MissingRuntime(Exception):
 
 BLOCK_RUNTIME = "dqcodec.models.block_runtime:BlockRuntime"
 TORCH_RUNTIME = "dqcodec.models.torch_runtime:TorchRuntime"
+HDQ_RUNTIME = "dqcodec.models.hdq_runtime:HDQRuntime"
+BASE_RUNTIMES = (BLOCK_RUNTIME, HDQ_RUNTIME)  # what the base install codes with (no torch)
 
 
 def resolve(reference: type | str) -> type:
@@ -127,6 +129,11 @@ def _dq_runtime(config: dict) -> str:
     return BLOCK_RUNTIME if config.get("postfilter_channels", 0) == 0 else TORCH_RUNTIME
 
 
+def _hdq_runtime(config: dict) -> str:
+    """hdq in numpy and onnxruntime, unless it has a refinement level (coded by its network)."""
+    return HDQ_RUNTIME if config.get("refinement_size", 0) == 0 else TORCH_RUNTIME
+
+
 # The JSON's "architecture" -> its entry. A new architecture is a module under models/ and a line here
 # (or a call to register_architecture).
 ARCHITECTURES: dict[str, Architecture] = {
@@ -141,6 +148,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "HierarchicalDQCodec": Architecture(
         "dqcodec.models.hdq_codec:HierarchicalDQCodec",
         "dqcodec.models.hdq_codec:HDQConfig",
+        _hdq_runtime,
         integer_dtypes={**_context_tables("coarse_entropy"), **_context_tables("fine_entropy"),
          "fine_entropy.coarse_class": np.uint8, "fine_entropy.coarse_edges": np.int32,
          "fine_entropy.activity_edges": np.int32, "fine_entropy.predicted_bins": np.uint8,
@@ -204,7 +212,7 @@ def list_models(weights_dir: Path = WEIGHTS_DIR) -> list[dict]:
 def model_install(info: dict) -> str:
     """The install that codes the model of JSON ``info``: ``"base"`` (its architecture has a numpy
     runtime) or ``"train"`` (its network needs torch, ``pip install "dqcodec[train]"``)."""
-    return "base" if ARCHITECTURES[info["architecture"]].runtime(info["config"]) == BLOCK_RUNTIME else "train"
+    return "base" if ARCHITECTURES[info["architecture"]].runtime(info["config"]) in BASE_RUNTIMES else "train"
 
 
 def model_names(weights_dir: Path = WEIGHTS_DIR) -> list[str]:

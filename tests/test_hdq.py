@@ -28,6 +28,12 @@ TINY = ["--channels", "12", "--latent-channels", "16", "--num-codebooks", "4", "
         "--coarse-code-dim", "2"]
 
 
+def network_of(stem) -> HierarchicalDQCodec:
+    """The float32 torch network of checkpoint ``stem`` (the registry codes hdq without it)."""
+    arrays, info, _ = registry.read_model(stem.with_suffix(""))
+    return registry.build_network(arrays, info)
+
+
 def tiny_run(out, data, steps: int, *extra: str) -> list[str]:
     # A tiny lambda keeps several codes of every codebook in use.
     return ["train", "--arch", "hdq", "--out", str(out), "--data", str(data), "--lambda", "1e-9", *TINY,
@@ -152,7 +158,7 @@ def test_round_trip_is_exact_and_three_streams_match_the_estimate(tiny_model):
     encoded = dqcodec.encode(pixels, model=f"{stem}.json")
     header, streams = unpack(encoded)
     assert len(streams) == 3  # flat blocks, coarse, fine
-    net = registry.load_model(registry.register_checkpoint(stem.with_suffix(".json")))[0].network  # the torch runtime's network
+    net = network_of(stem)
     padded = np.pad(pixels, ((0, 128 - 96), (0, 128 - 112), (0, 0)), mode="edge")
     image = torch.from_numpy(padded).permute(2, 0, 1)[None].float() / 255
     levels = net.compress(image)
@@ -179,7 +185,7 @@ def test_an_encode_time_lambda_reaches_the_hdq_encoder(tiny_model):
 
 def test_decoder_feedback_is_a_gradient_step_on_the_pixel_error_through_the_linear_path(tiny_model):
     stem, data = tiny_model
-    net = registry.load_model(registry.register_checkpoint(stem.with_suffix(".json")))[0].network  # the torch runtime's network
+    net = network_of(stem)
     pixels = np.asarray(Image.open(data / "1.png"))[:64, :64].copy()
     pixels[:16, :16] = (40, 120, 200)  # one flat block: the decoder paints it, so it pulls nothing
     image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
@@ -225,7 +231,7 @@ def test_structural_weights_weigh_flat_blocks_up_and_textured_blocks_down():
 
 def test_a_positions_weight_divides_its_lambda_in_the_encoders_choice(tiny_model):
     stem, data = tiny_model
-    net = registry.load_model(registry.register_checkpoint(stem.with_suffix(".json")))[0].network  # the torch runtime's network
+    net = network_of(stem)
     image = torch.from_numpy(np.asarray(Image.open(data / "2.png"))[:64, :64].copy()).permute(2, 0, 1)[None].float() / 255
     coarse = net.compress(image)[1].indices
     with torch.no_grad():
@@ -286,7 +292,7 @@ def test_structural_weighting_changes_the_encoders_choice_only(tiny_model, tmp_p
     pixels[:32, :48] = pixels[:32, :48].mean(axis=(0, 1)).round() + np.arange(48)[:, None] % 3  # smooth, not flat
     plain, structural = (dqcodec.encode(pixels, model=f"{model}.json", rate_lambda=0.05) for model in (stem, weighted))
     assert plain != structural
-    net = registry.load_model(registry.register_checkpoint(weighted.with_suffix(".json")))[0].network
+    net = network_of(weighted)
     padded = np.pad(pixels, ((0, 128 - 96), (0, 128 - 112), (0, 0)), mode="edge")
     levels = net.compress(torch.from_numpy(padded).permute(2, 0, 1)[None].float() / 255, 0.05)
     expected = (net.decompress(levels)[0, :, :96, :112].permute(1, 2, 0) * 255).round().byte().numpy()
@@ -327,7 +333,7 @@ def test_decoding_does_not_depend_on_threads_batch_or_process(tiny_model, tmp_pa
     subprocess.run([sys.executable, "-c", script], check=True)
     assert within_one_level(np.load(tmp_path / "a.npy"), one[0])
     # Batch of two images -> the same indices as each image alone.
-    net = registry.load_model(registry.register_checkpoint(stem.with_suffix(".json")))[0].network  # the torch runtime's network
+    net = network_of(stem)
     batch = torch.from_numpy(np.stack([np.pad(im, ((0, 32), (0, 16), (0, 0)), mode="edge") for im in images]))
     batch = batch.permute(0, 3, 1, 2).float() / 255
     together = net.compress(batch)
@@ -339,7 +345,7 @@ def test_decoding_does_not_depend_on_threads_batch_or_process(tiny_model, tmp_pa
 
 def test_fine_tables_read_the_coarse_level_and_are_valid_integers(tiny_model):
     stem, data = tiny_model
-    net = registry.load_model(registry.register_checkpoint(stem.with_suffix(".json")))[0].network  # the torch runtime's network
+    net = network_of(stem)
     entropy = net.fine_entropy
     assert entropy.frequencies.dtype == torch.int32 and int(entropy.frequencies.min()) >= 1
     assert int(entropy.frequencies.sum(dim=-1).max()) <= TABLE_PRECISION
@@ -759,7 +765,7 @@ def test_fit_tables_gives_a_model_a_refinement_level_that_codes_exactly_and_lowe
     info = json.loads(copy.with_suffix(".json").read_text())
     assert info["config"]["refinement_size"] == 8 and "refinement level of 8 codes" in info["training"]["recipe"]
     registry.clear_cache()
-    net = registry.load_model(registry.register_checkpoint(copy.with_suffix(".json")))[0].network
+    net = network_of(copy)
     assert torch.equal(net.refinement.codebooks[:, 0], torch.zeros_like(net.refinement.codebooks[:, 0]))
     pixels = np.asarray(Image.open(data / "0.png"))
     encoded = dqcodec.encode(pixels, model=f"{copy}.json")

@@ -22,6 +22,7 @@ from PIL import Image
 
 import dqcodec
 from dqcodec.models import registry
+from dqcodec.paths import kodak_dir
 
 FIXTURES = Path(__file__).parent / "fixtures" / "release-0.2.0"
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -123,7 +124,7 @@ def test_the_light_commands_and_their_errors_import_no_torch(tmp_path):
 @pytest.mark.parametrize("model", LIGHT_MODELS)
 def test_without_torch_every_light_model_round_trips(model, tmp_path):
     Image.fromarray(IMAGES["kodim23-crop.png"]).save(tmp_path / "in.png")
-    for argv in (["encode", "in.png", "a.dqc", "--model", model], ["decode", "a.dqc", "out.png"]):
+    for argv in (["encode", "in.png", "a.dqc", "--model", model], ["decode", "a.dqc", "out.png", "--model", str(HDQ_CHECKPOINT)]):
         result = _run_cli(argv, block_torch=True, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
     assert (tmp_path / "a.dqc").read_bytes() == dqcodec.encode(IMAGES["kodim23-crop.png"], model=model)
@@ -131,11 +132,20 @@ def test_without_torch_every_light_model_round_trips(model, tmp_path):
 
 
 def test_without_torch_a_neural_model_is_a_one_line_error(tmp_path):
-    """A shipped neural model (by name), else a committed hdq checkpoint (by path)."""
+    """A shipped neural model (by name), else an hdq checkpoint with a refinement level (its
+    network codes it: the light hdq runtime has no refinement level)."""
     checkpoint = REPOSITORY / "checkpoints" / "hdq-q2.json"
-    model = NEURAL_MODELS[0] if NEURAL_MODELS else str(checkpoint)
     if not NEURAL_MODELS and not checkpoint.is_file():
         pytest.skip("no neural model in the package and no hdq checkpoint in this checkout")
+    if NEURAL_MODELS:
+        model = NEURAL_MODELS[0]
+    else:
+        info = json.loads(checkpoint.read_text())
+        info["config"]["refinement_size"] = 32
+        model = str(tmp_path / "hdq-q2.json")
+        Path(model).write_text(json.dumps(info))
+        for stem in ("hdq-q2", info["shared_weights"]):
+            (tmp_path / f"{stem}.safetensors").write_bytes((checkpoint.parent / f"{stem}.safetensors").read_bytes())
     Image.fromarray(IMAGES["kodim23-crop.png"]).save(tmp_path / "in.png")
     result = _run_cli(["encode", "in.png", "a.dqc", "--model", model], block_torch=True, cwd=tmp_path)
     assert result.returncode == 2
@@ -143,3 +153,62 @@ def test_without_torch_a_neural_model_is_a_one_line_error(tmp_path):
     assert message.startswith(f"dqcodec: error: model '{Path(model).stem}' (HierarchicalDQCodec)")
     assert message.endswith('needs torch, which this install lacks: pip install "dqcodec[train]"')
     assert len(result.stderr.strip().splitlines()) == 2 and not (tmp_path / "a.dqc").exists()
+
+
+HDQ_CHECKPOINT = REPOSITORY / "checkpoints" / "hdq-q1.json"
+
+
+def _runtimes(stem: Path):
+    """The numpy/onnxruntime runtime and the torch runtime of one hdq model file."""
+    from dqcodec.models.hdq_runtime import HDQRuntime
+    from dqcodec.models.torch_runtime import TorchRuntime
+
+    arrays, info, _ = registry.read_model(stem)
+    return HDQRuntime(arrays, info), TorchRuntime(arrays, info)
+
+
+def test_hdq_is_coded_without_torch_as_its_network_codes_it():
+    """hdq's light runtime (numpy, onnxruntime) chooses the network's indices and decodes them to
+    the network's pixels within one 8-bit level (float32 convolutions in another library)."""
+    light, network = _runtimes(HDQ_CHECKPOINT.with_suffix(""))
+    assert registry.model_install(json.loads(HDQ_CHECKPOINT.read_text())) == "base"
+    pixels = np.asarray(Image.open(kodak_dir() / "kodim05.png"))[:128, :192]
+    image = pixels.transpose(2, 0, 1)[None].astype(np.float64) / 255
+    ours, theirs = light.compress(image), network.compress(image)
+    assert [level.name for level in ours] == [level.name for level in theirs] == ["flat", "coarse", "fine"]
+    for mine, reference in zip(ours, theirs):
+        assert np.mean(mine.indices == reference.indices) > 0.999, mine.name
+    decoded = network.decompress(theirs)
+    for levels in (ours, theirs):
+        assert np.abs(np.rint(light.decompress(levels) * 255) - np.rint(network.decompress(levels) * 255)).max() <= 1
+    assert 10 * np.log10(1 / np.mean((np.rint(decoded * 255) / 255 - image) ** 2)) > 20  # a textured crop at q1
+
+
+def test_hdq_files_are_written_and_read_by_the_base_install(tmp_path):
+    """``dqcodec encode --model CHECKPOINT`` and ``decode`` of an hdq model with torch and the other
+    [train] modules missing; the torch runtime reads the file to the same pixels (within one level)."""
+    Image.fromarray(IMAGES["kodim23-crop.png"]).save(tmp_path / "in.png")
+    for argv in (["encode", "in.png", "a.dqc", "--model", str(HDQ_CHECKPOINT)], ["decode", "a.dqc", "out.png", "--model", str(HDQ_CHECKPOINT)]):
+        result = _run_cli(argv, block_torch=True, cwd=tmp_path)
+        assert result.returncode == 0, (argv, result.stderr)
+        assert _heavy(result) == [], argv
+    _, network = _runtimes(HDQ_CHECKPOINT.with_suffix(""))
+    from dqcodec.codec import api
+
+    registry.register_checkpoint(HDQ_CHECKPOINT)
+    light = np.asarray(Image.open(tmp_path / "out.png")).astype(np.int16)
+    with pytest.MonkeyPatch.context() as patch:
+        _use_runtime(patch, registry.TORCH_RUNTIME)
+        torch_pixels = np.asarray(api.decode(tmp_path / "a.dqc")).astype(np.int16)
+    registry.clear_cache()
+    assert light.shape == torch_pixels.shape and np.abs(light - torch_pixels).max() <= 1
+
+
+def test_hdq_tiles_code_the_same_in_forked_workers():
+    """onnxruntime's sessions are made anew in each forked worker (its thread pools do not
+    survive a fork): tiles coded by 2 workers, after the parent has coded, give the same file."""
+    registry.register_checkpoint(HDQ_CHECKPOINT)
+    pixels = np.asarray(Image.open(kodak_dir() / "kodim05.png"))[:256, :320]
+    one = dqcodec.encode(pixels, model=str(HDQ_CHECKPOINT), tile_size=256)
+    assert dqcodec.encode(pixels, model=str(HDQ_CHECKPOINT), tile_size=256, workers=2) == one
+    assert np.array_equal(np.asarray(dqcodec.decode(one, workers=2)), np.asarray(dqcodec.decode(one)))
