@@ -6,11 +6,11 @@ levels, contexts, tables and encoder rules: decoder feedback, structural weights
 so a file written by either decodes with the other: the indices are integers under integer
 tables, and only the decoded pixels may differ by a rounding (float32 convolutions in another
 library, as between thread counts). Why: hdq coded through torch needs the training install
-(torch, about 2 GB), and onnxruntime runs the same float32 convolutions faster on 2 threads
-(measured in README, "Coding speed").
+(5.9 GB with torch; the base install with onnxruntime is 315 MB), and this runtime codes a Kodak
+image faster on 2 threads (measured in README: the speed table of the hdq section).
 
 A model with a refinement level is coded by the torch runtime (the registry chooses,
-:func:`~dqcodec.models.registry.hdq_runtime`).
+``_hdq_runtime`` in :mod:`~dqcodec.models.registry`).
 """
 
 import os
