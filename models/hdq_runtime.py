@@ -69,13 +69,13 @@ class HDQRuntime:
         self.rate_lambda = float(config["rate_lambda"])
         self.feedback_step = float(config.get("feedback_step", 0.0))
         self.structural_weighting = float(config.get("structural_weighting", 0.0))
-        self.num_codebooks, self.coarse_codebooks = int(config["num_codebooks"]), int(config["coarse_codebooks"])
+        self.num_codebooks, self.num_coarse_codebooks = int(config["num_codebooks"]), int(config["coarse_codebooks"])
         self.arrays = {key: value.astype(np.float32) if value.dtype.kind == "f" else value for key, value in arrays.items()}
         for array in self.arrays.values():
             array.setflags(write=False)  # shared by every file this process codes (and by forked workers)
         self.gain = max(float(self.arrays["synthesis_gains"][0]), 1e-12)
-        self.fine_codebooks = self.arrays["fine_quantizer.codebooks"]
-        self.coarse_codebooks_values = self.arrays["coarse_quantizer.codebooks"]
+        self.fine_codewords = self.arrays["fine_quantizer.codebooks"]
+        self.coarse_codewords = self.arrays["coarse_quantizer.codebooks"]
         self.fine_usable = self.arrays["fine_quantizer.ema_counts"] > 0
         self.coarse_entropy = self._coarse_tables(config)
         self.fine_entropy = self._fine_tables(config)
@@ -95,8 +95,8 @@ class HDQRuntime:
     def _coarse_tables(self, config: dict) -> StoredContextTables:
         size = int(config["coarse_codebook_size"])
         return StoredContextTables(
-            num_codebooks=self.coarse_codebooks, codebook_size=size, num_predicted=0,
-            **self._tables("coarse_entropy", (self.coarse_codebooks, NUM_PHASES, CONTEXTS_PER_PHASE, size)),
+            num_codebooks=self.num_coarse_codebooks, codebook_size=size, num_predicted=0,
+            **self._tables("coarse_entropy", (self.num_coarse_codebooks, NUM_PHASES, CONTEXTS_PER_PHASE, size)),
         )
 
     def _fine_tables(self, config: dict) -> StoredCoarseConditionedTables:
@@ -126,7 +126,7 @@ class HDQRuntime:
         rows, cols = height // FINE_STRIDE, width // FINE_STRIDE
         return [
             LevelSpec(FLAT, (NUM_SYMBOLS, rows, cols), FlatBlockModel()),
-            LevelSpec(COARSE, (self.coarse_codebooks, rows // COARSE_FACTOR, cols // COARSE_FACTOR), self.coarse_entropy),
+            LevelSpec(COARSE, (self.num_coarse_codebooks, rows // COARSE_FACTOR, cols // COARSE_FACTOR), self.coarse_entropy),
             LevelSpec(FINE, (self.num_codebooks, rows, cols), self.fine_entropy),
         ]
 
@@ -140,15 +140,15 @@ class HDQRuntime:
         arrays = self.arrays
         latent = self.transforms.analyse(pixels)
         coarse_slices = _project(self.transforms.coarse_analyse(latent), arrays["coarse_quantizer.projection.weight"],
-                                 arrays["coarse_quantizer.projection.bias"], self.coarse_codebooks)
-        coarse, coarse_tables = choose_indices(coarse_slices.astype(np.float64), self.coarse_codebooks_values,
+                                 arrays["coarse_quantizer.projection.bias"], self.num_coarse_codebooks)
+        coarse, coarse_tables = choose_indices(coarse_slices.astype(np.float64), self.coarse_codewords,
                                                self.coarse_entropy, 0.0)
         flat = flat_block_symbols(pixels, FINE_STRIDE)
         fine_slices = self.fine_targets(pixels, latent, coarse, flat)
         weights = (block_weights(pixels.astype(np.float64), FINE_STRIDE, self.structural_weighting)
                    if self.structural_weighting else None)
         fine_lambda = (self.rate_lambda if rate_lambda is None else rate_lambda) / self.gain
-        fine, fine_tables = choose_indices(fine_slices, self.fine_codebooks, self.fine_entropy, fine_lambda,
+        fine, fine_tables = choose_indices(fine_slices, self.fine_codewords, self.fine_entropy, fine_lambda,
                                            side={COARSE: coarse}, weights=weights)
         return [IndexLevel(FLAT, flat), IndexLevel(COARSE, coarse, coarse_tables), IndexLevel(FINE, fine, fine_tables)]
 
@@ -161,8 +161,8 @@ class HDQRuntime:
                           self.num_codebooks)
         if self.feedback_step == 0:
             return slices
-        guess = _lookup(self.fine_codebooks, _nearest(slices, self.fine_codebooks, self.fine_usable))
-        decoded = self.transforms.reconstruct(guess, _lookup(self.coarse_codebooks_values, coarse))
+        guess = _lookup(self.fine_codewords, _nearest(slices, self.fine_codewords, self.fine_usable))
+        decoded = self.transforms.reconstruct(guess, _lookup(self.coarse_codewords, coarse))
         b, _, height, width = pixels.shape
         h, w = height // FINE_STRIDE, width // FINE_STRIDE
         # pixel_unshuffle: channel (c, row, col) of each 16 x 16 block.
@@ -176,8 +176,8 @@ class HDQRuntime:
         """The levels of :meth:`compress` -> (B, 3, H, W) float64 image clamped to [0, 1]: the
         network's reconstruction, with the flat blocks painted in their colours."""
         indices = {level.name: level.indices for level in levels}
-        image = np.clip(self.transforms.reconstruct(_lookup(self.fine_codebooks, indices[FINE]),
-                                                    _lookup(self.coarse_codebooks_values, indices[COARSE])), 0, 1)
+        image = np.clip(self.transforms.reconstruct(_lookup(self.fine_codewords, indices[FINE]),
+                                                    _lookup(self.coarse_codewords, indices[COARSE])), 0, 1)
         flat, colours = flat_block_colours(indices[FLAT])
 
         def to_pixels(blocks: np.ndarray) -> np.ndarray:  # (B, C, h, w) -> (B, C, 16h, 16w)

@@ -18,20 +18,9 @@ from dqcodec.models.interface import Side
 
 
 class CoarseConditionedIndexModel(CoarseConditionedTables, ContextIndexModel):
-    """Context tables of a fine level whose contexts also read the coarse level ``coarse_name``.
-
-    Extra buffers (integers, saved with the model):
-        coarse_class: (M_c, K_c) activity class of every coarse code.
-        coarse_edges: (side_buckets - 1,) upper edges of the summed coarse classes per bucket.
-        activity_edges: (M, 2, 2, ACTIVITY_BUCKETS - 1) upper edges of the buckets of the two
-            activity sums (own position, neighbours) of each codebook and phase.
-        predicted_bins: (num_predicted, K) level bin (0 .. PREDICTED_BINS - 1) of every code of
-            the predicted codebooks.
-        predicted_spread_edges: (num_predicted, 2, PREDICTED_SPREADS - 1) upper edges of the
-            buckets of the decoded neighbours' level spread, per predicted codebook and phase.
-        marginal: (M, K) each codebook's integer table over all its training symbols, which
-            the second phase's adaptation compares the image's anchors with.
-    """
+    """Context tables of a fine level whose contexts also read the coarse level ``coarse_name``:
+    :class:`CoarseConditionedTables`' integer arrays (described there) as torch buffers, saved with
+    the model, and their fit."""
 
     def __init__(
         self,
