@@ -30,7 +30,7 @@ from dqcodec.codec.tiles import DEFAULT_TILE_SIZE, MIN_TILE_SIZE, Tile, Tiling, 
 from dqcodec.models import registry
 from dqcodec.models.interface import MAX_RATE_LAMBDA, CodingRuntime, CompressedLevels, IndexLevel, LevelSpec, estimated_bits
 
-DEFAULT_FAMILY = "dq"
+DEFAULT_FAMILY = "hdq"
 
 
 def resolve_model_name(quality: int | None = None, model: str | None = None) -> str:

@@ -30,6 +30,7 @@ This module is the coding half, plain numpy, shared by the light install's runti
 (:class:`~dqcodec.models.entropy.ContextIndexModel`, which adds the torch buffers and the fit).
 """
 
+import lzma
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -317,29 +318,38 @@ def quantize_table(counts: np.ndarray) -> np.ndarray:
 # How the tables are stored in a model file: narrowed integer types, each codebook's tables cut
 # to its alphabet (most codebooks use a handful of codes), and each distinct table of a codebook
 # stored once, with the row every (phase, context) reads (``ROWS_SUFFIX``): contexts never seen
-# in training all hold one table, over half of an hdq model's. This keeps shipped files small.
+# in training all hold one table, over half of an hdq model's. The distinct tables, one uint16
+# array, are then compressed (xz, as bytes): their entries are mostly small and repeat from
+# table to table, so hdq's five levels keep 2.8 of their 12.9 MB of tables. This keeps shipped
+# files small; model files from before store the tables plain (uint16), or every table (no rows),
+# and still load.
 STORAGE_DTYPES = {"frequencies": np.uint16, "code_class": np.uint8, "code_level": np.int32}
 ROWS_SUFFIX = "table_rows"
 
 
 def pack_tables(tables: np.ndarray, alphabet_sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(M, P, C, K) tables -> (1-D array of each codebook's distinct (K_m,) tables, in sorted
-    order, codebook after codebook; (M, P, C) uint16 row of its codebook's tables each reads)."""
+    """(M, P, C, K) tables (entries 0 .. 65535) -> (uint8 xz stream of each codebook's distinct
+    (K_m,) tables as little-endian uint16, in sorted order, codebook after codebook; (M, P, C)
+    uint16 row of its codebook's tables each reads)."""
     packed, rows = [], []
     for m, size in enumerate(alphabet_sizes):
         distinct, row = np.unique(tables[m, :, :, :size].reshape(-1, size), axis=0, return_inverse=True)
         packed.append(distinct.ravel())
         rows.append(row.reshape(tables.shape[1:3]))
-    return np.concatenate(packed), np.stack(rows).astype(np.uint16)
+    plain = np.concatenate(packed).astype("<u2").tobytes()
+    stream = lzma.compress(plain, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
+    return np.frombuffer(stream, dtype=np.uint8).copy(), np.stack(rows).astype(np.uint16)
 
 
-def unpack_tables(packed: np.ndarray, alphabet_sizes: np.ndarray, shape: tuple[int, ...],
+def unpack_tables(stored: np.ndarray, alphabet_sizes: np.ndarray, shape: tuple[int, ...],
                   rows: np.ndarray | None = None) -> np.ndarray:
-    """Inverse of :func:`pack_tables`; entries beyond each alphabet are 1 (never used).
-    ``rows`` None: the layout of model files from before the distinct tables (every table
-    stored, in (P, C) order), which still decode.
+    """Inverse of :func:`pack_tables` -> (M, P, C, K) uint16 tables; entries beyond each
+    alphabet are 1 (never used). ``stored`` uint16: the plain distinct tables of model files from
+    before the compression; ``rows`` None: the layout of model files from before the distinct
+    tables (every table stored, in (P, C) order). Both still decode.
 
-    Raises ValueError when ``packed`` does not fit ``alphabet_sizes``, ``shape`` and ``rows``.
+    Raises ValueError when ``stored`` is damaged or does not fit ``alphabet_sizes``, ``shape``
+    and ``rows`` (never decompressing more than the tables it should hold).
     """
     m_count, phases, contexts, k_count = shape
     sizes = [int(size) for size in alphabet_sizes]
@@ -348,11 +358,26 @@ def unpack_tables(packed: np.ndarray, alphabet_sizes: np.ndarray, shape: tuple[i
     if len(sizes) != m_count or max(sizes) > k_count or rows.shape != (m_count, phases, contexts):
         raise ValueError("entropy tables do not match the model configuration")
     counts = [int(rows[m].max()) + 1 for m in range(m_count)]
-    if packed.size != sum(count * size for count, size in zip(counts, sizes)):
+    expected = sum(count * size for count, size in zip(counts, sizes))
+    packed = _decompressed(stored, expected) if stored.dtype == np.uint8 else stored
+    if packed.size != expected:
         raise ValueError("entropy tables do not match the model configuration")
-    tables = np.ones(shape, dtype=packed.dtype)
+    tables = np.ones(shape, dtype=np.uint16)
     offset = 0
     for m, (count, size) in enumerate(zip(counts, sizes)):
         tables[m, :, :, :size] = packed[offset : offset + count * size].reshape(count, size)[rows[m]]
         offset += count * size
     return tables
+
+
+def _decompressed(stream: np.ndarray, count: int) -> np.ndarray:
+    """The uint16 entries of :func:`pack_tables`' xz ``stream``, which must hold ``count`` of
+    them: ValueError otherwise, after at most ``count`` + 1 entries' worth of output."""
+    decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    try:
+        plain = decompressor.decompress(stream.tobytes(), max_length=2 * count + 2)
+    except lzma.LZMAError as error:
+        raise ValueError(f"entropy tables are damaged ({error})") from None
+    if len(plain) != 2 * count or not decompressor.eof or decompressor.unused_data:
+        raise ValueError("entropy tables do not match the model configuration")
+    return np.frombuffer(plain, dtype="<u2")

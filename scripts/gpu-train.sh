@@ -11,15 +11,15 @@
 # Step 2, on the GPU machine, from the repository root, with .whl and .traindata carried:
 #   scripts/gpu-train.sh [MINUTES]
 # It starts the family (dqcodec train --arch hdq-family) from the levels committed in
-# checkpoints/ (hdq-q1, hdq-q2, ... sharing hdq-shared.safetensors; fresh optimizer), trains all
+# models/weights (hdq-q1, hdq-q2, ... sharing hdq-shared.safetensors; fresh optimizer), trains all
 # of them at once, each batch split over their lambdas, for at most MINUTES minutes (default 8:
 # with install and export it stays under 9), exports the levels again (the moving average of the
 # weights over about the last 1 000 steps, --average-decay 0.999), and leaves in $OUT
 # (3 files, each under 16 MiB):
 #   hdq-levels.tar.gz               hdq-q*.json/.safetensors and hdq-shared.safetensors, the
-#                                   weights the next run starts from (unpack them into checkpoints/ here,
+#                                   weights the next run starts from (unpack them into models/weights here,
 #                                   then count their tables over more crops: dqcodec fit-tables
-#                                   checkpoints/hdq-q1 ... --crops 1536)
+#                                   models/weights/hdq-q1 ... --crops 1536)
 #   log.jsonl, training.png         the training log and its plot (dqcodec plot-training)
 set -euo pipefail
 minutes=${1:-8}
@@ -34,10 +34,10 @@ for folder in codec models train eval; do ln -sfn "$PWD/$folder" "$package/$fold
 export PYTHONPATH=/tmp/package:/tmp/site DQCODEC_DATA=$PWD/.traindata PYTHONUNBUFFERED=1
 
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-echo "the levels in checkpoints/ (their architecture and LAMBDA:K), at most $minutes minutes"
+echo "the levels in models/weights (their architecture and LAMBDA:K), at most $minutes minutes"
 run=/tmp/run-family
 weights=/tmp/weights
-python3 -m dqcodec.codec.cli train --arch hdq-family --out "$run" --start-levels checkpoints \
+python3 -m dqcodec.codec.cli train --arch hdq-family --out "$run" --start-levels models/weights \
   --data "$PWD/.traindata" --device cuda --batch-size 16 --crop 256 --lr 5e-5 --average-decay 0.999 \
   --steps 10000000 --max-minutes "$minutes" \
   --validate-every 500 --validation-images 1 --checkpoint-every 1000 \

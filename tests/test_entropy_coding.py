@@ -1,5 +1,7 @@
 """Range coding of indices with integer context tables: exact round trips, honest rates."""
 
+import lzma
+
 import numpy as np
 import pytest
 import torch
@@ -103,18 +105,37 @@ def test_rare_contexts_back_off_to_their_codebooks_table():
     assert not (model.frequencies.numpy() == tables).all()
 
 
-def test_distinct_tables_are_stored_once_and_unpack_exactly():
+def test_distinct_tables_are_stored_once_compressed_and_unpack_exactly():
     rng = np.random.default_rng(0)
     tables = rng.integers(1, 500, size=(3, 2, 64, 8)).astype(np.uint16)
     tables[:, :, 10:] = tables[:, :, :1]  # most contexts share one table, as unseen contexts do
     sizes = np.array([8, 5, 1])
     packed, rows = pack_tables(tables, sizes)
-    assert rows.shape == (3, 2, 64) and packed.size <= 2 * 10 * sizes.sum()  # per phase: the 10 distinct tables
+    assert rows.shape == (3, 2, 64) and packed.dtype == np.uint8
+    plain = np.frombuffer(lzma.decompress(packed.tobytes()), dtype="<u2")
+    assert plain.size <= 2 * 10 * sizes.sum()  # per phase: the 10 distinct tables
     unpacked = unpack_tables(packed, sizes, tables.shape, rows)
     for m, size in enumerate(sizes):
         assert np.array_equal(unpacked[m, :, :, :size], tables[m, :, :, :size]) and (unpacked[m, :, :, size:] == 1).all()
-    # Model files from before: every table stored in (phase, context) order, no rows.
+    # Model files from before: the distinct tables stored plain (uint16), or every table stored in
+    # (phase, context) order, no rows.
+    assert np.array_equal(unpack_tables(plain.astype(np.uint16), sizes, tables.shape, rows), unpacked)
     legacy = np.concatenate([tables[m, :, :, :size].ravel() for m, size in enumerate(sizes)])
     assert np.array_equal(unpack_tables(legacy, sizes, tables.shape), unpacked)
     with pytest.raises(ValueError, match="do not match"):
-        unpack_tables(packed[:-1], sizes, tables.shape, rows)
+        unpack_tables(plain[:-1].astype(np.uint16), sizes, tables.shape, rows)
+
+
+def test_damaged_or_oversized_stored_tables_are_refused_without_decompressing_them():
+    rng = np.random.default_rng(1)
+    tables = rng.integers(1, 500, size=(2, 2, 8, 4)).astype(np.uint16)
+    sizes = np.array([4, 3])
+    packed, rows = pack_tables(tables, sizes)
+    flipped = packed.copy()
+    flipped[packed.size // 2] ^= 0x10
+    truncated, doubled = packed[:-1], np.concatenate([packed, packed])
+    # 100 MB of zeros in 15 kB: refused after the few bytes the tables may hold.
+    bomb = np.frombuffer(lzma.compress(bytes(100_000_000)), dtype=np.uint8)
+    for stored in (flipped, truncated, doubled, bomb):
+        with pytest.raises(ValueError, match="damaged|do not match"):
+            unpack_tables(stored, sizes, tables.shape, rows)

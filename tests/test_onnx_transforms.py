@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,6 @@ from dqcodec.models.conv_transforms import CoarseAnalysis, CoarseSynthesis, Conv
 from dqcodec.models.onnx_transforms import OnnxTransforms
 from dqcodec.paths import kodak_dir
 
-CHECKPOINT = Path(__file__).parents[1] / "checkpoints" / "hdq-q1"
 KODIM05 = kodak_dir() / "kodim05.png"
 TOLERANCE = 1e-4  # float32 rounding: the largest difference measured on Kodak crops was 2.4e-5
 
@@ -23,9 +21,7 @@ TOLERANCE = 1e-4  # float32 rounding: the largest difference measured on Kodak c
 @pytest.fixture(scope="module")
 def model() -> tuple[nn.Module, OnnxTransforms]:
     """hdq-q1's float32 torch network and the onnx transforms of the same stored (float16) arrays."""
-    if not CHECKPOINT.with_suffix(".json").is_file():
-        pytest.skip("checkpoints/hdq-q1 not found")
-    arrays, info, _ = registry.read_model(CHECKPOINT)  # the level's file merged with hdq-shared, as stored
+    arrays, info, _ = registry.read_model(registry.WEIGHTS_DIR / "hdq-q1")  # the level's file merged with hdq-shared, as stored
     return registry.build_network(arrays, info), OnnxTransforms(arrays, threads=2)
 
 

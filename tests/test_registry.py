@@ -19,10 +19,12 @@ def _altered_copy_of_dq_q1(stem) -> None:
     registry.save_model(net, stem, {k: v for k, v in info.items() if k not in ("architecture", "config")})
 
 
-def test_storage_narrows_integer_tables_and_cuts_them_to_their_alphabets(tmp_path):
+def test_storage_narrows_integer_tables_and_compresses_them(tmp_path):
     _altered_copy_of_dq_q1(tmp_path / "copy")
     arrays = load_file(tmp_path / "copy.safetensors")
-    assert arrays["entropy.frequencies"].dtype == np.uint16 and arrays["entropy.frequencies"].ndim == 1
+    shipped = load_file(registry.WEIGHTS_DIR / "dq-q1.safetensors")  # saved before the compression: plain uint16
+    assert arrays["entropy.frequencies"].dtype == np.uint8 and arrays["entropy.frequencies"].ndim == 1
+    assert arrays["entropy.frequencies"].nbytes < shipped["entropy.frequencies"].nbytes / 2
     assert arrays["entropy.code_class"].dtype == np.uint8 and arrays["analysis.linear.weight"].dtype == np.float32
     net, _, _ = registry.load_checkpoint(tmp_path / "copy")
     assert net.entropy.frequencies[3, 1, 0, 0] == registry.load_checkpoint(registry.WEIGHTS_DIR / "dq-q1")[0].entropy.frequencies[3, 1, 0, 0] + 7

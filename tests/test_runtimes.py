@@ -25,11 +25,19 @@ from dqcodec.models import registry
 from dqcodec.paths import kodak_dir
 
 FIXTURES = Path(__file__).parent / "fixtures" / "release-0.2.0"
-REPOSITORY = Path(__file__).resolve().parent.parent
-# The models of the package that the base install codes (the neural ones need torch).
-MODEL_STEMS = [stem for stem in sorted(path.with_suffix("") for path in registry.WEIGHTS_DIR.glob("*.json")) + sorted(
+
+
+def _runtime_of(stem: Path) -> str:
+    info = json.loads(stem.with_suffix(".json").read_text())
+    return registry.ARCHITECTURES[info["architecture"]].runtime(info["config"])
+
+
+# The models of the package (and of earlier releases) that the block runtime codes: in numpy,
+# byte for byte as their torch networks. hdq's light runtime is compared with its network below,
+# within one 8-bit level (float32 convolutions in another library).
+BLOCK_STEMS = [stem for stem in sorted(path.with_suffix("") for path in registry.WEIGHTS_DIR.glob("*.json")) + sorted(
     path.with_suffix("") for path in registry.RELEASES_DIR.glob("*/*.json"))
-    if registry.model_install(json.loads(stem.with_suffix(".json").read_text())) == "base"]
+    if _runtime_of(stem) == registry.BLOCK_RUNTIME]
 LIGHT_MODELS = [model["name"] for model in registry.list_models() if model["install"] == "base"]
 NEURAL_MODELS = [model["name"] for model in registry.list_models() if model["install"] == "train"]
 IMAGES = {name: np.asarray(Image.open(FIXTURES / name)) for name in ("kodim23-crop.png", "flat-colours.png")}
@@ -50,7 +58,7 @@ def fresh_cache():
     registry.clear_cache()
 
 
-@pytest.mark.parametrize("stem", MODEL_STEMS, ids=lambda stem: str(stem.relative_to(registry.WEIGHTS_DIR)))
+@pytest.mark.parametrize("stem", BLOCK_STEMS, ids=lambda stem: str(stem.relative_to(registry.WEIGHTS_DIR)))
 def test_both_runtimes_write_the_same_bytes_and_decode_the_same_pixels(stem, monkeypatch, fresh_cache):
     model = f"{stem}.json"
     light = {name: dqcodec.encode(pixels, model=model) for name, pixels in IMAGES.items()}
@@ -124,9 +132,10 @@ def test_the_light_commands_and_their_errors_import_no_torch(tmp_path):
 @pytest.mark.parametrize("model", LIGHT_MODELS)
 def test_without_torch_every_light_model_round_trips(model, tmp_path):
     Image.fromarray(IMAGES["kodim23-crop.png"]).save(tmp_path / "in.png")
-    for argv in (["encode", "in.png", "a.dqc", "--model", model], ["decode", "a.dqc", "out.png", "--model", str(HDQ_CHECKPOINT)]):
+    for argv in (["encode", "in.png", "a.dqc", "--model", model], ["decode", "a.dqc", "out.png"]):
         result = _run_cli(argv, block_torch=True, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
+        assert _heavy(result) == [], argv
     assert (tmp_path / "a.dqc").read_bytes() == dqcodec.encode(IMAGES["kodim23-crop.png"], model=model)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), np.asarray(dqcodec.decode(tmp_path / "a.dqc")))
 
@@ -134,9 +143,7 @@ def test_without_torch_every_light_model_round_trips(model, tmp_path):
 def test_without_torch_a_neural_model_is_a_one_line_error(tmp_path):
     """A shipped neural model (by name), else an hdq checkpoint with a refinement level (its
     network codes it: the light hdq runtime has no refinement level)."""
-    checkpoint = REPOSITORY / "checkpoints" / "hdq-q2.json"
-    if not NEURAL_MODELS and not checkpoint.is_file():
-        pytest.skip("no neural model in the package and no hdq checkpoint in this checkout")
+    checkpoint = registry.WEIGHTS_DIR / "hdq-q2.json"
     if NEURAL_MODELS:
         model = NEURAL_MODELS[0]
     else:
@@ -155,7 +162,7 @@ def test_without_torch_a_neural_model_is_a_one_line_error(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 2 and not (tmp_path / "a.dqc").exists()
 
 
-HDQ_CHECKPOINT = REPOSITORY / "checkpoints" / "hdq-q1.json"
+HDQ_MODEL = registry.WEIGHTS_DIR / "hdq-q1.json"
 
 
 def _runtimes(stem: Path):
@@ -170,8 +177,8 @@ def _runtimes(stem: Path):
 def test_hdq_is_coded_without_torch_as_its_network_codes_it():
     """hdq's light runtime (numpy, onnxruntime) chooses the network's indices and decodes them to
     the network's pixels within one 8-bit level (float32 convolutions in another library)."""
-    light, network = _runtimes(HDQ_CHECKPOINT.with_suffix(""))
-    assert registry.model_install(json.loads(HDQ_CHECKPOINT.read_text())) == "base"
+    light, network = _runtimes(HDQ_MODEL.with_suffix(""))
+    assert registry.model_install(json.loads(HDQ_MODEL.read_text())) == "base"
     pixels = np.asarray(Image.open(kodak_dir() / "kodim05.png"))[:128, :192]
     image = pixels.transpose(2, 0, 1)[None].astype(np.float64) / 255
     ours, theirs = light.compress(image), network.compress(image)
@@ -184,31 +191,10 @@ def test_hdq_is_coded_without_torch_as_its_network_codes_it():
     assert 10 * np.log10(1 / np.mean((np.rint(decoded * 255) / 255 - image) ** 2)) > 20  # a textured crop at q1
 
 
-def test_hdq_files_are_written_and_read_by_the_base_install(tmp_path):
-    """``dqcodec encode --model CHECKPOINT`` and ``decode`` of an hdq model with torch and the other
-    [train] modules missing; the torch runtime reads the file to the same pixels (within one level)."""
-    Image.fromarray(IMAGES["kodim23-crop.png"]).save(tmp_path / "in.png")
-    for argv in (["encode", "in.png", "a.dqc", "--model", str(HDQ_CHECKPOINT)], ["decode", "a.dqc", "out.png", "--model", str(HDQ_CHECKPOINT)]):
-        result = _run_cli(argv, block_torch=True, cwd=tmp_path)
-        assert result.returncode == 0, (argv, result.stderr)
-        assert _heavy(result) == [], argv
-    _, network = _runtimes(HDQ_CHECKPOINT.with_suffix(""))
-    from dqcodec.codec import api
-
-    registry.register_checkpoint(HDQ_CHECKPOINT)
-    light = np.asarray(Image.open(tmp_path / "out.png")).astype(np.int16)
-    with pytest.MonkeyPatch.context() as patch:
-        _use_runtime(patch, registry.TORCH_RUNTIME)
-        torch_pixels = np.asarray(api.decode(tmp_path / "a.dqc")).astype(np.int16)
-    registry.clear_cache()
-    assert light.shape == torch_pixels.shape and np.abs(light - torch_pixels).max() <= 1
-
-
 def test_hdq_tiles_code_the_same_in_forked_workers():
     """onnxruntime's sessions are made anew in each forked worker (its thread pools do not
     survive a fork): tiles coded by 2 workers, after the parent has coded, give the same file."""
-    registry.register_checkpoint(HDQ_CHECKPOINT)
     pixels = np.asarray(Image.open(kodak_dir() / "kodim05.png"))[:256, :320]
-    one = dqcodec.encode(pixels, model=str(HDQ_CHECKPOINT), tile_size=256)
-    assert dqcodec.encode(pixels, model=str(HDQ_CHECKPOINT), tile_size=256, workers=2) == one
+    one = dqcodec.encode(pixels, model="hdq-q1", tile_size=256)
+    assert dqcodec.encode(pixels, model="hdq-q1", tile_size=256, workers=2) == one
     assert np.array_equal(np.asarray(dqcodec.decode(one, workers=2)), np.asarray(dqcodec.decode(one)))

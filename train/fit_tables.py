@@ -37,7 +37,7 @@ def add_fit_tables_arguments(parser: argparse.ArgumentParser) -> None:
     from dqcodec.train.recipes import HDQOptions
 
     parser.add_argument("models", nargs="+", type=Path, metavar="MODEL",
-                        help="hdq model files without extension (e.g. checkpoints/hdq-q3), rewritten in place; give all "
+                        help="hdq model files without extension (e.g. models/weights/hdq-q3), rewritten in place; give all "
                              "the levels that share one transforms file together")
     parser.add_argument("--crops", type=int, default=1536,
                         help=f"training crops of {HDQOptions.fit_crop} px to count the tables over (default 1536; an "

@@ -486,7 +486,7 @@ class HDQFamilyOptions(HDQOptions):
     """hdq's options, plus where a family starts (``--arch hdq-family``)."""
 
     start_levels: str = option(
-        "", "folder of hdq models (e.g. checkpoints/) to start from, one per level in quality order, sharing their "
+        "", "folder of hdq models (e.g. models/weights, the shipped levels) to start from, one per level in quality order, sharing their "
         "transforms; the family's architecture and --rate-levels default to theirs; given more --latent-channels and "
         "--num-codebooks than they have, the family starts as them widened (default: a block start, as --arch hdq)",
         init_only=True,

@@ -48,7 +48,7 @@ def add_tune_synthesis_arguments(parser: argparse.ArgumentParser) -> None:
 
     defaults = TuneOptions()
     parser.add_argument("models", nargs="+", type=Path, metavar="MODEL",
-                        help="hdq model files without extension (e.g. checkpoints/hdq-q3), rewritten in place; give all "
+                        help="hdq model files without extension (e.g. models/weights/hdq-q3), rewritten in place; give all "
                              "the levels that share one transforms file")
     parser.add_argument("--work", type=Path, required=True,
                         help="folder for the encoded crops and the training state; the same command resumes from it")
