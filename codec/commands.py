@@ -23,7 +23,8 @@ from dqcodec.models.interface import MAX_RATE_LAMBDA
 STDIO = "-"  # as IN: read standard input; as OUT: write standard output
 
 _QUALITY_HELP = (
-    "quality level, an integer from 1 (fewest bits) up; see 'dqcodec models' (default: the default model)"
+    "quality level of the default family, an integer from 1 (fewest bits) up; see 'dqcodec models' "
+    "(default: its middle level)"
 )
 _MODEL_HELP = "a shipped model by name, e.g. dq-q3; see 'dqcodec models'"
 _MAX_PIXELS_HELP = (
@@ -347,6 +348,12 @@ def run_models(args: argparse.Namespace) -> int:
         cells.append(["-" if model.get(key) is None else form.format(model[key]) for _, key, form in columns])
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     _print("\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells))
+    from dqcodec.codec.api import DEFAULT_FAMILY
+
+    levels = sorted(model["quality"] for model in models if model["family"] == DEFAULT_FAMILY)
+    if levels:  # else an install without the default family's models
+        _print(f"\ndefault family: {DEFAULT_FAMILY} (--quality N picks {DEFAULT_FAMILY}-qN, N from {levels[0]} to "
+               f"{levels[-1]}; with neither --quality nor --model, the middle level)")
     return 0
 
 

@@ -141,6 +141,10 @@ class OnnxTransforms:
         # Idle threads sleep instead of spinning after each run: the coder's numpy work between
         # runs needs the cores (spinning made hdq-q5's nearest-code search 3 times as slow).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # No memory plan per input shape: each plan holds a block of the largest size it met, and
+        # the tiles of a large image come in several shapes. A 6 MP image in 1024 tiles peaked at
+        # 1.17 instead of 1.86 GB to encode, in the same time.
+        options.enable_mem_pattern = False
         self._analysis = self._build_analysis(arrays, options)
         self._coarse_analysis = self._build_coarse_analysis(arrays, options)
         self._synthesis = self._build_synthesis(arrays, options)

@@ -410,8 +410,14 @@ def test_models_table_and_json(monkeypatch, capsys):
     rows = stdout.splitlines()
     assert rows[0].split()[:3] == ["name", "family", "quality"]
     assert rows[1].split()[0] == "dq-q1" and rows[2].split()[0] == "dq-q2"
+    assert rows[-1].split()[0] == "dq-q2"  # no line on the default family: none of its models is listed
     status, stdout, _ = run(capsys, "models", "--json")
     assert json.loads(stdout) == models
+    models.append({"name": "hdq-q1", "family": "hdq", "quality": 1, "bpp": 0.1, "psnr": 26.0, "ms_ssim": 0.88,
+                   "description": "neural"})
+    status, stdout, _ = run(capsys, "models")
+    assert stdout.splitlines()[-1] == ("default family: hdq (--quality N picks hdq-qN, N from 1 to 1; with neither "
+                                       "--quality nor --model, the middle level)")
 
 
 # ---- a fresh process ---------------------------------------------------------------------------
