@@ -18,6 +18,22 @@ from dqcodec.models.hdq_levels import FINE_STRIDE
 
 LEAKY_SLOPE = 0.1  # the LeakyReLU of CoarseAnalysis and CoarseSynthesis
 OPSET = 17
+_shared_arena = False  # whether this process has registered the sessions' one memory arena
+
+
+def _share_one_arena() -> None:
+    """Register one memory arena in onnxruntime's environment (once per process; a forked worker
+    inherits it) for every session to allocate from. Each session's own arena kept the largest
+    buffers it had met, so the analysis' and the synthesis' stayed side by side: a 6 MP image in
+    1024 tiles peaked at 1.18 GB to encode, and at 0.80-0.83 GB from one arena that grows by what
+    is asked (not to the next power of two), in about the same time (two interleaved pairs of
+    runs: 12.9-13.9 against 11.3-15.2 s)."""
+    global _shared_arena
+    if not _shared_arena:
+        memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        same_as_requested = 1  # onnxruntime's ArenaExtendStrategy::kSameAsRequested
+        ort.create_and_register_allocator(memory, ort.OrtArenaCfg(0, same_as_requested, -1, -1))
+        _shared_arena = True
 
 
 class _Graph:
@@ -145,6 +161,8 @@ class OnnxTransforms:
         # the tiles of a large image come in several shapes. A 6 MP image in 1024 tiles peaked at
         # 1.17 instead of 1.86 GB to encode, in the same time.
         options.enable_mem_pattern = False
+        _share_one_arena()
+        options.add_session_config_entry("session.use_env_allocators", "1")
         self._analysis = self._build_analysis(arrays, options)
         self._coarse_analysis = self._build_coarse_analysis(arrays, options)
         self._synthesis = self._build_synthesis(arrays, options)
