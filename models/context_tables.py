@@ -370,6 +370,15 @@ def unpack_tables(stored: np.ndarray, alphabet_sizes: np.ndarray, shape: tuple[i
     return tables
 
 
+def same_stored_tables(first: np.ndarray, second: np.ndarray) -> bool:
+    """Whether two stored table arrays (as :func:`pack_tables` writes them, or plain) hold the same
+    tables: compressed ones are compared by their content, since another version of liblzma may
+    compress the same tables to other bytes."""
+    if first.dtype == second.dtype == np.uint8:
+        return lzma.decompress(first.tobytes()) == lzma.decompress(second.tobytes())
+    return first.dtype == second.dtype and np.array_equal(first, second)
+
+
 def _decompressed(stream: np.ndarray, count: int) -> np.ndarray:
     """The uint16 entries of :func:`pack_tables`' xz ``stream``, which must hold ``count`` of
     them: ValueError otherwise, after at most ``count`` + 1 entries' worth of output."""

@@ -36,7 +36,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors_bytes
 from safetensors.numpy import save as save_safetensors_bytes
 
-from dqcodec.models.context_tables import ROWS_SUFFIX, STORAGE_DTYPES, pack_tables, unpack_tables
+from dqcodec.models.context_tables import ROWS_SUFFIX, STORAGE_DTYPES, pack_tables, same_stored_tables, unpack_tables
 from dqcodec.models.interface import CodingRuntime
 
 if TYPE_CHECKING:
@@ -275,8 +275,9 @@ def _share(tensors: dict[str, np.ndarray], prefixes: tuple[str, ...], folder: Pa
     if path.is_file():
         existing = load_safetensors_bytes(path.read_bytes())
         for key in sorted(set(common) | set(existing)):
-            if key not in common or key not in existing or existing[key].dtype != common[key].dtype \
-                    or not np.array_equal(existing[key], common[key]):
+            if key not in common or key not in existing or not (
+                    same_stored_tables(existing[key], common[key]) if key.endswith(".frequencies")
+                    else existing[key].dtype == common[key].dtype and np.array_equal(existing[key], common[key])):
                 raise ValueError(f"tensor {key} differs from the shared weights {path}: a level of another network, "
                                  "or one whose tables were fitted on other data (--data)")
     else:

@@ -8,7 +8,7 @@ import torch
 
 from dqcodec.codec.errors import DQCodecError
 from dqcodec.codec.rangecoder import RangeDecoder, RangeEncoder
-from dqcodec.models.context_tables import pack_tables, unpack_tables
+from dqcodec.models.context_tables import pack_tables, same_stored_tables, unpack_tables
 from dqcodec.models.entropy import ContextIndexModel, quantize_table
 
 
@@ -124,6 +124,20 @@ def test_distinct_tables_are_stored_once_compressed_and_unpack_exactly():
     assert np.array_equal(unpack_tables(legacy, sizes, tables.shape), unpacked)
     with pytest.raises(ValueError, match="do not match"):
         unpack_tables(plain[:-1].astype(np.uint16), sizes, tables.shape, rows)
+
+
+def test_stored_tables_compare_by_content_whatever_the_compressor_wrote():
+    rng = np.random.default_rng(2)
+    tables = rng.integers(1, 500, size=(2, 2, 8, 4)).astype(np.uint16)
+    sizes = np.array([4, 3])
+    packed, _ = pack_tables(tables, sizes)
+    plain = lzma.decompress(packed.tobytes())
+    other_bytes = np.frombuffer(lzma.compress(plain, preset=0), dtype=np.uint8)  # as another liblzma might
+    assert not np.array_equal(other_bytes, packed) and same_stored_tables(packed, other_bytes)
+    tables[1, 0, 0, 0] += 1
+    assert not same_stored_tables(packed, pack_tables(tables, sizes)[0])
+    plain_tables = np.frombuffer(plain, "<u2").astype(np.uint16)  # files from before the compression
+    assert same_stored_tables(plain_tables, plain_tables.copy()) and not same_stored_tables(plain_tables, plain_tables + 1)
 
 
 def test_damaged_or_oversized_stored_tables_are_refused_without_decompressing_them():
