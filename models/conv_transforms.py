@@ -23,7 +23,6 @@ from torch import nn
 from dqcodec.models.hdq_levels import FINE_STRIDE
 
 
-
 class GDN(CompressaiGDN):
     """compressai's GDN (y_i = x_i / sqrt(beta_i + sum_j gamma_ij x_j^2); inverse: times the root),
     the same parameters, with a coding path that works in place when no gradient is taken: the

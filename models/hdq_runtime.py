@@ -28,7 +28,6 @@ from dqcodec.models.onnx_transforms import OnnxTransforms
 from dqcodec.models.structural_weights import block_weights
 
 
-
 def _project(latent: np.ndarray, weight: np.ndarray, bias: np.ndarray, num_codebooks: int) -> np.ndarray:
     """(B, C, h, w) latent -> (B, M, D, h, w) slices through a (M*D, C, 1, 1) 1x1 convolution."""
     b, c, h, w = latent.shape
