@@ -98,7 +98,9 @@ def encode_with_notes(
     rate_lambda: the encoder's rate-distortion trade-off (squared error of [0, 1] RGB values per
         bit; smaller spends more bits) in place of the model's own, for rates between the trained
         levels. The encoder picks each index by distortion + lambda * bits under the model's
-        tables; the file decodes with the same model, whatever lambda made it.
+        tables (an hdq level with an image lambda scales it by the image's own error, within
+        [1/2, 2]: :mod:`~dqcodec.models.image_lambda`); the file decodes with the same model,
+        whatever lambda made it.
     """
     if lossless and model is None:
         raise DQCodecError("lossless coding needs a lossless model: give --model (a lossless DQ-AE made by "

@@ -117,7 +117,8 @@ def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="L",
         help="the encoder's rate-distortion trade-off in place of the model's own, for rates between the "
         "levels: squared error of [0, 1] RGB values per bit, smaller spends more bits (the levels' own are "
-        "listed by 'dqcodec models'); the file decodes with the same model",
+        "listed by 'dqcodec models'; an hdq level scales it for each image by the image's error, at most "
+        "2x either way); the file decodes with the same model",
     )
     _add_max_pixels_argument(parser)
     parser.add_argument(

@@ -26,6 +26,11 @@ counts w times in the choice of the fine and refinement codes, w larger in flat 
 textured ones, as SSIM weighs errors (:mod:`~dqcodec.models.structural_weights`); a block is
 coded at ``lambda / w``.
 
+Image lambda (encoder only, ``distortion_reference``): each image (or tile) is coded at the
+level's lambda times its first guess's squared error over the level's typical one (clipped to
+[1/2, 2]), so that mean PSNR over images, not mean squared error, is what the bits buy
+(:mod:`~dqcodec.models.image_lambda`).
+
 Rate-distortion trade-off: ``rate_lambda`` is in pixel units (squared error of [0, 1] RGB values
 per bit). The fine quantizer's entropy-constrained assignment works in latent units, so it uses
 ``rate_lambda / gain``, where ``gain`` is the synthesis' squared gain per latent dimension
@@ -51,6 +56,7 @@ from dqcodec.models.entropy import ContextIndexModel
 from dqcodec.models.flat_blocks import NUM_SYMBOLS, FlatBlockModel, flat_block_colours, flat_block_symbols
 from dqcodec.models.hdq_levels import COARSE, COARSE_FACTOR, FINE, FINE_STRIDE, FLAT
 from dqcodec.models.hierarchical_entropy import CoarseConditionedIndexModel
+from dqcodec.models.image_lambda import image_weights
 from dqcodec.models.interface import RATE_LAMBDA_HELP, CodecOutput, CompressedLevels, IndexLevel, LevelSpec, StepTables
 from dqcodec.models.quantizers import DepthwiseQuantizer
 from dqcodec.models.refinement import REFINE, FineRefinement
@@ -94,6 +100,12 @@ class HDQConfig:
                                       "error in the choice of the fine (and refinement) codes (0: plain squared error; "
                                       "1: SSIM's own sensitivity, so flat blocks get more bits)"}
     )
+    distortion_reference: float = field(
+        default=0.0, metadata={"help": "encoder only: the level's typical mean squared error of the decoder feedback's "
+                                     "first guess (pixels in [0, 1]); each image is coded at lambda times its own over "
+                                     "this (clipped to [1/2, 2]) for mean PSNR over images (0: every image at lambda); "
+                                     "measured by the table step", "measured": True}
+    )
     refinement_size: int = field(
         default=0, metadata={"help": "codes of each fine codebook's residual refinement (0: no refinement level); fitted "
                                      "with the tables at export, not trained ('dqcodec fit-tables --refinement-size' "
@@ -101,7 +113,7 @@ class HDQConfig:
     )
 
     def __post_init__(self):
-        for name in ("feedback_step", "structural_weighting"):
+        for name in ("feedback_step", "structural_weighting", "distortion_reference"):
             value = getattr(self, name)
             if not 0.0 <= value < float("inf"):
                 raise ValueError(f"--{name.replace('_', '-')} {value}: need a finite value of 0 or more")
@@ -308,19 +320,20 @@ class HierarchicalDQCodec(nn.Module):
         the fine codes left, at the fine level's lambda. ``rate_lambda`` and ``latent``: as for
         :meth:`choose_levels`.
         """
-        levels, fine_slices = self.choose_levels(image, rate_lambda, latent)
+        levels, fine_slices, weights = self.choose_levels(image, rate_lambda, latent)
         if self.refinement is not None:
             fine_lambda = self.rate_lambdas(rate_lambda)[0]
-            levels.append(IndexLevel(REFINE, *self.choose_refinement(image, fine_slices.double().numpy(),
+            levels.append(IndexLevel(REFINE, *self.choose_refinement(weights, fine_slices.double().numpy(),
                                                                      levels[-1].indices, fine_lambda)))
         return levels
 
     @torch.no_grad()
     def choose_levels(self, image: torch.Tensor, rate_lambda: float | None = None,
-                      latent: torch.Tensor | None = None) -> tuple[CompressedLevels, torch.Tensor]:
+                      latent: torch.Tensor | None = None) -> tuple[CompressedLevels, torch.Tensor, np.ndarray | None]:
         """(B, 3, H, W) image in [0, 1], H and W multiples of 64 -> the flat blocks' symbols,
-        coarse and fine indices, and the (B, M, D, h, w) slices the fine indices were chosen for
-        (:meth:`fine_targets`; the table step fits the refinement to what they left).
+        coarse and fine indices, the (B, M, D, h, w) slices the fine indices were chosen for
+        (:meth:`fine_targets`; the table step fits the refinement to what they left) and the
+        (B, h, w) weights of their blocks' squared errors (:meth:`coding_weights`, or None).
 
         Each index minimises latent distortion + lambda * (-log2 p) under the real context tables
         in coding order (:func:`~dqcodec.models.context_tables.choose_indices`); the fine level's
@@ -333,18 +346,23 @@ class HierarchicalDQCodec(nn.Module):
         coarse, coarse_tables = choose_indices(coarse_slices, self._codewords(self.coarse_quantizer), self.coarse_entropy,
                                                coarse_lambda)
         flat = flat_block_symbols(image.numpy(), FINE_STRIDE)
-        fine_slices = self.fine_targets(image, latent, coarse, flat)
+        fine_slices, guess_error = self.fine_targets(image, latent, coarse, flat)
+        weights = self.coding_weights(image, guess_error)
         fine, fine_tables = choose_indices(
             fine_slices.float().numpy(), self._codewords(self.fine_quantizer), self.fine_entropy, fine_lambda,
-            side={COARSE: coarse}, weights=self.block_weights(image),
+            side={COARSE: coarse}, weights=weights,
         )
         levels = [IndexLevel(FLAT, flat), IndexLevel(COARSE, coarse, coarse_tables), IndexLevel(FINE, fine, fine_tables)]
-        return levels, fine_slices
+        return levels, fine_slices, weights
 
     @torch.no_grad()
-    def fine_targets(self, image: torch.Tensor, latent: torch.Tensor, coarse: np.ndarray, flat: np.ndarray) -> torch.Tensor:
+    def fine_targets(self, image: torch.Tensor, latent: torch.Tensor, coarse: np.ndarray,
+                     flat: np.ndarray) -> tuple[torch.Tensor, np.ndarray | None]:
         """(B, M, D, h, w) slices that the fine codes are chosen for: the analysis' slices of
-        ``latent`` (B, C, h, w), moved by one step of decoder feedback (module docstring).
+        ``latent`` (B, C, h, w), moved by one step of decoder feedback (module docstring); and the
+        (B,) mean squared pixel error of the first guess, painted blocks counted exact (the image
+        lambda's measure of each image), None where neither the feedback nor the image lambda
+        needs the first guess.
 
         image: the (B, 3, 16h, 16w) image in [0, 1]; coarse: its (B, M_c, h/4, w/4) coarse
         indices; flat: its (B, 4, h, w) flat-block symbols, whose blocks the decoder paints
@@ -363,37 +381,54 @@ class HierarchicalDQCodec(nn.Module):
         level's curve swept over lambda; -0.5 % BD-rate over PSNR and -0.8 % over MS-SSIM on all
         24, real files), hence the default.
         """
-        quantizer = self.fine_quantizer
-        slices = quantizer.project(latent)
+        slices = self.fine_quantizer.project(latent)
         step = self.config.feedback_step
-        if step == 0:
-            return slices
-        guess = quantizer.assemble(quantizer.lookup(quantizer.assign(slices, 0.0)))
+        if step == 0 and self.config.distortion_reference == 0:
+            return slices, None
+        residual = self.first_guess_residual(image, latent, coarse, flat)
+        guess_error = residual.double().square().mean(dim=(1, 2, 3)).numpy()
+        pull = F.conv2d(residual, self.synthesis.linear.weight.transpose(0, 1))  # W^T (x - x_hat): (B, M*D, h, w)
+        return slices + (step / max(self.synthesis_gains[0].item(), 1e-12)) * pull.view_as(slices), guess_error
+
+    @torch.no_grad()
+    def first_guess_residual(self, image: torch.Tensor, latent: torch.Tensor, coarse: np.ndarray,
+                             flat: np.ndarray) -> torch.Tensor:
+        """(B, 768, h, w) pixel residual x - x_hat of the first guess (each fine slice's nearest
+        code, decoded with the ``coarse`` indices) per 16 x 16 block (``pixel_unshuffle`` order),
+        zero in the blocks ``flat`` paints. Arguments as for :meth:`fine_targets`."""
+        quantizer = self.fine_quantizer
+        guess = quantizer.assemble(quantizer.lookup(quantizer.assign(quantizer.project(latent), 0.0)))
         coarse_codes = self.coarse_quantizer.dequantize(torch.from_numpy(coarse))
         decoded = self.reconstruct(*(codes.to(latent).contiguous(memory_format=CODING_MEMORY_FORMAT)
                                      for codes in (guess, coarse_codes)))
         painted = torch.from_numpy(flat_block_colours(flat)[0])[:, None]  # (B, 1, h, w)
-        residual = F.pixel_unshuffle(image.to(latent) - decoded, FINE_STRIDE).masked_fill(painted, 0.0)  # (B, 768, h, w)
-        pull = F.conv2d(residual, self.synthesis.linear.weight.transpose(0, 1))  # W^T (x - x_hat): (B, M*D, h, w)
-        return slices + (step / max(self.synthesis_gains[0].item(), 1e-12)) * pull.view_as(slices)
+        return F.pixel_unshuffle(image.to(latent) - decoded, FINE_STRIDE).masked_fill(painted, 0.0)
 
-    def block_weights(self, image: torch.Tensor) -> np.ndarray | None:
-        """(B, 3, H, W) image -> (B, H/16, W/16) structural weights of its blocks' squared errors
-        (``structural_weighting``, :mod:`~dqcodec.models.structural_weights`); None when the
-        model weights every block alike."""
-        exponent = self.config.structural_weighting
-        return block_weights(image.double().numpy(), FINE_STRIDE, exponent) if exponent else None
+    def coding_weights(self, image: torch.Tensor, guess_error: np.ndarray | None) -> np.ndarray | None:
+        """(B, 3, H, W) image, its (B,) first-guess error (:meth:`fine_targets`) -> (B, H/16, W/16)
+        float64 weights of its blocks' squared errors in the choice of the fine and refinement
+        codes: the structural weights (``structural_weighting``,
+        :mod:`~dqcodec.models.structural_weights`) times the image weights (``distortion_reference``,
+        :mod:`~dqcodec.models.image_lambda`); None when every block counts alike."""
+        exponent, reference = self.config.structural_weighting, self.config.distortion_reference
+        weights = block_weights(image.double().numpy(), FINE_STRIDE, exponent) if exponent else None
+        if reference == 0:
+            return weights
+        if weights is None:
+            b, _, height, width = image.shape
+            weights = np.ones((b, height // FINE_STRIDE, width // FINE_STRIDE))
+        return weights * image_weights(guess_error, reference)[:, None, None]
 
-    def choose_refinement(self, image: torch.Tensor, fine_slices: np.ndarray, fine: np.ndarray,
+    def choose_refinement(self, weights: np.ndarray | None, fine_slices: np.ndarray, fine: np.ndarray,
                           fine_lambda: float) -> tuple[np.ndarray, StepTables]:
-        """(B, 3, H, W) image, its (B, M, D, h, w) float64 fine slices and their (B, M, h, w) fine
-        indices -> (B, M, h, w) refinement indices, chosen for the residual the fine codes left
-        under the refinement's tables in coding order, at ``fine_lambda`` (latent units,
-        :meth:`rate_lambdas`) with the image blocks' structural weights (:meth:`block_weights`),
-        as the fine codes were; and the tables of their coding steps."""
+        """The (B, h, w) weights the fine codes were chosen with (:meth:`coding_weights`, or None),
+        the (B, M, D, h, w) float64 fine slices and their (B, M, h, w) fine indices -> (B, M, h, w)
+        refinement indices, chosen for the residual the fine codes left under the refinement's
+        tables in coding order, at ``fine_lambda`` (latent units, :meth:`rate_lambdas`) with the
+        same weights; and the tables of their coding steps."""
         residual = fine_slices - self.fine_quantizer.lookup(torch.from_numpy(fine)).double().numpy()
         return choose_indices(residual, self.refinement.codebooks.double().numpy(), self.refinement.entropy,
-                              fine_lambda, side={FINE: fine}, weights=self.block_weights(image))
+                              fine_lambda, side={FINE: fine}, weights=weights)
 
     @torch.no_grad()
     def decompress(self, levels: CompressedLevels) -> torch.Tensor:

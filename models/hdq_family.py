@@ -12,7 +12,7 @@ coarse level and synthesis. The exported levels are plain ``hdq`` models
 tensors are identical, so ``--share-weights`` stores them once.
 """
 
-from dataclasses import MISSING, dataclass, field, fields, make_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass
 
 import torch
 from torch import nn
@@ -20,8 +20,11 @@ from torch import nn
 from dqcodec.models.hdq_codec import HDQConfig, HierarchicalDQCodec
 from dqcodec.models.interface import CodecOutput
 
-# Fine-level settings that differ between the levels of a family; every other HDQConfig field is shared.
-LEVEL_FIELDS = ("rate_lambda", "codebook_size")
+# What each level's table step measures (HDQConfig's fields with metadata "measured").
+MEASURED_FIELDS = tuple(item.name for item in fields(HDQConfig) if item.metadata.get("measured"))
+# Fine-level settings that differ between the levels of a family, and the measured ones; every other
+# HDQConfig field is shared.
+LEVEL_FIELDS = ("rate_lambda", "codebook_size", *MEASURED_FIELDS)
 LEVELS_HELP = (
     "the family's levels, lowest rate first, as LAMBDA:K pairs (lambda as --lambda of --arch hdq, K fine codes per "
     "codebook), e.g. 0.03:128,0.012:128,0.005:256,0.002:256"
@@ -43,6 +46,12 @@ def parse_rate_levels(text: str) -> list[tuple[float, int]]:
             or len({rate_lambda for rate_lambda, _ in levels}) != len(levels):
         raise ValueError(f"--rate-levels {text!r}: list the levels lowest rate (largest lambda) first, each lambda once")
     return levels
+
+
+def level_architecture(config: HDQConfig) -> dict:
+    """A level's config as a dict without its measured fields: what a family and the levels it
+    starts from must agree on."""
+    return {key: value for key, value in asdict(config).items() if key not in MEASURED_FIELDS}
 
 
 def _shared_field(item):
@@ -106,7 +115,7 @@ class HDQFamily(nn.Module):
         """The HDQConfig of level ``index`` (0: the lowest rate)."""
         rate_lambda, size = parse_rate_levels(self.config.rate_levels)[index]
         shared = {item.name: getattr(self.config, item.name) for item in fields(HDQConfig) if item.name not in LEVEL_FIELDS}
-        return HDQConfig(**shared, rate_lambda=rate_lambda, codebook_size=size)
+        return HDQConfig(**shared, rate_lambda=rate_lambda, codebook_size=size)  # measured fields: their defaults
 
     def fine_quantizer(self, index: int):
         """Level ``index``'s fine quantizer (levels 1..: codebooks only, on the body's projection)."""

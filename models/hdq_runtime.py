@@ -2,10 +2,10 @@
 choices and the entropy model, onnxruntime for the convolutional transforms.
 
 It codes exactly what :class:`~dqcodec.models.hdq_codec.HierarchicalDQCodec` codes (the same
-levels, contexts, tables and encoder rules: decoder feedback, structural weights, flat blocks),
-so a file written by either decodes with the other: the indices are integers under integer
-tables, and only the decoded pixels may differ by a rounding (float32 convolutions in another
-library, as between thread counts). Why: hdq coded through torch needs the training install
+levels, contexts, tables and encoder rules: decoder feedback, structural weights, image lambda,
+flat blocks), so a file written by either decodes with the other: the indices are integers
+under integer tables, and only the decoded pixels may differ by a rounding (float32
+convolutions in another library, as between thread counts). Why: hdq coded through torch needs the training install
 (5.9 GB with torch; the base install with onnxruntime is 315 MB), and this runtime codes a Kodak
 image faster on 2 threads (measured in README: the speed table of the hdq section).
 
@@ -23,6 +23,7 @@ from dqcodec.models.context_tables import (
 from dqcodec.models.flat_blocks import NUM_SYMBOLS, FlatBlockModel, flat_block_colours, flat_block_symbols
 from dqcodec.models.hdq_levels import COARSE, COARSE_FACTOR, FINE, FINE_STRIDE, FLAT
 from dqcodec.models.hierarchical_tables import StoredCoarseConditionedTables
+from dqcodec.models.image_lambda import image_weights
 from dqcodec.models.interface import CompressedLevels, IndexLevel, LevelSpec
 from dqcodec.models.onnx_transforms import OnnxTransforms
 from dqcodec.models.structural_weights import block_weights
@@ -68,6 +69,7 @@ class HDQRuntime:
         self.rate_lambda = float(config["rate_lambda"])
         self.feedback_step = float(config.get("feedback_step", 0.0))
         self.structural_weighting = float(config.get("structural_weighting", 0.0))
+        self.distortion_reference = float(config.get("distortion_reference", 0.0))
         self.num_codebooks, self.num_coarse_codebooks = int(config["num_codebooks"]), int(config["coarse_codebooks"])
         self.arrays = {key: value.astype(np.float32) if value.dtype.kind == "f" else value for key, value in arrays.items()}
         for array in self.arrays.values():
@@ -139,8 +141,8 @@ class HDQRuntime:
         """(B, 3, H, W) float64 image in [0, 1], H and W multiples of 64 -> the flat blocks'
         symbols, the coarse indices (nearest codes) and the fine indices (latent distortion +
         lambda * bits under the real tables, for the slices moved by the decoder feedback, with
-        the structural weights), as the network chooses them. ``rate_lambda``: pixel units;
-        None: the model's own."""
+        the structural weights and the image lambda), as the network chooses them.
+        ``rate_lambda``: pixel units; None: the model's own."""
         pixels = image.astype(np.float32)  # the network codes in float32
         arrays = self.arrays
         latent = self.transforms.analyse(pixels)
@@ -149,23 +151,25 @@ class HDQRuntime:
         coarse, coarse_tables = choose_indices(coarse_slices.astype(np.float64), self.coarse_codewords,
                                                self.coarse_entropy, 0.0)
         flat = flat_block_symbols(pixels, FINE_STRIDE)
-        fine_slices = self.fine_targets(pixels, latent, coarse, flat)
-        weights = (block_weights(pixels.astype(np.float64), FINE_STRIDE, self.structural_weighting)
-                   if self.structural_weighting else None)
+        fine_slices, guess_error = self.fine_targets(pixels, latent, coarse, flat)
+        weights = self.coding_weights(pixels, guess_error)
         fine_lambda = (self.rate_lambda if rate_lambda is None else rate_lambda) / self.gain
         fine, fine_tables = choose_indices(fine_slices, self.fine_codewords, self.fine_entropy, fine_lambda,
                                            side={COARSE: coarse}, weights=weights)
         return [IndexLevel(FLAT, flat), IndexLevel(COARSE, coarse, coarse_tables), IndexLevel(FINE, fine, fine_tables)]
 
-    def fine_targets(self, pixels: np.ndarray, latent: np.ndarray, coarse: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    def fine_targets(self, pixels: np.ndarray, latent: np.ndarray, coarse: np.ndarray,
+                     flat: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(B, M, D, h, w) float32 slices the fine codes are chosen for: the analysis' slices moved
-        by one step of decoder feedback (:meth:`HierarchicalDQCodec.fine_targets
+        by one step of decoder feedback; and the (B,) mean squared error of the first guess
+        (painted blocks exact), None where neither the feedback nor the image lambda needs it
+        (:meth:`HierarchicalDQCodec.fine_targets
         <dqcodec.models.hdq_codec.HierarchicalDQCodec.fine_targets>`, which says why)."""
         arrays = self.arrays
         slices = _project(latent, arrays["fine_quantizer.projection.weight"], arrays["fine_quantizer.projection.bias"],
                           self.num_codebooks)
-        if self.feedback_step == 0:
-            return slices
+        if self.feedback_step == 0 and self.distortion_reference == 0:
+            return slices, None
         guess = _lookup(self.fine_codewords, _nearest(slices, self.fine_codewords, self.fine_usable))
         decoded = self.transforms.reconstruct(guess, _lookup(self.coarse_codewords, coarse))
         b, _, height, width = pixels.shape
@@ -174,8 +178,22 @@ class HDQRuntime:
         residual = (pixels - decoded).reshape(b, 3, h, FINE_STRIDE, w, FINE_STRIDE)
         residual = residual.transpose(0, 1, 3, 5, 2, 4).reshape(b, 3 * FINE_STRIDE**2, h * w)
         residual = residual * ~flat_block_colours(flat)[0].reshape(b, 1, h * w)  # painted blocks pull nothing
+        guess_error = np.square(residual, dtype=np.float64).mean(axis=(1, 2))
         pull = np.matmul(arrays["synthesis.linear.weight"][:, :, 0, 0].T, residual)  # W^T (x - x_hat): (B, M*D, h*w)
-        return slices + (self.feedback_step / self.gain) * pull.reshape(slices.shape)
+        return slices + (self.feedback_step / self.gain) * pull.reshape(slices.shape), guess_error
+
+    def coding_weights(self, pixels: np.ndarray, guess_error: np.ndarray | None) -> np.ndarray | None:
+        """(B, 3, H, W) image, its (B,) first-guess error -> (B, H/16, W/16) float64 weights of the
+        blocks' squared errors in the choice of the fine codes: the structural weights times the
+        image weights (:mod:`~dqcodec.models.image_lambda`); None when every block counts alike."""
+        b, _, height, width = pixels.shape
+        weights = (block_weights(pixels.astype(np.float64), FINE_STRIDE, self.structural_weighting)
+                   if self.structural_weighting else None)
+        if self.distortion_reference == 0:
+            return weights
+        if weights is None:
+            weights = np.ones((b, height // FINE_STRIDE, width // FINE_STRIDE))
+        return weights * image_weights(guess_error, self.distortion_reference)[:, None, None]
 
     def decompress(self, levels: CompressedLevels) -> np.ndarray:
         """The levels of :meth:`compress` -> (B, 3, H, W) float64 image clamped to [0, 1]: the

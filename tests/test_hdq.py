@@ -19,8 +19,10 @@ from dqcodec.models.context_tables import (
     CONTEXTS_PER_PHASE, TABLE_PRECISION, StoredContextTables, choose_indices, quantize_table,
 )
 from dqcodec.models.hdq_codec import HDQConfig, HierarchicalDQCodec
+from dqcodec.models.image_lambda import image_scales, image_weights, typical_distortion
 from dqcodec.models.interface import IndexLevel, estimated_bits
 from dqcodec.models.structural_weights import SSIM_C2, TYPICAL_BLOCK_TERM, block_weights
+from dqcodec.train.fit_tables import REFIT_CLAUSE, recipe_without_refit
 from dqcodec.train.training_log import read_log
 
 TINY = ["--channels", "12", "--latent-channels", "16", "--num-codebooks", "4", "--codebook-size", "16",
@@ -192,7 +194,7 @@ def test_decoder_feedback_is_a_gradient_step_on_the_pixel_error_through_the_line
     latent = net.analyse(image)
     flat, coarse = (level.indices for level in net.compress(image)[:2])
     assert flat[0, 0, 0, 0] > 0 and (flat[0, 0] > 0).sum() == 1
-    targets = net.fine_targets(image, latent, coarse, flat)
+    targets, guess_error = net.fine_targets(image, latent, coarse, flat)
     quantizer = net.fine_quantizer
     slices = quantizer.project(latent).detach()
     # Autograd's gradient of (x_hat_linear . (x_hat - x)) at the nearest codes (the first guess):
@@ -209,9 +211,10 @@ def test_decoder_feedback_is_a_gradient_step_on_the_pixel_error_through_the_line
     assert net.config.feedback_step > 0 and not torch.equal(targets, slices)
     assert torch.equal(targets[..., 0, 0], slices[..., 0, 0])
     assert torch.allclose(targets, expected.detach(), rtol=1e-4, atol=1e-5 * float(slices.abs().max()))
+    assert np.isclose(guess_error[0], float(error.detach().double().square().mean()), rtol=1e-5)  # painted block exact
     net.config.feedback_step = 0.0
     try:
-        assert torch.equal(net.fine_targets(image, latent, coarse, flat), slices)
+        assert torch.equal(net.fine_targets(image, latent, coarse, flat)[0], slices)
     finally:
         net.config.feedback_step = HDQConfig().feedback_step
 
@@ -297,6 +300,45 @@ def test_structural_weighting_changes_the_encoders_choice_only(tiny_model, tmp_p
     levels = net.compress(torch.from_numpy(padded).permute(2, 0, 1)[None].float() / 255, 0.05)
     expected = (net.decompress(levels)[0, :, :96, :112].permute(1, 2, 0) * 255).round().byte().numpy()
     assert np.array_equal(np.asarray(dqcodec.decode(structural)), expected)
+
+
+def test_image_scales_follow_the_images_error_within_a_factor_of_two_and_fall_back_where_the_network_fails():
+    ratios = np.array([0.0, 0.25, 0.5, 0.75, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 500.0])
+    scales = image_scales(0.002 * ratios, 0.002)
+    assert np.allclose(scales, [0.5, 0.5, 0.5, 0.75, 1.0, 2.0, 2.0, 2.0, 8 / 6, 1.0, 1.0])
+    assert np.allclose(image_weights(0.002 * ratios, 0.002), 1 / scales)
+    assert typical_distortion(np.array([[0.0, 0.003], [0.001, 0.5]])) == 0.002  # a median: painted crops count
+
+
+def test_the_image_lambda_codes_each_image_at_lambda_times_its_first_guess_error_over_the_reference(tiny_model):
+    stem, data = tiny_model
+    net = network_of(stem)
+    reference = net.config.distortion_reference
+    assert 0 < reference < 1  # measured by the export's table step
+    images = torch.stack([torch.from_numpy(np.asarray(Image.open(data / f"{i}.png"))[:64, :64].copy()).permute(2, 0, 1)
+                          for i in range(2)]).float() / 255
+    images[1] = images[1] * 0.5 + 0.25  # less contrast: a smaller first-guess error
+    latent = net.analyse(images)
+    flat, coarse = (level.indices for level in net.compress(images)[:2])
+    errors = net.fine_targets(images, latent, coarse, flat)[1]
+    assert errors[1] < errors[0]
+    chosen = net.compress(images, 0.05)
+    net.config.distortion_reference = 0.0
+    try:
+        for index in range(2):
+            scale = image_scales(errors[index : index + 1], reference)[0]
+            alone = net.compress(images[index : index + 1], 0.05 * scale)
+            assert np.mean(alone[-1].indices == chosen[-1].indices[index : index + 1]) > 0.99, index
+            at_lambda = net.compress(images[index : index + 1], 0.05)  # what the level's lambda alone chooses
+            assert np.mean(at_lambda[-1].indices != chosen[-1].indices[index : index + 1]) > 0.02, index
+    finally:
+        net.config.distortion_reference = reference
+
+
+def test_train_has_no_option_for_the_measured_distortion_reference(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--arch", "hdq", "--help"])
+    assert "--distortion-reference" not in capsys.readouterr().out
 
 
 def test_train_refuses_a_negative_structural_weighting_in_one_line(tmp_path, capsys):
@@ -680,6 +722,15 @@ def test_fit_tables_counts_new_tables_and_keeps_the_network(tiny_model, tmp_path
                  "--measure-images", "0"]) == 0
     recipe = json.loads(copy.with_suffix(".json").read_text())["training"]["recipe"]
     assert recipe.count("fit-tables") == 1 and "over 8 crops" in recipe
+    assert info["config"]["distortion_reference"] > 0  # the table step measured the image lambda's reference
+
+
+def test_a_refit_keeps_what_came_after_the_earlier_refit_in_the_recipe():
+    refit = f"{REFIT_CLAUSE} over 1536 crops of 256 px, contexts seen fewer than 256 times backed off"
+    tuned = "; synthesis tuned to the encoder's codes (dqcodec tune-synthesis): 1500 Adam steps"
+    assert recipe_without_refit(f"trained{refit}{tuned}") == f"trained{tuned}"
+    assert recipe_without_refit(f"trained{tuned}{refit}") == f"trained{tuned}"
+    assert recipe_without_refit("trained") == "trained"
 
 
 def test_fit_tables_refuses_what_it_cannot_refit_in_one_line(tiny_model, tmp_path, capsys):

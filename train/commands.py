@@ -82,9 +82,10 @@ def add_train_shvq_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_fields(group, source: type, seen: set[str], defaults: dict | None = None) -> None:
-    """One option per dataclass field not yet added; unset options stay absent from the namespace."""
+    """One option per dataclass field not yet added and not measured by the recipe itself (metadata
+    ``measured``); unset options stay absent from the namespace."""
     for item in dataclasses.fields(source):
-        if item.name in seen:
+        if item.name in seen or item.metadata.get("measured"):  # a measured field is no option
             continue
         seen.add(item.name)
         default = (defaults or {}).get(item.name, item.default)

@@ -154,9 +154,7 @@ def refit_model(stem: Path, out: Path, files: list[Path], crops: int, backoff: i
     options = dataclasses.replace(recipe.options(**recorded), table_crops=crops, table_backoff=backoff)
     recipe.finish(net, options, files)  # the export's table step
     training = {**training, "table_crops": crops, "table_backoff": backoff}
-    # A model refitted before says so once, with the latest counts.
-    trained = training.get("recipe", "").split(REFIT_CLAUSE)[0]
-    training["recipe"] = (f"{trained}{REFIT_CLAUSE} over {crops} crops of {options.fit_crop} px, contexts seen fewer than "
+    training["recipe"] = (f"{recipe_without_refit(training.get('recipe', ''))}{REFIT_CLAUSE} over {crops} crops of {options.fit_crop} px, contexts seen fewer than "
                           f"{options.table_backoff} times backed off to their codebook's table"
                           + (f", and a refinement level of {net.config.refinement_size} codes per fine codebook fitted on "
                              "them" if net.refinement is not None else ""))
@@ -165,6 +163,13 @@ def refit_model(stem: Path, out: Path, files: list[Path], crops: int, backoff: i
         save_model(net, out, {**kept, "training": training}, shared=info.get("shared_weights"))
     except ValueError as error:
         raise DQCodecError(f"{stem}: {error}") from None
+
+
+def recipe_without_refit(recipe: str) -> str:
+    """A model's recipe without the clause of an earlier refit (a refitted model says so once, last,
+    with the latest counts), keeping what came after it, e.g. a synthesis tuning."""
+    before, refitted, after = recipe.partition(REFIT_CLAUSE)
+    return before + ("; " + after.split("; ", 1)[1] if refitted and "; " in after else "")
 
 
 def check_whole_families(stems: list[Path]) -> None:

@@ -18,11 +18,15 @@ from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from dqcodec.models.block_runtime import guard_colours
+from dqcodec.models.flat_blocks import flat_block_symbols
+from dqcodec.models.hdq_levels import FINE_STRIDE
+from dqcodec.models.image_lambda import typical_distortion
 from dqcodec.models.interface import IndexLevel
 from dqcodec.models.lloyd import LloydResult, kmeans_plus_plus, lloyd, nearest_codes, sample_centres
 from dqcodec.models.quantizers import slice_vectors
@@ -368,6 +372,7 @@ def _fit_hdq_tables(net: nn.Module, options: HDQOptions, files: list[Path]) -> N
     net.fine_entropy.set_codes(net.fine_quantizer.codebooks, usage["fine"])
     net.fine_entropy.set_coarse_codes(net.coarse_quantizer.codebooks, usage["coarse"])
     flat_areas = _flat_area_indices(net, colours, net.padding_multiple)
+    net.config.distortion_reference = _typical_first_guess_error(net, crops, latents)
     for round_index in range(2):
         levels = [{level.name: level.indices for level in (net.nearest_indices(latent) if round_index == 0
                                                            else net.choose_levels(batch, latent=latent)[0])}
@@ -382,6 +387,19 @@ def _fit_hdq_tables(net: nn.Module, options: HDQOptions, files: list[Path]) -> N
 
 
 @torch.no_grad()
+def _typical_first_guess_error(net: nn.Module, crops: list[torch.Tensor], latents: list[torch.Tensor]) -> float:
+    """The level's ``distortion_reference`` (:mod:`~dqcodec.models.image_lambda`): the median
+    first-guess mean squared error of the table crops, each first guess decoded with the crop's
+    coarse indices as the quantizer chooses them."""
+    errors = []
+    for batch, latent in zip(crops, latents):
+        coarse = {level.name: level.indices for level in net.nearest_indices(latent)}["coarse"]
+        residual = net.first_guess_residual(batch, latent, coarse, flat_block_symbols(batch.numpy(), FINE_STRIDE))
+        errors.append(residual.double().square().mean(dim=(1, 2, 3)).numpy())
+    return typical_distortion(np.concatenate(errors))
+
+
+@torch.no_grad()
 def _fit_refinement(net: nn.Module, options: HDQOptions, crops: list[torch.Tensor], latents: list[torch.Tensor]) -> None:
     """The refinement level (:mod:`~dqcodec.models.refinement`) of the table crops' fine indices
     chosen under the fine tables just counted: codes by ``options.ecvq_iterations`` Lloyd
@@ -390,12 +408,13 @@ def _fit_refinement(net: nn.Module, options: HDQOptions, crops: list[torch.Tenso
     mean squared residual; then the tables, counted in 2 rounds as the fine level's (indices by
     the codes' training shares, then those ``net.choose_refinement`` chooses under the first round's)."""
     refinement, quantizer = net.refinement, net.fine_quantizer
-    fine_levels, slices, residuals = [], [], []
+    fine_levels, slices, coding_weights, residuals = [], [], [], []
     for batch, latent in tqdm(list(zip(crops, latents)), desc="refinement residuals", unit="batch", leave=False):
-        levels, fine_slices = net.choose_levels(batch, latent=latent)
+        levels, fine_slices, weights = net.choose_levels(batch, latent=latent)
         fine = {level.name: level.indices for level in levels}["fine"]
         fine_levels.append(fine)
         slices.append(fine_slices)
+        coding_weights.append(weights)
         residuals.append(slices[-1] - quantizer.lookup(torch.from_numpy(fine)))
     points = torch.cat([slice_vectors(residual) for residual in residuals], dim=1)  # (M, N, D)
     fine_codes = torch.cat([torch.from_numpy(fine).permute(1, 0, 2, 3).reshape(len(points), -1) for fine in fine_levels], 1)
@@ -424,13 +443,13 @@ def _fit_refinement(net: nn.Module, options: HDQOptions, crops: list[torch.Tenso
     code_cost = code_cost.masked_fill(usage <= 0, float("inf"))
     for round_index in range(2):
         batches = []
-        for batch, batch_slices, fine, residual in zip(crops, slices, fine_levels, residuals):
+        for weights, batch_slices, fine, residual in zip(coding_weights, slices, fine_levels, residuals):
             if round_index == 0:
                 b, m, _, h, w = residual.shape
                 chosen, _ = nearest_codes(slice_vectors(residual), codes, code_cost)
                 refine = chosen.view(m, b, h, w).transpose(0, 1).numpy()
             else:
-                refine, _ = net.choose_refinement(batch, batch_slices.double().numpy(), fine, fine_lambda)
+                refine, _ = net.choose_refinement(weights, batch_slices.double().numpy(), fine, fine_lambda)
             batches.append((refine, {"fine": fine}))
         refinement.entropy.fit(batches, backoff=options.table_backoff)
 
@@ -547,7 +566,7 @@ def _load_family_levels(net: nn.Module, folder: Path) -> nn.Module:
     own. Raises DQCodecError (one line) when they are not ``net``'s levels or do not share their
     transforms."""
     from dqcodec.codec.errors import DQCodecError
-    from dqcodec.models.hdq_family import HDQFamily
+    from dqcodec.models.hdq_family import HDQFamily, level_architecture
     from dqcodec.models.registry import ARCHITECTURES
     from dqcodec.train.checkpoint import load_hdq_without_tables
 
@@ -558,14 +577,14 @@ def _load_family_levels(net: nn.Module, folder: Path) -> nn.Module:
     # model last changed still start a family.
     levels = [load_hdq_without_tables(stem, f"--start-levels {stem}", "a family starts from hdq levels")[0]
               for stem in stems]
-    if asdict(levels[0].config) != asdict(net.level_configs[0]):
+    if level_architecture(levels[0].config) != level_architecture(net.level_configs[0]):
         try:
             check_widening(levels[0].config, net.config)
         except ValueError as error:
             raise DQCodecError(f"--start-levels {stems[0]}: {error}") from None
         net = HDQFamily(narrow_config(net.config, levels[0].config))
     for stem, level, wanted in zip(stems, levels, net.level_configs):
-        if asdict(level.config) != asdict(wanted):
+        if level_architecture(level.config) != level_architecture(wanted):
             raise DQCodecError(f"--start-levels {stem}: its config {asdict(level.config)} is not the family's level "
                                f"{asdict(wanted)}")
     first = levels[0].state_dict()
