@@ -56,11 +56,10 @@ from dqcodec.models.entropy import ContextIndexModel
 from dqcodec.models.flat_blocks import NUM_SYMBOLS, FlatBlockModel, flat_block_colours, flat_block_symbols
 from dqcodec.models.hdq_levels import COARSE, COARSE_FACTOR, FINE, FINE_STRIDE, FLAT
 from dqcodec.models.hierarchical_entropy import CoarseConditionedIndexModel
-from dqcodec.models.image_lambda import image_weights
+from dqcodec.models.image_lambda import coding_weights
 from dqcodec.models.interface import RATE_LAMBDA_HELP, CodecOutput, CompressedLevels, IndexLevel, LevelSpec, StepTables
 from dqcodec.models.quantizers import DepthwiseQuantizer
 from dqcodec.models.refinement import REFINE, FineRefinement
-from dqcodec.models.structural_weights import block_weights
 
 GAIN_PROBE = 1e-2  # finite-difference step, relative to the codewords' RMS
 # Flat images of this size (pixels) give the latents of flat areas: their centre lies 96 pixels
@@ -333,7 +332,8 @@ class HierarchicalDQCodec(nn.Module):
         """(B, 3, H, W) image in [0, 1], H and W multiples of 64 -> the flat blocks' symbols,
         coarse and fine indices, the (B, M, D, h, w) slices the fine indices were chosen for
         (:meth:`fine_targets`; the table step fits the refinement to what they left) and the
-        (B, h, w) weights of their blocks' squared errors (:meth:`coding_weights`, or None).
+        (B, h, w) weights of their blocks' squared errors
+        (:func:`~dqcodec.models.image_lambda.coding_weights`, or None).
 
         Each index minimises latent distortion + lambda * (-log2 p) under the real context tables
         in coding order (:func:`~dqcodec.models.context_tables.choose_indices`); the fine level's
@@ -347,7 +347,8 @@ class HierarchicalDQCodec(nn.Module):
                                                coarse_lambda)
         flat = flat_block_symbols(image.numpy(), FINE_STRIDE)
         fine_slices, guess_error = self.fine_targets(image, latent, coarse, flat)
-        weights = self.coding_weights(image, guess_error)
+        weights = coding_weights(image.double().numpy(), FINE_STRIDE, self.config.structural_weighting, guess_error,
+                                 self.config.distortion_reference)
         fine, fine_tables = choose_indices(
             fine_slices.float().numpy(), self._codewords(self.fine_quantizer), self.fine_entropy, fine_lambda,
             side={COARSE: coarse}, weights=weights,
@@ -404,24 +405,9 @@ class HierarchicalDQCodec(nn.Module):
         painted = torch.from_numpy(flat_block_colours(flat)[0])[:, None]  # (B, 1, h, w)
         return F.pixel_unshuffle(image.to(latent) - decoded, FINE_STRIDE).masked_fill(painted, 0.0)
 
-    def coding_weights(self, image: torch.Tensor, guess_error: np.ndarray | None) -> np.ndarray | None:
-        """(B, 3, H, W) image, its (B,) first-guess error (:meth:`fine_targets`) -> (B, H/16, W/16)
-        float64 weights of its blocks' squared errors in the choice of the fine and refinement
-        codes: the structural weights (``structural_weighting``,
-        :mod:`~dqcodec.models.structural_weights`) times the image weights (``distortion_reference``,
-        :mod:`~dqcodec.models.image_lambda`); None when every block counts alike."""
-        exponent, reference = self.config.structural_weighting, self.config.distortion_reference
-        weights = block_weights(image.double().numpy(), FINE_STRIDE, exponent) if exponent else None
-        if reference == 0:
-            return weights
-        if weights is None:
-            b, _, height, width = image.shape
-            weights = np.ones((b, height // FINE_STRIDE, width // FINE_STRIDE))
-        return weights * image_weights(guess_error, reference)[:, None, None]
-
     def choose_refinement(self, weights: np.ndarray | None, fine_slices: np.ndarray, fine: np.ndarray,
                           fine_lambda: float) -> tuple[np.ndarray, StepTables]:
-        """The (B, h, w) weights the fine codes were chosen with (:meth:`coding_weights`, or None),
+        """The (B, h, w) weights the fine codes were chosen with (:meth:`choose_levels`, or None),
         the (B, M, D, h, w) float64 fine slices and their (B, M, h, w) fine indices -> (B, M, h, w)
         refinement indices, chosen for the residual the fine codes left under the refinement's
         tables in coding order, at ``fine_lambda`` (latent units, :meth:`rate_lambdas`) with the

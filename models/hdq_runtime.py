@@ -5,9 +5,10 @@ It codes exactly what :class:`~dqcodec.models.hdq_codec.HierarchicalDQCodec` cod
 levels, contexts, tables and encoder rules: decoder feedback, structural weights, image lambda,
 flat blocks), so a file written by either decodes with the other: the indices are integers
 under integer tables, and only the decoded pixels may differ by a rounding (float32
-convolutions in another library, as between thread counts). Why: hdq coded through torch needs the training install
-(5.9 GB with torch; the base install with onnxruntime is 315 MB), and this runtime codes a Kodak
-image faster on 2 threads (measured in README: the speed table of the hdq section).
+convolutions in another library, as between thread counts). Why: hdq coded through torch needs
+the training install (5.9 GB with torch; the base install with onnxruntime is 315 MB), and this
+runtime codes a Kodak image faster on 2 threads (measured in README: the speed table of the hdq
+section).
 
 A model with a refinement level is coded by the torch runtime (the registry chooses,
 ``_hdq_runtime`` in :mod:`~dqcodec.models.registry`).
@@ -23,10 +24,9 @@ from dqcodec.models.context_tables import (
 from dqcodec.models.flat_blocks import NUM_SYMBOLS, FlatBlockModel, flat_block_colours, flat_block_symbols
 from dqcodec.models.hdq_levels import COARSE, COARSE_FACTOR, FINE, FINE_STRIDE, FLAT
 from dqcodec.models.hierarchical_tables import StoredCoarseConditionedTables
-from dqcodec.models.image_lambda import image_weights
+from dqcodec.models.image_lambda import coding_weights
 from dqcodec.models.interface import CompressedLevels, IndexLevel, LevelSpec
 from dqcodec.models.onnx_transforms import OnnxTransforms
-from dqcodec.models.structural_weights import block_weights
 
 
 def _project(latent: np.ndarray, weight: np.ndarray, bias: np.ndarray, num_codebooks: int) -> np.ndarray:
@@ -152,7 +152,8 @@ class HDQRuntime:
                                                self.coarse_entropy, 0.0)
         flat = flat_block_symbols(pixels, FINE_STRIDE)
         fine_slices, guess_error = self.fine_targets(pixels, latent, coarse, flat)
-        weights = self.coding_weights(pixels, guess_error)
+        weights = coding_weights(pixels.astype(np.float64), FINE_STRIDE, self.structural_weighting, guess_error,
+                                 self.distortion_reference)
         fine_lambda = (self.rate_lambda if rate_lambda is None else rate_lambda) / self.gain
         fine, fine_tables = choose_indices(fine_slices, self.fine_codewords, self.fine_entropy, fine_lambda,
                                            side={COARSE: coarse}, weights=weights)
@@ -181,19 +182,6 @@ class HDQRuntime:
         guess_error = np.square(residual, dtype=np.float64).mean(axis=(1, 2))
         pull = np.matmul(arrays["synthesis.linear.weight"][:, :, 0, 0].T, residual)  # W^T (x - x_hat): (B, M*D, h*w)
         return slices + (self.feedback_step / self.gain) * pull.reshape(slices.shape), guess_error
-
-    def coding_weights(self, pixels: np.ndarray, guess_error: np.ndarray | None) -> np.ndarray | None:
-        """(B, 3, H, W) image, its (B,) first-guess error -> (B, H/16, W/16) float64 weights of the
-        blocks' squared errors in the choice of the fine codes: the structural weights times the
-        image weights (:mod:`~dqcodec.models.image_lambda`); None when every block counts alike."""
-        b, _, height, width = pixels.shape
-        weights = (block_weights(pixels.astype(np.float64), FINE_STRIDE, self.structural_weighting)
-                   if self.structural_weighting else None)
-        if self.distortion_reference == 0:
-            return weights
-        if weights is None:
-            weights = np.ones((b, height // FINE_STRIDE, width // FINE_STRIDE))
-        return weights * image_weights(guess_error, self.distortion_reference)[:, None, None]
 
     def decompress(self, levels: CompressedLevels) -> np.ndarray:
         """The levels of :meth:`compress` -> (B, 3, H, W) float64 image clamped to [0, 1]: the

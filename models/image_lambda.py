@@ -31,6 +31,8 @@ format do not change.
 
 import numpy as np
 
+from dqcodec.models.structural_weights import block_weights
+
 MIN_SCALE, MAX_SCALE = 0.5, 2.0
 DRAWN_LIMIT = 4.0  # first-guess error over the typical one past which the scale falls back to 1 (at twice this)
 
@@ -49,6 +51,19 @@ def image_weights(distortion: np.ndarray, reference: float) -> np.ndarray:
     """(B,) first-guess mean squared errors -> (B,) float64 weights ``1 / image_scales`` of each
     image's squared error: an image of weight w is coded at lambda / w."""
     return 1.0 / image_scales(distortion, reference)
+
+
+def coding_weights(image: np.ndarray, block: int, exponent: float, guess_error: np.ndarray | None,
+                   reference: float) -> np.ndarray | None:
+    """(B, 3, H, W) float64 image in [0, 1] and its (B,) first-guess errors -> (B, H/block,
+    W/block) float64 weights of its blocks' squared errors in the choice of the fine (and
+    refinement) codes: the structural weights of ``exponent``
+    (:func:`~dqcodec.models.structural_weights.block_weights`) times the image weights
+    (:func:`image_weights`; ``reference`` 0: none). None when every block counts alike."""
+    if exponent == 0 and reference == 0:
+        return None
+    weights = block_weights(image, block, exponent)  # all ones for exponent 0
+    return weights * image_weights(guess_error, reference)[:, None, None] if reference else weights
 
 
 def typical_distortion(distortions: np.ndarray) -> float:

@@ -154,8 +154,9 @@ def refit_model(stem: Path, out: Path, files: list[Path], crops: int, backoff: i
     options = dataclasses.replace(recipe.options(**recorded), table_crops=crops, table_backoff=backoff)
     recipe.finish(net, options, files)  # the export's table step
     training = {**training, "table_crops": crops, "table_backoff": backoff}
-    training["recipe"] = (f"{recipe_without_refit(training.get('recipe', ''))}{REFIT_CLAUSE} over {crops} crops of {options.fit_crop} px, contexts seen fewer than "
-                          f"{options.table_backoff} times backed off to their codebook's table"
+    training["recipe"] = (f"{recipe_without_refit(training.get('recipe', ''))}{REFIT_CLAUSE} over {crops} crops of "
+                          f"{options.fit_crop} px, contexts seen fewer than {options.table_backoff} times backed off "
+                          "to their codebook's table"
                           + (f", and a refinement level of {net.config.refinement_size} codes per fine codebook fitted on "
                              "them" if net.refinement is not None else ""))
     kept = {key: value for key, value in info.items() if key not in ("architecture", "config", "shared_weights", "kodak")}

@@ -372,12 +372,14 @@ def _fit_hdq_tables(net: nn.Module, options: HDQOptions, files: list[Path]) -> N
     net.fine_entropy.set_codes(net.fine_quantizer.codebooks, usage["fine"])
     net.fine_entropy.set_coarse_codes(net.coarse_quantizer.codebooks, usage["coarse"])
     flat_areas = _flat_area_indices(net, colours, net.padding_multiple)
-    net.config.distortion_reference = _typical_first_guess_error(net, crops, latents)
     for round_index in range(2):
         levels = [{level.name: level.indices for level in (net.nearest_indices(latent) if round_index == 0
                                                            else net.choose_levels(batch, latent=latent)[0])}
                   for batch, latent in tqdm(list(zip(crops, latents)), desc=f"context tables {round_index + 1}/2",
                                             unit="batch", leave=False)]
+        if round_index == 0:  # the second round's codes are the encoder's, at each crop's image lambda
+            coarse = [level["coarse"] for level in levels]
+            net.config.distortion_reference = _typical_first_guess_error(net, crops, latents, coarse)
         levels.append({level.name: level.indices for level in flat_areas})
         net.coarse_entropy.fit(((level["coarse"], {}) for level in levels), backoff=options.table_backoff)
         net.fine_entropy.fit(((level["fine"], {"coarse": level["coarse"]}) for level in levels),
@@ -387,14 +389,14 @@ def _fit_hdq_tables(net: nn.Module, options: HDQOptions, files: list[Path]) -> N
 
 
 @torch.no_grad()
-def _typical_first_guess_error(net: nn.Module, crops: list[torch.Tensor], latents: list[torch.Tensor]) -> float:
+def _typical_first_guess_error(net: nn.Module, crops: list[torch.Tensor], latents: list[torch.Tensor],
+                               coarse: list[np.ndarray]) -> float:
     """The level's ``distortion_reference`` (:mod:`~dqcodec.models.image_lambda`): the median
     first-guess mean squared error of the table crops, each first guess decoded with the crop's
-    coarse indices as the quantizer chooses them."""
+    ``coarse`` indices as the quantizer chose them."""
     errors = []
-    for batch, latent in zip(crops, latents):
-        coarse = {level.name: level.indices for level in net.nearest_indices(latent)}["coarse"]
-        residual = net.first_guess_residual(batch, latent, coarse, flat_block_symbols(batch.numpy(), FINE_STRIDE))
+    for batch, latent, batch_coarse in zip(crops, latents, coarse):
+        residual = net.first_guess_residual(batch, latent, batch_coarse, flat_block_symbols(batch.numpy(), FINE_STRIDE))
         errors.append(residual.double().square().mean(dim=(1, 2, 3)).numpy())
     return typical_distortion(np.concatenate(errors))
 
